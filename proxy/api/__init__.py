@@ -1,0 +1,1 @@
+"""The HTTP edge: parse the request, call a service, render the answer. No business logic."""

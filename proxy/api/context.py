@@ -1,0 +1,35 @@
+"""What a route handler gets from the app: its services and who is calling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from proxy.auth import Authenticator, Principal
+from proxy.metrics import Metrics
+from proxy.relay.upstream import Upstreams
+from proxy.settings import Settings
+from proxy.store import Store
+
+
+@dataclass
+class Services:
+    """Everything built in the lifespan, handed to routes through ``request.state``."""
+
+    settings: Settings
+    store: Store
+    authenticator: Authenticator
+    upstreams: Upstreams
+    metrics: Metrics
+
+
+def services_of(request: Request) -> Services:
+    services = request.state.services
+    assert isinstance(services, Services)
+    return services
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller's principal; raises 401 when a key is required and missing or wrong."""
+    return await services_of(request).authenticator.authenticate(request.headers)

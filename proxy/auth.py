@@ -1,0 +1,110 @@
+"""Client keys: minting, hashing and checking them, and what a caller may see.
+
+Keys are random 32-byte tokens shown once; only their SHA-256 is stored (a
+slow hash buys nothing for secrets with 256 bits of entropy). Lookups are
+cached for a couple of seconds so the hot path costs no database round trip;
+revocation therefore takes effect within ``auth_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.errors import NotFound, Unauthorized
+from proxy.store import ApiKey, Store
+
+KEY_PREFIX = "jp-"
+LOCAL_COLLECTION = "default"
+
+
+def mint_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def printable_prefix(key: str) -> str:
+    """Enough of a key to recognise it in `keys list`, too little to use it."""
+    return key[: len(KEY_PREFIX) + 6]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key, or the single local user when auth is off."""
+
+    key: ApiKey | None
+
+    @property
+    def is_local(self) -> bool:
+        return self.key is None
+
+    def can_access(self, collection: str) -> bool:
+        return self.key is None or self.key.can_access(collection)
+
+    def require(self, collection: str) -> None:
+        """Raise 404 (not 403: a key must not learn what exists) when out of scope."""
+        if not self.can_access(collection):
+            raise NotFound(f"collection '{collection}' not found", param="collection")
+
+    @property
+    def default_collection(self) -> str:
+        if self.key is not None and self.key.collections:
+            return self.key.collections[0]
+        return LOCAL_COLLECTION
+
+
+class Authenticator:
+    """Turns request headers into a :class:`Principal` or raises 401."""
+
+    def __init__(self, store: Store, *, cache_seconds: float):
+        self._store = store
+        self._ttl = cache_seconds
+        self._keys_exist: tuple[float, bool] = (0.0, False)
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def auth_required(self) -> bool:
+        """Authentication is on as soon as one live key exists."""
+        checked_at, exists = self._keys_exist
+        now = time.monotonic()
+        if now - checked_at >= self._ttl:
+            exists = await self._store.has_keys()
+            self._keys_exist = (now, exists)
+        return exists
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        if not await self.auth_required():
+            return Principal(key=None)
+        token = bearer_token(headers)
+        if not token:
+            raise Unauthorized(
+                "Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        key = await self._lookup(hash_key(token))
+        if key is None:
+            raise Unauthorized("Invalid API key.")
+        return Principal(key=key)
+
+    async def _lookup(self, key_hash: str) -> ApiKey | None:
+        now = time.monotonic()
+        cached = self._cache.get(key_hash)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        key = await self._store.find_key(key_hash)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_hash] = (now, key)
+        return key
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("x-api-key") or None

@@ -1,0 +1,179 @@
+"""The ``jetty-proxy`` command: ``serve`` and ``keys``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+from pydantic import ValidationError
+
+from proxy import __version__
+from proxy.auth import hash_key, mint_key, printable_prefix
+from proxy.settings import Settings, load_settings
+from proxy.store import Store, StoreError, open_store
+
+T = TypeVar("T")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(
+            args.config,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+            data_dir=args.data_dir,
+            insecure_no_auth=getattr(args, "insecure_no_auth", None) or None,
+            log_level=getattr(args, "log_level", None),
+        )
+    except (ValidationError, ValueError) as exc:
+        print(f"jetty-proxy: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+    try:
+        return handler(args, settings)
+    except StoreError as exc:
+        print(f"jetty-proxy: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jetty-proxy",
+        description="OpenAI-compatible proxy that relays chat completions and runs coding agents.",
+    )
+    parser.add_argument("--version", action="version", version=f"jetty-proxy {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    common.add_argument("--data-dir", type=Path, help="where the database and files live")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback bind with no API keys configured (anyone can use it)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    keys = commands.add_parser("keys", help="manage client API keys")
+    key_commands = keys.add_subparsers(title="keys commands", required=True)
+    create = key_commands.add_parser("create", parents=[common], help="mint a key (shown once)")
+    create.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        help="collection the key may use (repeat for several)",
+    )
+    create.add_argument("--admin", action="store_true", help="the key may use every collection")
+    create.add_argument("--name", help="a label to recognise the key by")
+    create.set_defaults(handler=_keys_create)
+    listing = key_commands.add_parser("list", parents=[common], help="list keys (never secrets)")
+    listing.set_defaults(handler=_keys_list)
+    revoke = key_commands.add_parser("revoke", parents=[common], help="revoke by id or prefix")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_keys_revoke)
+    return parser
+
+
+def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = open_store(settings.database)
+        try:
+            await store.migrate()
+            return await work(store)
+        finally:
+            await store.close()
+
+    return anyio.run(run)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    has_keys = _with_store(settings, lambda store: store.has_keys())
+    if not has_keys and not settings.is_loopback and not settings.insecure_no_auth:
+        print(
+            f"jetty-proxy: refusing to serve on {settings.host} with no API keys: anyone who can"
+            " reach it could use your upstream credentials.\n"
+            "  Create a key first:  jetty-proxy keys create --collection NAME\n"
+            "  or bind to loopback: --host 127.0.0.1\n"
+            "  or, knowingly:       --insecure-no-auth",
+            file=sys.stderr,
+        )
+        return 2
+    auth = "API keys required" if has_keys else "no API keys configured: auth is off"
+    print(
+        f"jetty-proxy {__version__} on http://{settings.host}:{settings.port}"
+        f" (data in {settings.data_dir}; {auth})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
+    return 0
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    collections = tuple(dict.fromkeys(args.collection))
+    if not collections and not args.admin:
+        print("jetty-proxy: give --collection NAME (repeatable) or --admin", file=sys.stderr)
+        return 2
+    secret = mint_key()
+    key = _with_store(
+        settings,
+        lambda store: store.create_key(
+            hash_key(secret), printable_prefix(secret), collections, args.admin, args.name
+        ),
+    )
+    scope = "all collections (admin)" if key.admin else ", ".join(key.collections)
+    print(
+        f"Created key {key.id} for {scope}. Store it now; it is not shown again:", file=sys.stderr
+    )
+    print(secret)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    keys = _with_store(settings, lambda store: store.list_keys())
+    if not keys:
+        print("No keys: authentication is off on loopback binds.", file=sys.stderr)
+        return 0
+    print(f"{'ID':<14}{'PREFIX':<12}{'STATUS':<10}{'CREATED':<22}{'NAME':<16}COLLECTIONS")
+    for key in keys:
+        status = "revoked" if key.revoked_at else "active"
+        scope = "* (admin)" if key.admin else ",".join(key.collections)
+        created = key.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{key.id:<14}{key.prefix:<12}{status:<10}{created:<22}{key.name or '':<16}{scope}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    revoked = _with_store(settings, lambda store: store.revoke_key(args.key_id))
+    if not revoked:
+        print(f"jetty-proxy: no active key matches '{args.key_id}'", file=sys.stderr)
+        return 1
+    print(f"Revoked {args.key_id}.", file=sys.stderr)
+    return 0

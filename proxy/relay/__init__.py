@@ -1,0 +1,1 @@
+"""Relaying requests to upstream model providers."""

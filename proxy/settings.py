@@ -1,0 +1,146 @@
+"""Server settings: the only module that reads the environment.
+
+Precedence, highest first: command-line flags (passed as keyword overrides),
+environment variables prefixed ``JETTY_PROXY_``, the TOML file given with
+``--config``, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory (XDG on Linux)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "jetty-proxy"
+
+
+class UpstreamRoute(BaseModel):
+    """Routes models whose name matches ``pattern`` (shell-style glob) to one upstream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str
+    base_url: str
+    api_key: SecretStr | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return _validate_base_url(value)
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one proxy process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JETTY_PROXY_", extra="forbid", validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(
+        default=None, description="sqlite:///PATH or postgresql://…; default SQLite in data_dir"
+    )
+
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    upstream_api_key: SecretStr | None = None
+    upstreams: list[UpstreamRoute] = Field(default_factory=list)
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_read_timeout: float = Field(default=600.0, gt=0)
+    models_cache_seconds: float = Field(default=60.0, ge=0)
+
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    insecure_no_auth: bool = False
+    auth_cache_seconds: float = Field(default=2.0, ge=0)
+    log_level: str = "info"
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        return _validate_base_url(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'jetty-proxy.db'}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    def route_for(self, model: str) -> tuple[str, SecretStr | None]:
+        """The upstream base URL and key for ``model``: first matching route wins."""
+        for route in self.upstreams:
+            if fnmatch.fnmatchcase(model, route.pattern):
+                return route.base_url, route.api_key
+        return self.upstream_url, self.upstream_api_key
+
+    def all_upstreams(self) -> list[tuple[str, SecretStr | None]]:
+        """Each distinct upstream once, the default first."""
+        seen: dict[str, SecretStr | None] = {self.upstream_url: self.upstream_api_key}
+        for route in self.upstreams:
+            seen.setdefault(route.base_url, route.api_key)
+        return list(seen.items())
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from flags (``overrides``), the environment and ``config_file``.
+
+    Overrides whose value is ``None`` are ignored, so unset CLI flags fall through.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ValueError(f"config file not found: {config_file}")
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    if config_file is None:
+        return Settings(**flags)
+
+    config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
+    from_file = type("FileSettings", (Settings,), {"model_config": config})
+    settings: Settings = from_file(**flags)
+    return settings
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_base_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")

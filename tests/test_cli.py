@@ -1,0 +1,87 @@
+"""The jetty-proxy command: keys management and serve, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.cli import main
+from tests.support.live import free_port
+
+
+def test_keys_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    assert main(["keys", "create", "--collection", "acme", "--collection", "beta", *data]) == 0
+    out = capsys.readouterr()
+    secret = out.out.strip()
+    assert secret.startswith("jp-") and len(secret) > 40
+    assert "not shown again" in out.err
+
+    assert main(["keys", "list", *data]) == 0
+    listing = capsys.readouterr().out
+    assert "acme,beta" in listing and "active" in listing
+    assert secret not in listing and secret[:12] not in listing
+    key_id = listing.splitlines()[1].split()[0]
+
+    assert main(["keys", "revoke", key_id, *data]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", *data]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["keys", "revoke", key_id, *data]) == 1
+    # The secret is never stored, only its hash.
+    assert secret.encode() not in (tmp_path / "jetty-proxy.db").read_bytes()
+
+
+def test_keys_create_needs_a_scope(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "--data-dir", str(tmp_path)]) == 2
+    assert "--collection" in capsys.readouterr().err
+    assert main(["keys", "create", "--admin", "--data-dir", str(tmp_path)]) == 0
+
+
+def test_serve_refuses_an_open_bind_without_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing" in err and "keys create" in err and "--insecure-no-auth" in err
+
+
+def test_bad_configuration_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('upstream_url = "ftp://nope"\n')
+    assert main(["serve", "--config", str(config), "--data-dir", str(tmp_path)]) == 2
+    assert "upstream_url" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_python_dash_m_serve_runs_the_server(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "JETTY_PROXY_DATA_DIR": str(tmp_path / "data")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/readyz")
+                break
+            except httpx.ConnectError:
+                assert process.poll() is None, "serve exited early"
+                assert time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.1)
+        assert response.json()["status"] == "ok"
+        assert (tmp_path / "data" / "jetty-proxy.db").exists()
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert f"127.0.0.1:{port}" in err and "auth is off" in err

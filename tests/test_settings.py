@@ -1,0 +1,61 @@
+"""Settings precedence: flags > JETTY_PROXY_* environment > TOML file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from proxy.settings import Settings, is_loopback_host, load_settings
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        'port = 9001\nhost = "127.0.0.2"\nupstream_url = "http://file.example/v1/"\n'
+        '[[upstreams]]\npattern = "claude-*"\nbase_url = "http://claude.example/v1"\n'
+        'api_key = "sk-claude"\n'
+    )
+    monkeypatch.setenv("JETTY_PROXY_PORT", "9002")
+    monkeypatch.setenv("JETTY_PROXY_UPSTREAM_API_KEY", "sk-env")
+    settings = load_settings(config, port=None, host="127.0.0.3")
+    assert settings.host == "127.0.0.3"  # flag beats file
+    assert settings.port == 9002  # env beats file
+    assert settings.upstream_url == "http://file.example/v1"  # file beats default
+    assert settings.route_for("claude-3")[0] == "http://claude.example/v1"
+    default_url, default_key = settings.route_for("gpt-4o")
+    assert default_url == "http://file.example/v1"
+    assert default_key is not None and default_key.get_secret_value() == "sk-env"
+    assert "sk-env" not in repr(settings)
+
+
+def test_data_dir_from_the_fixed_env_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETTY_PROXY_DATA_DIR", str(tmp_path))
+    settings = Settings()
+    assert settings.data_dir == tmp_path
+    assert settings.database == f"sqlite:///{tmp_path / 'jetty-proxy.db'}"
+
+
+def test_unknown_file_keys_are_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
