@@ -7,8 +7,8 @@ import time
 
 import httpx
 import openai
-from openai.types.chat import ChatCompletionMessageParam
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.api.conftest import ProxyFactory
 from tests.support.openapi import validate, validate_sse_chunks

@@ -7,8 +7,8 @@ from pathlib import Path
 import anyio
 import httpx
 import openai
-from openai.types.chat import ChatCompletionMessageParam
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.auth import hash_key, mint_key, printable_prefix
 from proxy.settings import UpstreamRoute
