@@ -1,0 +1,409 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from proxy.agents import AgentSpec
+from proxy.agents.claude_code import ClaudeCodeAdapter, ClaudeCodeTranslator
+from proxy.events import (
+    AgentError,
+    Event,
+    Finished,
+    ReasoningDelta,
+    SessionStarted,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+from proxy.events import Warning as WarningEvent
+from tests.agents.replay import fixture_names, reasoning, replay, text
+
+AGENT = "claude-code"
+BASH_INPUT = {"command": "echo hi > probe.txt", "description": "Create probe.txt"}
+NO_OUTPUT = "(Bash completed with no output)"
+DONE = "Done: probe.txt now contains hi."
+THOUGHT = "I should create the file with a shell command."
+
+
+def feed(*lines: dict[str, Any] | str, exit_code: int | None = None) -> list[Event]:
+    translator = ClaudeCodeTranslator()
+    events: list[Event] = []
+    for line in lines:
+        events += translator.feed(line if isinstance(line, str) else json.dumps(line))
+    if exit_code is not None:
+        events += translator.finish(exit_code)
+    return events
+
+
+def spec(**overrides: Any) -> AgentSpec:
+    values: dict[str, Any] = {
+        "prompt": "Execute the runbook.",
+        "model": "claude-sonnet-4-6",
+        "relay_base_url": "http://relay.internal/r/abc",
+        "relay_token": "tok-123",
+    }
+    return AgentSpec(**(values | overrides))
+
+
+# Golden files
+
+
+def test_every_recording_has_a_golden_test() -> None:
+    assert fixture_names(AGENT) == [
+        "claude1.jsonl",
+        "claude2.jsonl",
+        "claude_default.jsonl",
+        "claude_err401.jsonl",
+        "claude_err500.jsonl",
+        "claude_maxturns.jsonl",
+        "claude_resume_output_format_json.json",
+    ]
+
+
+def test_claude1_whole_blocks() -> None:
+    assert replay(AGENT, "claude1.jsonl") == [
+        SessionStarted("be2fab52-8198-4e59-a560-dad4374c749d", "claude-sonnet-4-6"),
+        ReasoningDelta(THOUGHT),
+        TextDelta("I'll create the file now."),
+        ToolCall("toolu_01Fake", "Bash", BASH_INPUT, "echo hi > probe.txt"),
+        ToolResult("toolu_01Fake", NO_OUTPUT, is_error=False),
+        TextDelta("\n\n" + DONE),
+        Usage(200, 24, 0, 0, cost_usd=0.0009600000000000001),
+        Finished(ok=True, reason="success", result_text=DONE, num_turns=2),
+    ]
+
+
+def test_claude2_partial_messages_use_deltas_once() -> None:
+    events = replay(AGENT, "claude2.jsonl")
+    assert events == [
+        SessionStarted("82f394b2-f9db-4ddf-8420-8f4cf162529d", "claude-sonnet-4-6"),
+        ReasoningDelta(THOUGHT),
+        TextDelta("I'll "),
+        TextDelta("create "),
+        TextDelta("the "),
+        TextDelta("file "),
+        TextDelta("now."),
+        ToolCall("toolu_01Fake", "Bash", BASH_INPUT, "echo hi > probe.txt"),
+        ToolResult("toolu_01Fake", NO_OUTPUT, is_error=False),
+        TextDelta("\n\nDone: "),
+        TextDelta("probe.txt "),
+        TextDelta("now "),
+        TextDelta("contains "),
+        TextDelta("hi."),
+        Usage(200, 24, 0, 0, cost_usd=0.0009600000000000001),
+        Finished(ok=True, reason="success", result_text=DONE, num_turns=2),
+    ]
+
+
+def test_partial_and_whole_recordings_give_the_same_answer() -> None:
+    whole, partial = replay(AGENT, "claude1.jsonl"), replay(AGENT, "claude2.jsonl")
+    assert text(whole) == text(partial) == "I'll create the file now.\n\n" + DONE
+    assert reasoning(whole) == reasoning(partial) == THOUGHT
+
+
+def test_default_permission_mode_denial() -> None:
+    denial = (
+        "Output redirection to '/app/probe.txt' needs approval. The path is inside the working "
+        "directories for this session ('/app'), and Claude Code asks before a shell command "
+        "creates, changes or removes files there."
+    )
+    assert replay(AGENT, "claude_default.jsonl") == [
+        SessionStarted("dba9d80a-c505-4375-9284-1505fade010e", "claude-opus-5-5"),
+        ReasoningDelta(THOUGHT),
+        TextDelta("I'll create the file now."),
+        ToolCall("toolu_01Fake", "Bash", BASH_INPUT, "echo hi > probe.txt"),
+        WarningEvent("permission denied for Bash"),
+        ToolResult("toolu_01Fake", denial, is_error=True),
+        TextDelta("\n\n" + DONE),
+        Usage(200, 24, 0, 0, cost_usd=0.00128),
+        Finished(ok=True, reason="success", result_text=DONE, num_turns=2),
+    ]
+
+
+def test_err401_is_an_api_error_not_an_answer() -> None:
+    events = replay(AGENT, "claude_err401.jsonl", exit_code=1)
+    assert events == [
+        SessionStarted("ab610184-b6da-4e7f-b2a2-7d1f97653903", "claude-opus-5-5"),
+        Usage(0, 0, 0, 0, cost_usd=0.0),
+        AgentError(
+            "API error (HTTP 401): Invalid API key · Fix external API key", "api_error", 401
+        ),
+        Finished(ok=False, reason="api_error", result_text=None, num_turns=1),
+    ]
+    assert text(events) == ""
+
+
+def test_err500_keeps_the_cli_message_which_names_the_status() -> None:
+    events = replay(AGENT, "claude_err500.jsonl", exit_code=1)
+    message = (
+        "API Error: 500 fake internal error. This is a server-side issue, usually temporary — "
+        "try again in a moment. If it persists, check your inference gateway (127.0.0.1:8765)."
+    )
+    assert events[1:] == [
+        Usage(0, 0, 0, 0, cost_usd=0.0),
+        AgentError(message, "api_error", 500),
+        Finished(ok=False, reason="api_error", result_text=None, num_turns=1),
+    ]
+
+
+def test_maxturns_is_a_failure_with_the_cli_reason() -> None:
+    tool_id = "toolu_b7783515e39041349399"
+    assert replay(AGENT, "claude_maxturns.jsonl", exit_code=1) == [
+        SessionStarted("011577e2-e22d-4452-85f8-9dc74e4ade3f", "claude-opus-5-5"),
+        ReasoningDelta(THOUGHT),
+        TextDelta("I'll create the file now."),
+        ToolCall(tool_id, "Bash", BASH_INPUT, "echo hi > probe.txt"),
+        ToolResult(tool_id, NO_OUTPUT, is_error=False),
+        Usage(100, 12, 0, 0, cost_usd=0.00064),
+        AgentError("Reached maximum number of turns (1)", "max_turns"),
+        Finished(ok=False, reason="max_turns", result_text=None, num_turns=2),
+    ]
+
+
+def test_plain_json_output_still_names_the_session() -> None:
+    assert replay(AGENT, "claude_resume_output_format_json.json") == [
+        SessionStarted("b7df3da9-58e9-4d43-ae9f-89368d2a0d12"),
+        Usage(200, 24, 0, 0, cost_usd=0.00128),
+        Finished(ok=True, reason="success", result_text=DONE, num_turns=2),
+    ]
+
+
+# Translation details
+
+
+def _stream(event: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
+    return {"type": "stream_event", "event": event, "parent_tool_use_id": parent}
+
+
+def _assistant(
+    message_id: str, blocks: list[dict[str, Any]], parent: str | None = None
+) -> dict[str, Any]:
+    message = {"id": message_id, "role": "assistant", "content": blocks}
+    return {"type": "assistant", "message": message, "parent_tool_use_id": parent}
+
+
+def _text_delta(index: int, piece: str) -> dict[str, Any]:
+    delta = {"type": "text_delta", "text": piece}
+    return _stream({"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def test_whole_block_adds_only_what_the_deltas_missed() -> None:
+    events = feed(
+        _stream({"type": "message_start", "message": {"id": "m1"}}),
+        _stream({"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}),
+        _text_delta(0, "Hello "),
+        _assistant("m1", [{"type": "text", "text": "Hello world"}]),
+    )
+    assert events == [TextDelta("Hello "), TextDelta("world")]
+
+
+def test_deltas_after_a_whole_block_are_dropped() -> None:
+    events = feed(
+        _stream({"type": "message_start", "message": {"id": "m1"}}),
+        _assistant("m1", [{"type": "text", "text": "Hello"}]),
+        _text_delta(0, "Hello"),
+    )
+    assert events == [TextDelta("Hello")]
+
+
+def test_tool_call_streamed_only_as_json_deltas() -> None:
+    block = {"type": "tool_use", "id": "toolu_9", "name": "Read", "input": {}}
+    events = feed(
+        _stream({"type": "message_start", "message": {"id": "m1"}}),
+        _stream({"type": "content_block_start", "index": 0, "content_block": block}),
+        _stream(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": '{"file_path": "/app/a'},
+            }
+        ),
+        _stream(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": '.txt"}'},
+            }
+        ),
+        _stream({"type": "content_block_stop", "index": 0}),
+        _assistant("m1", [{**block, "input": {"file_path": "/app/a.txt"}}]),
+    )
+    assert events == [ToolCall("toolu_9", "Read", {"file_path": "/app/a.txt"}, "/app/a.txt")]
+
+
+def test_sub_agent_text_is_reasoning_and_its_tools_name_their_parent() -> None:
+    parent = "toolu_task"
+    events = feed(
+        _assistant("m1", [{"type": "tool_use", "id": parent, "name": "Task", "input": {}}]),
+        _assistant("m2", [{"type": "text", "text": "Looking around."}], parent=parent),
+        _assistant(
+            "m2",
+            [{"type": "tool_use", "id": "toolu_ls", "name": "Bash", "input": {"command": "ls"}}],
+            parent=parent,
+        ),
+        {
+            "type": "user",
+            "parent_tool_use_id": parent,
+            "message": {
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_ls",
+                        "content": [{"type": "text", "text": "a.txt"}, {"type": "image"}],
+                    }
+                ]
+            },
+        },
+    )
+    assert events == [
+        ToolCall(parent, "Task", {}, ""),
+        ReasoningDelta("Looking around."),
+        ToolCall("toolu_ls", "Bash", {"command": "ls"}, "ls", parent_id=parent),
+        ToolResult("toolu_ls", "a.txt\n[image]", is_error=False, parent_id=parent),
+    ]
+
+
+def test_usage_counts_cache_reads_and_writes_as_input() -> None:
+    events = feed(
+        {
+            "type": "result",
+            "subtype": "success",
+            "is_error": False,
+            "result": "ok",
+            "usage": {
+                "input_tokens": 10,
+                "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 200,
+                "output_tokens": 5,
+            },
+        }
+    )
+    assert events[0] == Usage(1210, 5, cache_read_tokens=1000, cache_write_tokens=200)
+
+
+def test_other_error_subtypes_keep_their_name() -> None:
+    events = feed(
+        {
+            "type": "result",
+            "subtype": "error_during_execution",
+            "is_error": True,
+            "errors": ["tool crashed", "giving up"],
+        }
+    )
+    assert events == [
+        AgentError("tool crashed; giving up", "during_execution"),
+        Finished(ok=False, reason="during_execution"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "error"),
+    [
+        (1, AgentError("Claude Code exited with code 1", "crash")),
+        (-9, AgentError("Claude Code was killed by signal 9", "crash")),
+        (0, AgentError("Claude Code exited without reporting a result", "incomplete")),
+    ],
+)
+def test_exit_without_result_is_never_a_success(exit_code: int, error: AgentError) -> None:
+    events = feed(_assistant("m1", [{"type": "text", "text": "partial"}]), exit_code=exit_code)
+    assert events == [TextDelta("partial"), error, Finished(ok=False, reason=error.code)]
+
+
+def test_crash_after_an_api_error_message_names_it() -> None:
+    line = _assistant("u1", [{"type": "text", "text": "API Error: 529 overloaded"}])
+    events = feed({**line, "error": "server_error"}, exit_code=1)
+    assert events == [
+        AgentError("Claude Code exited with code 1: API Error: 529 overloaded", "crash", 529),
+        Finished(ok=False, reason="crash"),
+    ]
+
+
+def test_finish_after_result_adds_nothing() -> None:
+    translator = ClaudeCodeTranslator()
+    translator.feed(json.dumps({"type": "result", "subtype": "success", "is_error": False}))
+    assert translator.finish(1) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "   \n",
+        "not json",
+        "[1, 2]",
+        "{broken",
+        '{"type": "something_new", "x": 1}',
+        '{"type": "assistant", "message": "not an object"}',
+        '{"type": "stream_event", "event": {"type": "content_block_delta", "index": 0}}',
+        '{"type": "user", "message": {"content": "a plain prompt echo"}}',
+        '{"type": "system", "subtype": "status", "status": "requesting"}',
+    ],
+)
+def test_lines_it_does_not_understand_are_skipped(line: str) -> None:
+    assert ClaudeCodeTranslator().feed(line) == []
+
+
+# Command line
+
+
+def test_build_uses_the_headless_stream_json_flags() -> None:
+    invocation = ClaudeCodeAdapter().build(spec())
+    assert invocation.argv == [
+        "claude",
+        "-p",
+        "Execute the runbook.",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+        "--dangerously-skip-permissions",
+        "--model",
+        "claude-sonnet-4-6",
+    ]
+    assert invocation.cwd == "/app"
+    assert invocation.files == {}
+    assert invocation.env == {
+        "HOME": "/app/.agent-home",
+        "IS_SANDBOX": "1",
+        "ANTHROPIC_BASE_URL": "http://relay.internal/r/abc",
+        "ANTHROPIC_API_KEY": "tok-123",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+    }
+
+
+def test_build_with_runbook_resume_and_turn_limit() -> None:
+    invocation = ClaudeCodeAdapter().build(
+        spec(
+            system_prompt="# Runbook\nDo things.",
+            resume_session_id="be2fab52",
+            max_turns=7,
+            executable="/opt/agents/node_modules/.bin/claude",
+            home="/root",
+            workdir="/srv/project",
+        )
+    )
+    assert invocation.argv[0] == "/opt/agents/node_modules/.bin/claude"
+    assert invocation.argv[-6:] == [
+        "--append-system-prompt",
+        "# Runbook\nDo things.",
+        "--resume",
+        "be2fab52",
+        "--max-turns",
+        "7",
+    ]
+    assert invocation.env["HOME"] == "/root"
+    assert invocation.cwd == "/srv/project"
+
+
+def test_extra_env_cannot_redirect_the_model_endpoint() -> None:
+    extra = {"ANTHROPIC_BASE_URL": "https://elsewhere", "GITHUB_TOKEN": "gh"}
+    env = ClaudeCodeAdapter().build(spec(extra_env=extra)).env
+    assert env["ANTHROPIC_BASE_URL"] == "http://relay.internal/r/abc"
+    assert env["GITHUB_TOKEN"] == "gh"
