@@ -1,0 +1,270 @@
+"""The sandbox seam: one small protocol that every backend implements.
+
+A backend (`SandboxBackend`) launches a `Sandbox` from a `SandboxSpec`. A sandbox is created
+stopped, so files can be put into it first; then it is started, its stdout is read as lines,
+its exit is awaited, files are copied out (also after the process has exited) and finally it
+is closed. Retries, timeouts policy and bookkeeping belong to the caller (the run lifecycle),
+not to the backends.
+
+Lifecycle, as the caller writes it::
+
+    sandbox = await backend.launch(spec)
+    try:
+        await sandbox.put_files("/app", {"runbook.md": text})
+        await sandbox.start()
+        async for line in sandbox.stdout_lines():
+            ...
+        status = await sandbox.wait(timeout=600)
+        report = await sandbox.copy_out("/app/results", dest, max_bytes=..., max_files=...)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sandbox.close()
+
+Errors (every backend maps its foreign errors, e.g. httpx or engine JSON, into these and
+chains the original with ``from``)::
+
+    SandboxError                  base class; message is meant for operators
+     ├── EngineUnavailable        the engine (socket, daemon) cannot be reached or failed
+     ├── ImageNotFound            the image is not present locally (backends never pull)
+     ├── SandboxLimitError        a resource limit is invalid or was refused by the engine
+     ├── SandboxStateError        the call does not fit the sandbox's state (start twice, ...)
+     └── UnsafePathError          a file name escapes its directory (also a ValueError)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+LABEL_RUN_ID = "jetty-proxy.run-id"
+LABEL_COLLECTION = "jetty-proxy.collection"
+LABEL_MANAGED = "jetty-proxy.managed"
+
+
+class SandboxError(Exception):
+    """Base class of every error a sandbox backend raises."""
+
+
+class EngineUnavailable(SandboxError):
+    """The sandbox engine cannot be reached, or it failed in a way the caller cannot fix."""
+
+
+class ImageNotFound(SandboxError):
+    """The image is not available locally. Backends never pull images on their own."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image!r} is not available on the sandbox engine (not pulled)")
+        self.image = image
+
+
+class SandboxLimitError(SandboxError):
+    """A resource limit in the spec is invalid, or the engine refused to apply it."""
+
+
+class SandboxStateError(SandboxError):
+    """The operation does not fit the sandbox's state (e.g. put_files after start)."""
+
+
+class UnsafePathError(SandboxError, ValueError):
+    """A file name is absolute, contains '..', NUL or a backslash, or is empty."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path made visible inside the sandbox (read-only unless said otherwise)."""
+
+    host_path: Path | str
+    container_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a backend needs to launch one sandbox.
+
+    ``labels`` are extra engine labels; the backend's own ``jetty-proxy.*`` labels always win.
+    ``cpus`` / ``memory_bytes`` of ``None`` mean "no limit"; ``user`` of ``None`` means the
+    image's default user.
+    """
+
+    run_id: str
+    collection: str
+    image: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = "/app"
+    mounts: Sequence[Mount] = ()
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    pids_limit: int = 512
+    network_enabled: bool = False
+    user: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def check_limits(self) -> None:
+        """Raise `SandboxLimitError` for limits no backend could apply."""
+        if not self.argv:
+            raise SandboxLimitError("argv must name a program to run")
+        if self.cpus is not None and not self.cpus > 0:
+            raise SandboxLimitError(f"cpus must be positive, got {self.cpus}")
+        if self.memory_bytes is not None and self.memory_bytes <= 0:
+            raise SandboxLimitError(f"memory_bytes must be positive, got {self.memory_bytes}")
+        if self.pids_limit <= 0:
+            raise SandboxLimitError(f"pids_limit must be positive, got {self.pids_limit}")
+
+    def all_labels(self) -> dict[str, str]:
+        """The extra labels plus the backend-owned ones, which cannot be overridden."""
+        return {
+            **self.labels,
+            LABEL_RUN_ID: self.run_id,
+            LABEL_COLLECTION: self.collection,
+            LABEL_MANAGED: "true",
+        }
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the sandboxed process ended.
+
+    ``exit_code`` follows the shell convention: 128 + N when killed by signal N (137 after a
+    kill). ``timed_out`` is set when `Sandbox.wait` had to kill the process.
+    """
+
+    exit_code: int
+    oom_killed: bool = False
+    timed_out: bool = False
+
+
+class SkipReason(enum.StrEnum):
+    """Why `Sandbox.copy_out` did not copy an entry."""
+
+    SYMLINK = "symlink"
+    LINK = "hardlink"
+    SPECIAL = "special file"
+    UNSAFE_PATH = "unsafe path"
+    TOO_LARGE = "byte cap reached"
+    TOO_MANY_FILES = "file cap reached"
+    ARCHIVE_TOO_LARGE = "archive read limit reached"
+    CONFLICT = "name conflict"
+
+
+@dataclass(frozen=True)
+class CopiedFile:
+    """A file written under the copy_out destination; ``path`` is relative, '/'-separated."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An entry that was not copied, with the reason."""
+
+    path: str
+    reason: SkipReason
+
+
+@dataclass
+class CopyReport:
+    """What `Sandbox.copy_out` did. ``skipped_unrecorded`` counts skips past the record cap."""
+
+    files: list[CopiedFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    skipped_unrecorded: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One launched sandbox. Created stopped; `close` is idempotent and always safe."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
+        """Write files under the absolute ``dest_dir`` before `start`.
+
+        Keys are relative names ('a/b.txt'); parent directories are created. Names that are
+        absolute, contain '..', NUL or backslashes raise `UnsafePathError`.
+        """
+        ...
+
+    async def start(self) -> None:
+        """Start the process."""
+        ...
+
+    def stdout_lines(self) -> AsyncGenerator[str, None]:
+        """Yield the process's stdout as lines (without the newline) as they arrive.
+
+        Iterate once. The generator ends when the process's stdout closes; a caller that stops
+        early should close it (``contextlib.aclosing``). stderr is kept apart and can be read
+        with `stderr_tail`.
+        """
+        ...
+
+    def stderr_tail(self) -> str:
+        """The last few KiB of stderr seen so far.
+
+        Complete once `stdout_lines` has ended, or, if it was never iterated, once `wait`
+        returned. Still available after `close`.
+        """
+        ...
+
+    async def wait(self, timeout: float | None = None) -> ExitStatus:  # noqa: ASYNC109
+        """Wait for the process to exit; after ``timeout`` seconds kill it and report so.
+
+        The timeout is part of the contract (it kills the sandbox rather than cancelling the
+        caller), which is why it is a parameter and not a cancel scope around the call.
+        """
+        ...
+
+    async def kill(self) -> None:
+        """Kill the process now. A no-op when it is not running."""
+        ...
+
+    async def copy_out(
+        self, src_dir: str, dest: Path, max_bytes: int, max_files: int
+    ) -> CopyReport:
+        """Copy the regular files under ``src_dir`` into ``dest`` (created if missing).
+
+        Works after the process exited. Never follows symlinks: symlinks, hard links, device
+        files and other special files, paths escaping ``src_dir`` and files past the caps are
+        skipped and recorded. ``max_bytes`` caps the total bytes copied and ``max_files`` the
+        number of files; a file that does not fit is skipped whole, never truncated. A missing
+        ``src_dir`` gives an empty report.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Remove the sandbox and everything it runs. Safe to call twice and after failures."""
+        ...
+
+
+@runtime_checkable
+class SandboxBackend(Protocol):
+    """Launches sandboxes on one engine."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def ping(self) -> bool:
+        """True when the engine answers. Never raises."""
+        ...
+
+    async def launch(self, spec: SandboxSpec) -> Sandbox:
+        """Create (but do not start) a sandbox for ``spec``."""
+        ...
+
+    async def remove_orphans(self, keep_run_ids: set[str]) -> list[str]:
+        """Remove sandboxes this backend labelled whose run id is not kept; return those ids."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's own resources (connections). Sandboxes are not touched."""
+        ...

@@ -1,0 +1,379 @@
+"""Docker backend: one container per sandbox, driven over the Engine API (no docker CLI).
+
+Lifecycle against the engine: ``GET /images/{name}/json`` (a missing image raises
+`ImageNotFound`; nothing is ever pulled) → ``POST /containers/create`` → ``PUT .../archive``
+for `put_files` → ``POST .../start`` → ``GET .../logs?follow=1`` demultiplexed into stdout
+lines and a stderr tail → ``POST .../wait`` (on timeout ``POST .../kill``) →
+``GET .../archive`` for `copy_out` → ``DELETE /containers/{id}?force=1``.
+
+Files put into a sandbox are owned by root, unless ``spec.user`` is numeric ("uid" or
+"uid:gid"), in which case they (and any directories created for them) belong to that user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from proxy.sandbox.base import (
+    LABEL_MANAGED,
+    LABEL_RUN_ID,
+    CopyReport,
+    EngineUnavailable,
+    ExitStatus,
+    SandboxError,
+    SandboxSpec,
+    SandboxStateError,
+)
+from proxy.sandbox.dockerapi import API_VERSION, Engine, container_name, path_stat_name
+from proxy.sandbox.files import ArchiveExtractor, CopyBudget, clean_absolute_dir
+from proxy.sandbox.files import clean_relative_path as _clean
+from proxy.sandbox.frames import FrameDecoder, LineSplitter, StreamKind, TailBuffer
+from proxy.sandbox.tarstream import Owner, TarFormatError, write_archive
+
+logger = logging.getLogger(__name__)
+
+_CLOSE_TIMEOUT = 30.0
+_KILL_WAIT = 30.0
+_UPLOAD_CHUNK = 256 * 1024
+# Bytes of archive read past max_bytes (to list the files skipped for size) before giving up.
+_ARCHIVE_SLACK = 256 * 1024 * 1024
+
+
+class DockerBackend:
+    """Launches `DockerSandbox`es on one Docker engine.
+
+    ``transport`` is any httpx async transport: `from_url` builds one for a unix socket or
+    TCP endpoint, tests pass ``httpx.MockTransport``.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        base_url: str = "http://docker",
+        where: str = "docker",
+        timeout: float = 30.0,
+    ) -> None:
+        client = httpx.AsyncClient(
+            transport=transport,
+            base_url=f"{base_url}/v{API_VERSION}",
+            timeout=timeout,
+            # The engine gzips archives when asked to; over a local socket that is wasted CPU.
+            headers={"Accept-Encoding": "identity"},
+        )
+        self._engine = Engine(client, where)
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 30.0) -> DockerBackend:
+        """A backend for ``unix:///path/docker.sock``, ``tcp://host:port`` or ``http(s)://``."""
+        if url.startswith("unix://"):
+            path = url.removeprefix("unix://")
+            if not path.startswith("/"):
+                raise ValueError(f"Docker socket URL {url!r} must name an absolute path")
+            transport = httpx.AsyncHTTPTransport(uds=path)
+            return cls(transport, where=url, timeout=timeout)
+        if url.startswith(("tcp://", "http://", "https://")):
+            scheme = "https" if url.startswith("https://") else "http"
+            base = f"{scheme}://{url.split('://', 1)[1].rstrip('/')}"
+            return cls(httpx.AsyncHTTPTransport(), base_url=base, where=url, timeout=timeout)
+        raise ValueError(f"unsupported Docker host {url!r}: use unix://, tcp:// or http(s)://")
+
+    async def ping(self) -> bool:
+        try:
+            response = await self._engine.client.get("/_ping", timeout=3.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def launch(self, spec: SandboxSpec) -> DockerSandbox:
+        spec.check_limits()
+        await self._engine.require_image(spec.image)
+        name = container_name(spec.run_id, secrets.token_hex(4))
+        container_id = await self._engine.create(spec, name)
+        sandbox = DockerSandbox(self._engine, container_id, spec)
+        try:
+            await sandbox.claim_workdir()
+        except BaseException:
+            await sandbox.close()
+            raise
+        return sandbox
+
+    async def remove_orphans(self, keep_run_ids: set[str]) -> list[str]:
+        filters = json.dumps({"label": [f"{LABEL_MANAGED}=true"]})
+        response = await self._engine.request(
+            "GET", "/containers/json", params={"all": "1", "filters": filters}
+        )
+        removed: list[str] = []
+        for container in response.json():
+            run_id = (container.get("Labels") or {}).get(LABEL_RUN_ID, "")
+            if run_id in keep_run_ids:
+                continue
+            await self._engine.request(
+                "DELETE", f"/containers/{container['Id']}", params={"force": "1"}, ok=(404, 409)
+            )
+            removed.append(run_id)
+        return removed
+
+    async def aclose(self) -> None:
+        await self._engine.client.aclose()
+
+
+class DockerSandbox:
+    """One container. Create with `DockerBackend.launch`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        container_id: str,
+        spec: SandboxSpec,
+        *,
+        archive_slack_bytes: int = _ARCHIVE_SLACK,
+    ) -> None:
+        self._engine = engine
+        self.container_id = container_id
+        self._spec = spec
+        self._url = f"/containers/{container_id}"
+        self._owner = _numeric_owner(spec.user)
+        self._slack = archive_slack_bytes
+        self._stderr = TailBuffer()
+        self._started = False
+        self._logs_taken = False
+        self._closing = False  # set first thing in close(): a broken log stream is expected
+        self._closed = False
+
+    @property
+    def run_id(self) -> str:
+        return self._spec.run_id
+
+    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
+        if self._started or self._closed:
+            raise SandboxStateError("put_files is only possible before start")
+        dest = clean_absolute_dir(dest_dir)
+        names = {_clean(name): content for name, content in files.items()}
+        # Upload at the deepest directory that exists: a tar entry for an existing directory
+        # would reset its owner and mode (think /tmp), so only missing ones go in the tar.
+        base, missing = dest, PurePosixPath()
+        while base != base.parent and not await self._exists(base):
+            missing = PurePosixPath(base.name) / missing
+            base = base.parent
+        dirs = [missing] if missing.parts else []
+        await self._upload(base, dirs, {missing / name: content for name, content in names.items()})
+
+    async def _upload(
+        self,
+        base: PurePosixPath,
+        dirs: list[PurePosixPath],
+        members: dict[PurePosixPath, bytes | Path],
+    ) -> None:
+        spool = await anyio.to_thread.run_sync(self._spool_archive, dirs, members)
+        try:
+            await self._engine.request(
+                "PUT",
+                f"{self._url}/archive",
+                params={"path": str(base), "noOverwriteDirNonDir": "1"},
+                headers={"Content-Type": "application/x-tar"},
+                content=_read_chunks(spool),
+                timeout=None,
+            )
+        finally:
+            spool.close()
+
+    def _spool_archive(
+        self, dirs: list[PurePosixPath], members: dict[PurePosixPath, bytes | Path]
+    ) -> IO[bytes]:
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - returned
+        try:
+            write_archive(spool, dirs, members, self._owner)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    async def claim_workdir(self) -> None:
+        """Give the workdir to a numeric non-root ``spec.user``.
+
+        The engine creates the workdir owned by root when the container is created, which
+        would leave a non-root agent unable to write in its own /app.
+        """
+        workdir = clean_absolute_dir(self._spec.workdir)
+        if self._owner == Owner() or workdir == workdir.parent:
+            return
+        await self._upload(workdir.parent, [PurePosixPath(workdir.name)], {})
+
+    async def _exists(self, path: PurePosixPath) -> bool:
+        response = await self._engine.request(
+            "HEAD", f"{self._url}/archive", params={"path": str(path)}, ok=(404,)
+        )
+        return response.status_code != 404
+
+    async def start(self) -> None:
+        if self._closed:
+            raise SandboxStateError("the sandbox is closed")
+        if self._started:
+            raise SandboxStateError("the sandbox was already started")
+        self._started = True
+        await self._engine.request("POST", f"{self._url}/start", ok=(304,))
+
+    async def stdout_lines(self) -> AsyncGenerator[str, None]:
+        if not self._started:
+            raise SandboxStateError("start the sandbox before reading its output")
+        if self._logs_taken:
+            raise SandboxStateError("stdout_lines can be iterated only once")
+        self._logs_taken = True
+        lines = LineSplitter()
+        seen = {StreamKind.STDOUT: 0, StreamKind.STDERR: 0}
+        try:
+            async with aclosing(self._log_frames(follow=True)) as frames:
+                async for stream, payload in frames:
+                    seen[stream] += len(payload)
+                    for line in self._route(stream, payload, lines):
+                        yield line
+            if self._closing:
+                return
+            # The engine can end a follow stream before it has written the container's last
+            # output (seen with Docker 20.10). Once the container has exited its log is
+            # complete: read it again and pass on what the follow stream did not deliver.
+            await self._wait_exit()
+            async with aclosing(self._log_frames(follow=False)) as frames:
+                async for stream, payload in frames:
+                    skip = min(seen[stream], len(payload))
+                    seen[stream] -= skip
+                    for line in self._route(stream, payload[skip:], lines):
+                        yield line
+        except SandboxError:
+            if self._closing:
+                return  # the stream broke because the container was removed under it
+            raise
+        for line in lines.flush():
+            yield line
+
+    async def _log_frames(self, *, follow: bool) -> AsyncGenerator[tuple[StreamKind, bytes], None]:
+        params = {"follow": "1" if follow else "0", "stdout": "1", "stderr": "1"}
+        decoder = FrameDecoder()
+        async with self._engine.stream(
+            "GET", f"{self._url}/logs", params=params, timeout=None
+        ) as response:
+            async for chunk in response.aiter_bytes():
+                for stream, payload in decoder.feed(chunk):
+                    yield stream, payload
+
+    def _route(self, stream: StreamKind, payload: bytes, lines: LineSplitter) -> list[str]:
+        if stream is StreamKind.STDERR:
+            self._stderr.feed(payload)
+            return []
+        return lines.feed(payload) if stream is StreamKind.STDOUT else []
+
+    def stderr_tail(self) -> str:
+        return self._stderr.text()
+
+    async def wait(self, timeout: float | None = None) -> ExitStatus:  # noqa: ASYNC109
+        if not self._started:
+            raise SandboxStateError("start the sandbox before waiting for it")
+        timed_out = False
+        with anyio.move_on_after(timeout) as scope:
+            await self._wait_exit()
+        if scope.cancelled_caught:
+            timed_out = True
+            await self.kill()
+            with anyio.move_on_after(_KILL_WAIT) as kill_scope:
+                await self._wait_exit()
+            if kill_scope.cancelled_caught:
+                raise EngineUnavailable(
+                    f"container {self.container_id} still runs {_KILL_WAIT:.0f}s after a kill"
+                )
+        state = (await self._engine.request("GET", f"{self._url}/json")).json()["State"]
+        if not self._logs_taken:
+            await self._fetch_stderr()
+        return ExitStatus(
+            exit_code=int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled", False)),
+            timed_out=timed_out,
+        )
+
+    async def _wait_exit(self) -> None:
+        await self._engine.request(
+            "POST", f"{self._url}/wait", params={"condition": "not-running"}, timeout=None
+        )
+
+    async def _fetch_stderr(self) -> None:
+        params = {"stderr": "1", "tail": "200"}
+        response = await self._engine.request("GET", f"{self._url}/logs", params=params)
+        decoder = FrameDecoder()
+        for stream, payload in decoder.feed(response.content):
+            if stream is StreamKind.STDERR:
+                self._stderr.feed(payload)
+
+    async def kill(self) -> None:
+        if self._closed or not self._started:
+            return
+        # 409: not running; 404: already gone. Both mean there is nothing left to kill.
+        await self._engine.request("POST", f"{self._url}/kill", ok=(404, 409))
+
+    async def copy_out(
+        self, src_dir: str, dest: Path, max_bytes: int, max_files: int
+    ) -> CopyReport:
+        if self._closed:
+            raise SandboxStateError("the sandbox is closed")
+        src = clean_absolute_dir(src_dir)
+        budget = CopyBudget(max_bytes, max_files)
+        await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
+        async with self._engine.stream(
+            "GET", f"{self._url}/archive", params={"path": str(src)}, ok=(404,), timeout=None
+        ) as response:
+            if response.status_code == 404:
+                return budget.report
+            root = path_stat_name(response) or src.name
+            extractor = ArchiveExtractor(dest, budget, root, max_bytes + self._slack)
+            try:
+                async for chunk in response.aiter_bytes():
+                    await anyio.to_thread.run_sync(extractor.feed, chunk)
+                    if extractor.stopped:
+                        break
+                extractor.close()
+            except TarFormatError as exc:
+                raise SandboxError(f"unreadable archive of {src} from the engine: {exc}") from exc
+        return budget.report
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+            try:
+                # 409 means a removal is already in progress.
+                await self._engine.request(
+                    "DELETE", self._url, params={"force": "1", "v": "1"}, ok=(404, 409)
+                )
+            except SandboxError as exc:
+                # Do not mask the caller's own error; remove_orphans catches what leaks here.
+                logger.warning("could not remove container %s: %s", self.container_id, exc)
+                return
+            self._closed = True
+
+
+def _numeric_owner(user: str | None) -> Owner:
+    if not user:
+        return Owner()
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return Owner(int(uid), int(gid or uid))
+    return Owner()
+
+
+async def _read_chunks(spool: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := await anyio.to_thread.run_sync(spool.read, _UPLOAD_CHUNK):
+        yield chunk

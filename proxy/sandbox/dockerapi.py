@@ -1,0 +1,187 @@
+"""The Docker Engine API client used by the Docker backend: requests and error mapping.
+
+Pure request shaping (`container_config`) lives here too so that it can be tested without an
+engine. The API version is pinned in the URL path, so the engine answers with the 1.41
+semantics this code was written against whatever its own version is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from proxy.sandbox.base import (
+    EngineUnavailable,
+    ImageNotFound,
+    SandboxError,
+    SandboxLimitError,
+    SandboxSpec,
+)
+
+API_VERSION = "1.41"
+
+# Docker's default set minus NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, SETPCAP, NET_BIND_SERVICE
+# and AUDIT_WRITE: what a root agent needs to install packages (apt switches to its _apt
+# user, pip/npm chown files) and to manage its own processes, and nothing more.
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+
+_LIMIT_WORDS = re.compile(r"cpu|memory|pids|limit", re.IGNORECASE)
+
+
+def container_config(spec: SandboxSpec) -> dict[str, Any]:
+    """The body of ``POST /containers/create`` for ``spec``.
+
+    The first argv item becomes the entrypoint so that an image's own ENTRYPOINT/CMD never
+    wraps or replaces the command. Mounts use the ``Mounts`` API rather than ``Binds``: it
+    fails when the host path is missing instead of silently creating an empty directory, and
+    paths may contain ':'.
+    """
+    memory = spec.memory_bytes or 0
+    host_config: dict[str, Any] = {
+        "NanoCpus": round(spec.cpus * 1e9) if spec.cpus else 0,
+        "Memory": memory,
+        # Equal to Memory: no swap, so a memory hog is OOM-killed instead of thrashing.
+        "MemorySwap": memory if memory else 0,
+        "PidsLimit": spec.pids_limit,
+        "CapDrop": ["ALL"],
+        "CapAdd": list(CAPABILITIES),
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "NetworkMode": "bridge" if spec.network_enabled else "none",
+        "Mounts": [
+            {
+                "Type": "bind",
+                "Source": str(mount.host_path),
+                "Target": mount.container_path,
+                "ReadOnly": mount.read_only,
+            }
+            for mount in spec.mounts
+        ],
+        # The logs endpoint must be able to read the output back, whatever the daemon default.
+        "LogConfig": {"Type": "json-file", "Config": {}},
+        "AutoRemove": False,
+    }
+    return {
+        "Image": spec.image,
+        "Entrypoint": [spec.argv[0]],
+        "Cmd": list(spec.argv[1:]),
+        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "WorkingDir": spec.workdir,
+        "User": spec.user or "",
+        "Labels": spec.all_labels(),
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "Tty": False,
+        "HostConfig": host_config,
+    }
+
+
+def container_name(run_id: str, suffix: str) -> str:
+    """A readable, valid container name for a run (Docker allows ``[a-zA-Z0-9][\\w.-]*``)."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id)[:64]
+    return f"jetty-{safe}-{suffix}"
+
+
+def path_stat_name(response: httpx.Response) -> str | None:
+    """The ``name`` from the ``X-Docker-Container-Path-Stat`` header of an archive GET."""
+    raw = response.headers.get("x-docker-container-path-stat")
+    if not raw:
+        return None
+    try:
+        decoded = json.loads(base64.b64decode(raw))
+    except (ValueError, TypeError):
+        return None
+    name = decoded.get("name") if isinstance(decoded, dict) else None
+    return name if isinstance(name, str) else None
+
+
+class Engine:
+    """A thin Docker Engine API client that maps foreign errors to `SandboxError`s."""
+
+    def __init__(self, client: httpx.AsyncClient, where: str) -> None:
+        self.client = client
+        self.where = where
+
+    async def request(
+        self, method: str, url: str, *, ok: tuple[int, ...] = (), **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request; statuses outside 2xx and ``ok`` raise a `SandboxError`."""
+        try:
+            response = await self.client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise self.unavailable(method, url, exc) from exc
+        if not response.is_success and response.status_code not in ok:
+            self.raise_for(response, f"{method} {url}")
+        return response
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, ok: tuple[int, ...] = (), **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """Like `request`, but the body is left unread for streaming."""
+        try:
+            async with self.client.stream(method, url, **kwargs) as response:
+                if not response.is_success and response.status_code not in ok:
+                    await response.aread()
+                    self.raise_for(response, f"{method} {url}")
+                yield response
+        except httpx.TransportError as exc:
+            raise self.unavailable(method, url, exc) from exc
+
+    def unavailable(self, method: str, url: str, exc: Exception) -> EngineUnavailable:
+        return EngineUnavailable(f"Docker engine at {self.where} failed on {method} {url}: {exc!r}")
+
+    def raise_for(self, response: httpx.Response, what: str) -> None:
+        message = engine_message(response)
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise SandboxError(
+                f"{what}: Docker engine answered {response.status_code}: {message}"
+            ) from exc
+
+    async def require_image(self, image: str) -> None:
+        """Raise `ImageNotFound` unless ``image`` is present; never pulls."""
+        response = await self.request("GET", f"/images/{quote(image, safe='/:@')}/json", ok=(404,))
+        if response.status_code == 404:
+            raise ImageNotFound(image)
+
+    async def create(self, spec: SandboxSpec, name: str) -> str:
+        """Create a container and return its id."""
+        url = "/containers/create"
+        response = await self.request(
+            "POST", url, params={"name": name}, json=container_config(spec), ok=(400, 404)
+        )
+        if response.status_code == 404:
+            raise ImageNotFound(spec.image)
+        if response.status_code == 400:
+            message = engine_message(response)
+            error = SandboxLimitError if _LIMIT_WORDS.search(message) else SandboxError
+            try:
+                response.raise_for_status()
+            except httpx.HTTPStatusError as exc:
+                raise error(f"the engine refused the sandbox: {message}") from exc
+        container_id = response.json().get("Id")
+        if not isinstance(container_id, str):
+            raise SandboxError(f"POST {url}: no container id in the engine's answer")
+        return container_id
+
+
+def engine_message(response: httpx.Response) -> str:
+    """The ``message`` of a Docker JSON error body, or the raw text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else str(body)[:500]

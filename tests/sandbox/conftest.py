@@ -1,0 +1,100 @@
+"""Fixtures for the sandbox tests, including the real Docker engine.
+
+Docker tests (marked ``docker``) use the engine named by JETTY_PROXY_DOCKER_HOST, else
+DOCKER_HOST, and the offline images built by scripts/ci/test-image.sh. Without a configured
+engine they skip, except under CI=true, where a missing engine fails them. After each Docker
+test, no container labelled ``jetty-proxy.managed`` may remain beyond those that existed
+before it (other users of a shared engine are left alone); leaks are removed and fail the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from proxy.sandbox.base import LABEL_MANAGED
+from proxy.sandbox.docker import DockerBackend
+
+BUSYBOX = "jetty-test/busybox:latest"
+TESTENV = "127.0.0.1:5000/jetty/testenv:bookworm"
+_MANAGED = json.dumps({"label": [f"{LABEL_MANAGED}=true"]})
+
+
+def configured_docker_host() -> str | None:
+    return os.environ.get("JETTY_PROXY_DOCKER_HOST") or os.environ.get("DOCKER_HOST") or None
+
+
+def engine_client(host: str) -> httpx.Client:
+    """A blocking client for test bookkeeping (checks and cleanup), outside the backend."""
+    if host.startswith("unix://"):
+        transport = httpx.HTTPTransport(uds=host.removeprefix("unix://"))
+        return httpx.Client(transport=transport, base_url="http://docker/v1.41", timeout=30)
+    base = "http://" + host.split("://", 1)[1]
+    return httpx.Client(base_url=f"{base}/v1.41", timeout=30)
+
+
+def managed_containers(client: httpx.Client) -> set[str]:
+    response = client.get("/containers/json", params={"all": "1", "filters": _MANAGED})
+    response.raise_for_status()
+    return {container["Id"] for container in response.json()}
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """The engine for Docker tests: skip without one, fail under CI or when it is broken."""
+    host = configured_docker_host()
+    if host is None:
+        message = "no Docker engine configured (JETTY_PROXY_DOCKER_HOST or DOCKER_HOST)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {message}; start one with scripts/ci/docker-engine.sh")
+        pytest.skip(message)
+    try:
+        with engine_client(host) as client:
+            client.get("/_ping").raise_for_status()
+            missing = [
+                image
+                for image in (BUSYBOX, TESTENV)
+                if client.get(f"/images/{image}/json").status_code == 404
+            ]
+    except httpx.HTTPError as exc:
+        pytest.fail(f"the Docker engine at {host} does not answer: {exc!r}")
+    if missing:
+        pytest.fail(f"test images missing on {host}: {missing}; run scripts/ci/test-image.sh")
+    return host
+
+
+@pytest.fixture
+async def docker(docker_host: str) -> AsyncIterator[DockerBackend]:
+    backend = DockerBackend.from_url(docker_host)
+    yield backend
+    await backend.aclose()
+
+
+@pytest.fixture
+def engine(docker_host: str) -> Iterator[httpx.Client]:
+    with engine_client(docker_host) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
+    host = configured_docker_host()
+    if request.node.get_closest_marker("docker") is None or host is None:
+        yield
+        return
+    try:
+        with engine_client(host) as client:
+            before = managed_containers(client)
+    except httpx.HTTPError:
+        yield  # the docker_host fixture reports an engine that does not answer
+        return
+    yield
+    with engine_client(host) as client:
+        leaked = managed_containers(client) - before
+        for container_id in leaked:
+            client.delete(f"/containers/{container_id}", params={"force": "1"})
+    assert not leaked, f"the test left {len(leaked)} managed container(s) behind"
