@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_read_timeout: float = Field(default=600.0, gt=0)
     models_cache_seconds: float = Field(default=60.0, ge=0)
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_api_key: SecretStr | None = None
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     keepalive_seconds: float = Field(default=15.0, gt=0)
@@ -72,9 +74,29 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=2.0, ge=0)
     log_level: str = "info"
 
+    blob_dir: Path | None = Field(
+        default=None, description="where uploads and artifacts are kept; default data_dir/blobs"
+    )
+    upload_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="key(s) sealing collection secrets, comma-separated, newest first;"
+        " default: generated once into data_dir/secret.key",
+    )
+    record_chat_content: bool = False
+    events_poll_seconds: float = Field(default=0.5, gt=0)
+    agent_cache_dir: Path | None = Field(
+        default=None, description="where the pinned agent CLIs live; default data_dir/agents"
+    )
+
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
+        return _validate_base_url(value)
+
+    @field_validator("anthropic_base_url")
+    @classmethod
+    def _check_anthropic(cls, value: str) -> str:
         return _validate_base_url(value)
 
     @classmethod
@@ -94,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'jetty-proxy.db'}"
+
+    @property
+    def blobs(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
 
     @property
     def is_loopback(self) -> bool:

@@ -5,6 +5,9 @@ for the upstream's (so a 429 stays a 429), yet keepalive comments must start
 before the upstream's first byte; and SSE blocks are passed through as the
 upstream wrote them, never re-serialised. Both responses watch for the client
 going away and then cancel the upstream request at once.
+
+Provider specifics (how a stream ends, the shape of error bodies) come from a
+:class:`Dialect`; OpenAI's is the default.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 from starlette.types import Receive, Scope, Send
 
-from proxy.errors import ProxyError, error_body
+from proxy.errors import ProxyError
 from proxy.relay.upstream import UpstreamResponse
 
 logger = logging.getLogger("proxy.relay")
@@ -34,6 +37,45 @@ _SSE_HEADERS = [
 ]
 
 OpenUpstream = Callable[[], Awaitable[UpstreamResponse]]
+
+
+class Dialect(Protocol):
+    """What differs between providers' wire formats, as far as relaying goes."""
+
+    def is_end(self, block: bytes) -> bool:
+        """Whether ``block`` (one or more complete SSE events) holds the stream's last event."""
+        ...
+
+    def error_body(self, exc: ProxyError) -> dict[str, Any]:
+        """The JSON error body for ``exc`` in the provider's shape."""
+        ...
+
+    def in_band_error(self, body: dict[str, Any]) -> bytes:
+        """The final bytes that report an error once a stream has started."""
+        ...
+
+
+class OpenAIDialect:
+    """Chat Completions: streams end with ``data: [DONE]``; errors are ``{"error": {...}}``."""
+
+    def is_end(self, block: bytes) -> bool:
+        return b"[DONE]" in block
+
+    def error_body(self, exc: ProxyError) -> dict[str, Any]:
+        return exc.body()
+
+    def in_band_error(self, body: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
+
+
+OPENAI = OpenAIDialect()
+
+
+class StreamIncomplete(ProxyError):
+    """The upstream closed a stream before its last event."""
+
+    status_code = 502
+    error_type = "upstream_error"
 
 
 @dataclass
@@ -52,14 +94,18 @@ class RelayOutcome:
 
 
 OnFinish = Callable[[RelayOutcome], Awaitable[None]]
+OnBlock = Callable[[bytes], None]
 
 
 class _Relay:
     """Shared plumbing: the disconnect watcher and the outcome callback."""
 
-    def __init__(self, open_upstream: OpenUpstream, on_finish: OnFinish | None):
+    def __init__(
+        self, open_upstream: OpenUpstream, on_finish: OnFinish | None, dialect: Dialect = OPENAI
+    ):
         self._open_upstream = open_upstream
         self._on_finish = on_finish
+        self._dialect = dialect
         self.outcome = RelayOutcome()
         self._started_at = time.perf_counter()
 
@@ -86,7 +132,8 @@ class _Relay:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.outcome.status = "cancelled"
+                # The status stays as it is: "cancelled" unless the relay had already finished
+                # (servers report a disconnect once a response is complete, too).
                 tg.cancel_scope.cancel()
                 return
 
@@ -106,20 +153,21 @@ async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, st
 
 
 class RelayJSONResponse(_Relay):
-    """Non-streaming: the upstream's JSON body with the upstream's status."""
+    """Non-streaming: the upstream's JSON body with the upstream's status.
+
+    ``outcome.head`` holds the whole body when ``on_finish`` runs.
+    """
 
     async def _relay(self, send: Send, tg: TaskGroup) -> None:
         try:
             upstream = await self._open_upstream()
         except ProxyError as exc:
-            self._fail(exc)
-            await _send_json(send, exc.status_code, json.dumps(exc.body()).encode(), exc.headers())
+            await self._fail(send, exc)
             return
         try:
             body = await upstream.read()
         except ProxyError as exc:
-            self._fail(exc)
-            await _send_json(send, exc.status_code, json.dumps(exc.body()).encode(), exc.headers())
+            await self._fail(send, exc)
             return
         finally:
             with anyio.CancelScope(shield=True):
@@ -129,20 +177,31 @@ class RelayJSONResponse(_Relay):
         self.outcome.head = body
         await _send_json(send, upstream.status_code, body, upstream.headers)
 
-    def _fail(self, exc: ProxyError) -> None:
+    async def _fail(self, send: Send, exc: ProxyError) -> None:
         self.outcome.status, self.outcome.status_code = "failed", exc.status_code
         self.outcome.error = exc.message
+        body = json.dumps(self._dialect.error_body(exc)).encode()
+        await _send_json(send, exc.status_code, body, exc.headers())
 
 
 class RelayStreamResponse(_Relay):
     """Streaming: SSE blocks relayed as they arrive, ``: ping`` comments while idle.
 
     Until the stream has started, an upstream error keeps its own status; after
-    that it goes in-band as ``data: {"error": …}`` followed by ``data: [DONE]``.
+    that it goes in-band (for OpenAI ``data: {"error": …}`` followed by ``data: [DONE]``).
+    ``on_block`` sees every block of upstream events as it is relayed, e.g. to read usage.
     """
 
-    def __init__(self, open_upstream: OpenUpstream, keepalive: float, on_finish: OnFinish | None):
-        super().__init__(open_upstream, on_finish)
+    def __init__(
+        self,
+        open_upstream: OpenUpstream,
+        keepalive: float,
+        on_finish: OnFinish | None,
+        dialect: Dialect = OPENAI,
+        on_block: OnBlock | None = None,
+    ):
+        super().__init__(open_upstream, on_finish, dialect)
+        self._on_block = on_block
         self._keepalive = keepalive
         self._started = False
         self._finished = False
@@ -153,7 +212,7 @@ class RelayStreamResponse(_Relay):
         try:
             upstream = await self._open_upstream()
         except ProxyError as exc:
-            await self._fail(send, exc.status_code, exc.body(), exc.headers())
+            await self._fail(send, exc.status_code, self._dialect.error_body(exc), exc.headers())
             return
         try:
             await self._start(send, upstream.headers)
@@ -171,18 +230,19 @@ class RelayStreamResponse(_Relay):
                 cut = _last_boundary(pending)
                 if cut:
                     block, pending = pending[:cut], pending[cut:]
-                    saw_done = saw_done or b"[DONE]" in block
+                    saw_done = saw_done or self._dialect.is_end(block)
                     await self._send_block(send, block)
         except ProxyError as exc:
-            await self._fail(send, exc.status_code, exc.body(), {})
+            await self._fail(send, exc.status_code, self._dialect.error_body(exc), {})
             return
         if pending.strip():
             # Forward a final event the upstream did not terminate.
-            saw_done = saw_done or b"[DONE]" in pending
-            await self._send_block(send, pending.rstrip(b"\r\n") + b"\n\n")
+            block = pending.rstrip(b"\r\n") + b"\n\n"
+            saw_done = saw_done or self._dialect.is_end(block)
+            await self._send_block(send, block)
         if not saw_done:
-            message = "The upstream closed the stream before it was complete."
-            await self._fail(send, 502, error_body(message, "upstream_error"), {})
+            incomplete = StreamIncomplete("The upstream closed the stream before it was complete.")
+            await self._fail(send, 502, self._dialect.error_body(incomplete), {})
             return
         self.outcome.status = "completed"
         self._finished = True
@@ -193,6 +253,8 @@ class RelayStreamResponse(_Relay):
             self._mark_first_byte()
             self.outcome.head = block[:4096]
         self.outcome.tail = (self.outcome.tail + block)[-8192:]
+        if self._on_block is not None:
+            self._on_block(block)
         self._last_sent = time.monotonic()
         await send({"type": "http.response.body", "body": block, "more_body": True})
 
@@ -216,7 +278,7 @@ class RelayStreamResponse(_Relay):
             self.outcome.status_code = status
             await _send_json(send, status, json.dumps(body).encode(), headers)
             return
-        payload = b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
+        payload = self._dialect.in_band_error(body)
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def _ping_while_idle(self, send: Send) -> None:

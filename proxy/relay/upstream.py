@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +42,19 @@ _PASSED_RESPONSE_HEADERS = (
 )
 
 
+def passed_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in _PASSED_RESPONSE_HEADERS if name in headers}
+
+
 @dataclass
 class UpstreamResponse:
-    """An open upstream response whose status was a success; the body may still be streaming."""
+    """An open upstream response whose status was a success; the body may still be streaming.
+
+    ``select_headers`` picks the response headers passed on to the client (OpenAI's by default).
+    """
 
     response: httpx.Response
+    select_headers: Callable[[httpx.Headers], dict[str, str]] = passed_headers
 
     @property
     def status_code(self) -> int:
@@ -54,7 +62,7 @@ class UpstreamResponse:
 
     @property
     def headers(self) -> dict[str, str]:
-        return passed_headers(self.response.headers)
+        return self.select_headers(self.response.headers)
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a broken connection becomes a :class:`ProxyError`."""
@@ -163,18 +171,23 @@ class Upstreams:
         ]
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"Upstream did not answer in time ({request.url.host}).") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"Upstream unreachable ({request.url.host}): {type(exc).__name__}."
-            ) from exc
+        return await send_streaming(self._client, request)
 
 
-def passed_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {name: headers[name] for name in _PASSED_RESPONSE_HEADERS if name in headers}
+async def send_streaming(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send ``request`` and return the response with its body unread.
+
+    Failing to connect or to get an answer raises :class:`UpstreamUnavailable` or
+    :class:`UpstreamTimeout`; the caller must ``aclose()`` the response.
+    """
+    try:
+        return await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"Upstream did not answer in time ({request.url.host}).") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(
+            f"Upstream unreachable ({request.url.host}): {type(exc).__name__}."
+        ) from exc
 
 
 def _auth_headers(key: SecretStr | None) -> dict[str, str]:

@@ -1,0 +1,70 @@
+"""What a provider relay's routes get from the relay app, and the helpers they share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from starlette.requests import Request
+
+from proxy.relay.tokens import ModelUsage, RunGrant, RunTokens
+from proxy.settings import Settings
+
+logger = logging.getLogger("proxy.relay")
+
+OnUsage = Callable[[str, ModelUsage], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RelayContext:
+    """Built in the relay app's lifespan and handed to routes through ``request.state.relay``.
+
+    ``client`` is one pooled HTTP client shared by every provider relay.
+    """
+
+    tokens: RunTokens
+    settings: Settings
+    client: httpx.AsyncClient
+    on_usage: OnUsage | None = None
+
+    async def report_usage(self, grant: RunGrant, usage: ModelUsage) -> None:
+        """Pass one model call's usage to the grant's hook and the app's.
+
+        Runs shielded from cancellation (the agent may have gone away already); a failing
+        hook is logged, never raised into the relay.
+        """
+        with anyio.CancelScope(shield=True):
+            if grant.on_usage is not None:
+                try:
+                    await grant.on_usage(usage)
+                except Exception:
+                    logger.exception("usage hook of run %s failed", grant.run_id)
+            if self.on_usage is not None:
+                try:
+                    await self.on_usage(grant.run_id, usage)
+                except Exception:
+                    logger.exception("relay usage callback failed for run %s", grant.run_id)
+
+
+def relay_context(request: Request) -> RelayContext:
+    context = request.state.relay
+    assert isinstance(context, RelayContext)
+    return context
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
