@@ -41,6 +41,8 @@ class AgentSpec:
     a session needs the same ``home`` and ``workdir``). ``executable`` overrides the command
     name in ``argv[0]``, e.g. with a path inside an npm install prefix (see ``BinaryInfo``).
     ``extra_env`` is added to the environment but cannot override what the adapter sets.
+    ``relay_socket`` is a unix socket path inside the sandbox that carries the relay traffic
+    (the base URL's host is then only a header), for CLIs that can dial one.
     """
 
     prompt: str
@@ -54,6 +56,7 @@ class AgentSpec:
     max_turns: int | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     executable: str | None = None
+    relay_socket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

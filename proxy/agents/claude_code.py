@@ -102,6 +102,10 @@ class ClaudeCodeAdapter:
             # Fail fast on API errors; the default retries for minutes.
             "CLAUDE_CODE_MAX_RETRIES": "0",
         }
+        if spec.relay_socket:
+            # Claude Code dials this socket for every request; ANTHROPIC_BASE_URL must then be
+            # a plain http:// URL (its host is only sent as a header).
+            env["ANTHROPIC_UNIX_SOCKET"] = spec.relay_socket
         return Invocation(argv=argv, env=env, cwd=spec.workdir)
 
     def new_translator(self) -> ClaudeCodeTranslator:

@@ -257,6 +257,10 @@ class SandboxBackend(Protocol):
         """True when the engine answers. Never raises."""
         ...
 
+    async def check_image(self, image: str) -> None:
+        """Raise `ImageNotFound` unless ``image`` can be launched now (backends never pull)."""
+        ...
+
     async def launch(self, spec: SandboxSpec) -> Sandbox:
         """Create (but do not start) a sandbox for ``spec``."""
         ...

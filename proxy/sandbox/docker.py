@@ -98,6 +98,9 @@ class DockerBackend:
             return False
         return response.status_code == 200
 
+    async def check_image(self, image: str) -> None:
+        await self._engine.require_image(image)
+
     async def launch(self, spec: SandboxSpec) -> DockerSandbox:
         spec.check_limits()
         await self._engine.require_image(spec.image)

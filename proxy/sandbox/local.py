@@ -105,6 +105,9 @@ class LocalBackend:
     async def ping(self) -> bool:
         return True
 
+    async def check_image(self, image: str) -> None:
+        """Images mean nothing here: runs use the host's own filesystem."""
+
     async def launch(self, spec: SandboxSpec) -> LocalSandbox:
         spec.check_limits()
         if not self._warned and self._bwrap is None:

@@ -407,3 +407,13 @@ def test_extra_env_cannot_redirect_the_model_endpoint() -> None:
     env = ClaudeCodeAdapter().build(spec(extra_env=extra)).env
     assert env["ANTHROPIC_BASE_URL"] == "http://relay.internal/r/abc"
     assert env["GITHUB_TOKEN"] == "gh"
+
+
+def test_relay_socket_is_dialled_when_given() -> None:
+    plain = ClaudeCodeAdapter().build(spec())
+    assert "ANTHROPIC_UNIX_SOCKET" not in plain.env
+    over_socket = ClaudeCodeAdapter().build(
+        spec(relay_socket="/run/jetty/relay.sock", relay_base_url="http://relay")
+    )
+    assert over_socket.env["ANTHROPIC_UNIX_SOCKET"] == "/run/jetty/relay.sock"
+    assert over_socket.env["ANTHROPIC_BASE_URL"] == "http://relay"

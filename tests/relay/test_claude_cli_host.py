@@ -1,7 +1,8 @@
 """The real Claude Code CLI, on this host, through the relay on a unix socket.
 
-Needs the pinned CLI: set ``JETTY_PROXY_TEST_CLAUDE_BIN`` to its ``claude`` command. Without it
-the test is skipped, except in CI, where a missing CLI is a failure.
+Needs the pinned CLI: from the agent cache named by ``JETTY_PROXY_AGENT_CACHE_DIR`` (as
+``jetty-proxy agents install`` fills it), or ``JETTY_PROXY_TEST_CLAUDE_BIN`` naming a ``claude``
+command. Without either the test is skipped, except in CI, where a missing CLI is a failure.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 from starlette.types import Receive, Scope, Send
 
 from proxy.agents import AgentSpec, get_adapter
+from proxy.agents.install import AgentCache
 from proxy.events import Event, Finished, TextDelta, ToolCall, ToolResult, Usage
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
@@ -29,9 +32,14 @@ pytestmark = pytest.mark.agents
 @pytest.fixture
 def claude_bin() -> str:
     path = os.environ.get("JETTY_PROXY_TEST_CLAUDE_BIN")
+    cache = os.environ.get("JETTY_PROXY_AGENT_CACHE_DIR")
+    if not path and cache:
+        adapter = get_adapter("claude-code")
+        if AgentCache(Path(cache)).status(adapter).installed:
+            path = str(anyio.run(AgentCache(Path(cache)).ensure, adapter).host_argv[0])
     if not path:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("JETTY_PROXY_TEST_CLAUDE_BIN must name the claude CLI in CI")
+            pytest.fail("the pinned claude CLI must be in the agent cache in CI")
         pytest.skip("set JETTY_PROXY_TEST_CLAUDE_BIN to run the real Claude Code CLI")
     return path
 

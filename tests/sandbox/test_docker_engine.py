@@ -232,7 +232,10 @@ async def test_close_from_another_task_ends_a_running_reader_quietly(
 
 async def test_missing_image_is_not_pulled(docker: DockerBackend) -> None:
     with pytest.raises(ImageNotFound):
+        await docker.check_image("jetty-test/not-built:never")
+    with pytest.raises(ImageNotFound):
         await docker.launch(_spec(["true"], image="jetty-test/not-built:never"))
+    await docker.check_image(BUSYBOX)
 
 
 async def test_remove_orphans_removes_labelled_leftovers(docker: DockerBackend) -> None:
