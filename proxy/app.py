@@ -12,16 +12,28 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from proxy.api import chat, health, models
+from proxy.api import (
+    chat,
+    collections,
+    files,
+    health,
+    models,
+    storage,
+    trajectories,
+    trajectory_events,
+)
 from proxy.api.context import Services
 from proxy.api.middleware import RequestContextMiddleware
 from proxy.api.responses import handle_http_exception, handle_proxy_error, handle_unexpected
+from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
 from proxy.settings import Settings
 from proxy.store import Store, open_store
+from proxy.store.blobs import LocalBlobStore
+from proxy.store.crypto import SecretBox, load_or_create_key
 
 logger = logging.getLogger("proxy")
 
@@ -42,7 +54,11 @@ class ProxyApp(Starlette):
         return RequestContextMiddleware(
             super().build_middleware_stack(),
             self._metrics,
-            body_limit=lambda path: self._settings.max_body_bytes,
+            body_limit=lambda path: (
+                upload_body_limit(self._settings.upload_max_bytes)
+                if path in UPLOAD_PATHS
+                else self._settings.max_body_bytes
+            ),
         )
 
 
@@ -57,7 +73,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        the_store = store or open_store(settings.database)
+        secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        the_store = store or open_store(
+            settings.database,
+            secret_box=SecretBox(load_or_create_key(secret_key, settings.data_dir)),
+        )
         await the_store.migrate()
         upstreams = Upstreams(settings, transport=upstream_transport)
         services = Services(
@@ -66,6 +86,7 @@ def create_app(
             authenticator=Authenticator(the_store, cache_seconds=settings.auth_cache_seconds),
             upstreams=upstreams,
             metrics=metrics,
+            blobs=LocalBlobStore(settings.blobs),
         )
         try:
             yield {"services": services}
@@ -79,6 +100,60 @@ def create_app(
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/v1/files", files.create_file, methods=["POST"]),
+        Route("/v1/files", files.list_files, methods=["GET"]),
+        Route("/v1/files/{file_id}", files.retrieve_file, methods=["GET"]),
+        Route("/v1/files/{file_id}", files.delete_file, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", files.file_content, methods=["GET"]),
+        Route("/api/v1/files", files.create_file, methods=["POST"]),
+        Route("/api/v1/sandbox/upload", storage.upload, methods=["POST"]),
+        Route("/api/v1/file/{storage_path:path}", storage.download, methods=["GET"]),
+        Route("/api/v1/list-files", storage.list_files, methods=["GET"]),
+        Route(
+            "/api/v1/db/trajectories/{collection}/{task}",
+            trajectories.list_trajectories,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/db/trajectory/{collection}/{task}/{trajectory_id}",
+            trajectories.get_trajectory,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/trajectory/{collection}/{task}/statuses",
+            trajectories.set_statuses,
+            methods=["POST"],
+        ),
+        Route(
+            "/api/v1/trajectory/{collection}/{task}/{trajectory_id}/labels",
+            trajectories.set_label,
+            methods=["POST"],
+        ),
+        Route(
+            "/api/v1/trajectory/{collection}/{task}/{trajectory_id}/download",
+            trajectories.download_results,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/trajectory/{collection}/{task}/{trajectory_id}/artifacts/{path:path}",
+            trajectories.download_artifact,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/trajectory/{collection}/{task}/{trajectory_id}/events",
+            trajectory_events.stream_events,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/collections/{collection}/environment",
+            collections.get_environment,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/collections/{collection}/environment",
+            collections.patch_environment,
+            methods=["PATCH"],
+        ),
     ]
     return ProxyApp(
         metrics=metrics,

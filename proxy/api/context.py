@@ -11,6 +11,7 @@ from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
 from proxy.settings import Settings
 from proxy.store import Store
+from proxy.store.blobs import BlobStore
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Services:
     authenticator: Authenticator
     upstreams: Upstreams
     metrics: Metrics
+    blobs: BlobStore
 
 
 def services_of(request: Request) -> Services:

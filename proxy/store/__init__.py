@@ -1,5 +1,41 @@
-"""Durable state: API keys, and (as the store grows) trajectories, files and artifacts."""
+"""Durable state: API keys, trajectories and their events, files, artifacts, collection settings."""
 
-from proxy.store.base import ApiKey, Store, StoreError, open_store
+from proxy.store.base import (
+    RecordNotFound,
+    SecretsUnavailable,
+    Store,
+    StoreError,
+    open_store,
+)
+from proxy.store.records import (
+    ApiKey,
+    Artifact,
+    BlobInfo,
+    CollectionEnvironment,
+    Label,
+    Step,
+    StoredEvent,
+    StoredFile,
+    Trajectory,
+    TrajectoryPage,
+    TrajectoryStatus,
+)
 
-__all__ = ["ApiKey", "Store", "StoreError", "open_store"]
+__all__ = [
+    "ApiKey",
+    "Artifact",
+    "BlobInfo",
+    "CollectionEnvironment",
+    "Label",
+    "RecordNotFound",
+    "SecretsUnavailable",
+    "Step",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "StoredFile",
+    "Trajectory",
+    "TrajectoryPage",
+    "TrajectoryStatus",
+    "open_store",
+]

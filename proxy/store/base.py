@@ -1,44 +1,55 @@
-"""The store seam: one Protocol, one implementation per database engine."""
+"""The store seam: one Protocol, one implementation per database engine.
+
+Errors, drawn as a tree::
+
+    StoreError                the database failed, is unreachable, or refused the data
+    ├── RecordNotFound        the trajectory (or other record) a write refers to does not exist
+    └── SecretsUnavailable    no secret key is configured, or it cannot open a stored secret
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from proxy.store.notify import Subscription
+from proxy.store.records import (
+    ApiKey,
+    Artifact,
+    BlobInfo,
+    CollectionEnvironment,
+    Label,
+    Step,
+    StoredEvent,
+    StoredFile,
+    Trajectory,
+    TrajectoryKind,
+    TrajectoryPage,
+    TrajectoryStatus,
+)
+
+if TYPE_CHECKING:
+    from proxy.store.crypto import SecretBox
+
+__all__ = ["ApiKey", "RecordNotFound", "SecretsUnavailable", "Store", "StoreError", "open_store"]
 
 
 class StoreError(Exception):
     """The database failed or is unreachable."""
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    """A client key. The secret itself is never stored, only its SHA-256."""
-
-    id: str
-    prefix: str
-    collections: tuple[str, ...]
-    admin: bool
-    created_at: datetime
-    revoked_at: datetime | None = None
-    name: str | None = None
-
-    def can_access(self, collection: str) -> bool:
-        return self.admin or collection in self.collections
+class RecordNotFound(StoreError, LookupError):
+    """A write referred to a record that does not exist."""
 
 
-class Store(Protocol):
-    """What the rest of the proxy may ask of the database."""
+class SecretsUnavailable(StoreError):
+    """Collection secrets cannot be sealed or opened (no key, or the wrong one)."""
 
-    async def migrate(self) -> None:
-        """Create or upgrade the schema; safe to call on every start."""
 
-    async def ping(self) -> None:
-        """Raise :class:`StoreError` unless the database answers."""
-
-    async def close(self) -> None: ...
-
+class KeyStore(Protocol):
     async def create_key(
         self,
         key_hash: str,
@@ -60,19 +71,197 @@ class Store(Protocol):
         """True when at least one live key exists (authentication is then required)."""
 
 
-def open_store(database_url: str) -> Store:
-    """Pick the engine from the URL scheme; the caller must ``await store.migrate()``."""
+class TrajectoryStore(Protocol):
+    async def create_trajectory(
+        self,
+        collection: str,
+        task: str,
+        *,
+        model: str | None = None,
+        agent: str | None = None,
+        jetty: Mapping[str, Any] | None = None,
+        kind: TrajectoryKind = "run",
+        status: TrajectoryStatus = "pending",
+        environment: Mapping[str, Any] | None = None,
+        steps: Mapping[str, Step] | None = None,
+        usage: Mapping[str, Any] | None = None,
+        cost_usd: float | None = None,
+        error: str | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+    ) -> Trajectory:
+        """Insert a trajectory with a fresh 8-hex id (unique across the store).
+
+        ``jetty``, ``steps`` and ``error`` are redacted with the collection's secrets.
+        """
+
+    async def get_trajectory(self, trajectory_id: str) -> Trajectory | None: ...
+
+    async def update_trajectory(
+        self,
+        trajectory_id: str,
+        *,
+        status: TrajectoryStatus | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+        environment: Mapping[str, Any] | None = None,
+        steps: Mapping[str, Step] | None = None,
+        usage: Mapping[str, Any] | None = None,
+        cost_usd: float | None = None,
+        error: str | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+    ) -> Trajectory:
+        """Set the given fields (``None`` leaves a field as it is) and return the result.
+
+        ``steps`` are merged by name into the existing ones. Raises :class:`RecordNotFound`.
+        """
+
+    async def transition(
+        self,
+        trajectory_id: str,
+        status: TrajectoryStatus,
+        *,
+        allowed_from: Collection[TrajectoryStatus],
+        finished_at: datetime | None = None,
+    ) -> Trajectory | None:
+        """Compare-and-set the status: only from one of ``allowed_from``; None otherwise."""
+
+    async def list_trajectories(
+        self,
+        collection: str,
+        task: str | None = None,
+        *,
+        status: TrajectoryStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TrajectoryPage:
+        """Newest first."""
+
+    async def set_label(
+        self, trajectory_id: str, key: str, value: str, author: str | None
+    ) -> Label:
+        """Set (or replace) one label. Raises :class:`RecordNotFound`."""
+
+    async def list_labels(self, trajectory_id: str) -> list[Label]: ...
+
+    async def append_event(
+        self, trajectory_id: str, event_type: str, data: Mapping[str, Any]
+    ) -> int:
+        """Append to the event log and return its ``seq``: 1, 2, 3… per trajectory, no gaps,
+        safe under concurrent writers. ``data`` is redacted with the collection's secrets.
+        Raises :class:`RecordNotFound`.
+        """
+
+    async def events_after(
+        self, trajectory_id: str, after_seq: int = 0, *, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events with ``seq > after_seq``, oldest first."""
+
+    def subscribe(self, trajectory_id: str) -> AbstractContextManager[Subscription]:
+        """Be woken when this process appends to or updates the trajectory."""
+
+    async def add_artifact(
+        self, trajectory_id: str, path: str, blob: BlobInfo, content_type: str
+    ) -> tuple[Artifact, str | None]:
+        """Record (or replace) a results-dir file. Returns it and the blob key it replaced,
+        which the caller should delete. Raises :class:`RecordNotFound`."""
+
+    async def list_artifacts(self, trajectory_id: str) -> list[Artifact]:
+        """Ordered by path."""
+
+    async def get_artifact(self, trajectory_id: str, path: str) -> Artifact | None: ...
+
+
+class FileStore(Protocol):
+    async def add_file(
+        self,
+        collection: str,
+        storage_path: str | None,
+        filename: str,
+        purpose: str,
+        blob: BlobInfo,
+        content_type: str,
+    ) -> tuple[StoredFile, str | None]:
+        """Record an upload under a fresh ``file-…`` id.
+
+        ``storage_path`` (collection-prefixed) replaces any file already there; ``None``
+        files it under ``<collection>/files/<id>/<filename>``. Returns the record and the
+        blob key it replaced, which the caller should delete.
+        """
+
+    async def get_file(self, file_id: str) -> StoredFile | None: ...
+
+    async def get_file_by_path(self, storage_path: str) -> StoredFile | None: ...
+
+    async def list_files(
+        self,
+        collection: str,
+        *,
+        purpose: str | None = None,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> list[StoredFile]:
+        """By upload time (``order``); ``after`` is a file id, as OpenAI's cursor."""
+
+    async def list_paths(
+        self, collection: str, prefix: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[StoredFile]:
+        """Files whose storage path starts with ``prefix``, by path; ``after`` is a path."""
+
+    async def delete_file(self, file_id: str) -> StoredFile | None:
+        """Delete the record and return it (the caller deletes its blob)."""
+
+
+class CollectionStore(Protocol):
+    async def get_environment(self, collection: str) -> CollectionEnvironment: ...
+
+    async def update_environment(
+        self,
+        collection: str,
+        *,
+        variables: Mapping[str, str | None] | None = None,
+        secrets: Mapping[str, str | None] | None = None,
+    ) -> CollectionEnvironment:
+        """Set (``str``) or delete (``None``) variables and secrets in one transaction.
+
+        Secrets are sealed with the store's secret key before they reach the database.
+        """
+
+    async def secret_values(self, collection: str) -> dict[str, str]:
+        """The collection's secrets in clear, for a sandbox's environment. Never render these."""
+
+
+class Store(KeyStore, TrajectoryStore, FileStore, CollectionStore, Protocol):
+    """What the rest of the proxy may ask of the database."""
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe to call on every start."""
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers."""
+
+    async def close(self) -> None: ...
+
+
+def open_store(database_url: str, *, secret_box: SecretBox | None = None) -> Store:
+    """Pick the engine from the URL scheme; the caller must ``await store.migrate()``.
+
+    Without ``secret_box`` everything but collection secrets works.
+    """
     if database_url.startswith("sqlite:///"):
         from proxy.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(database_url.removeprefix("sqlite:///")))
+        return SQLiteStore(Path(database_url.removeprefix("sqlite:///")), secret_box=secret_box)
     if database_url.startswith(("postgresql://", "postgres://")):
         try:
-            from proxy.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+            from proxy.store.postgres import PostgresStore
         except ImportError as exc:
             raise StoreError(
                 "PostgreSQL support needs the extra: pip install 'jetty-proxy[postgres]'"
             ) from exc
-        store: Store = PostgresStore(database_url)
+        store: Store = PostgresStore(database_url, secret_box=secret_box)
         return store
     raise StoreError(f"unsupported database URL (use sqlite:/// or postgresql://): {database_url}")

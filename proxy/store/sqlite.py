@@ -2,32 +2,51 @@
 
 sqlite3 is blocking, so every call runs in a worker thread. One connection in
 WAL mode serves the process; a lock serialises access to it, which is what
-SQLite does internally anyway.
+SQLite does internally anyway. ``BEGIN IMMEDIATE`` around multi-statement
+writes keeps them atomic against other processes on the same file.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import anyio.to_thread
 
-from proxy.store.base import ApiKey, StoreError
+from proxy.store.base import RecordNotFound, StoreError
+from proxy.store.batch import Coalescer
+from proxy.store.crypto import SecretBox
 from proxy.store.migrations import SQLITE_MIGRATIONS
+from proxy.store.sql import SQLStore
+from proxy.store.sql.database import DuplicateKey, Json, Params, Row, Statement
 
 T = TypeVar("T")
+#: trajectory id, event type, JSON data, timestamp
+_Append = tuple[str, str, str, str]
+APPEND_BATCH = 256
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
+    """The store on one SQLite file (created with its directory on first use)."""
+
+    def __init__(self, path: Path, *, secret_box: SecretBox | None = None):
+        self.path = path
+        super().__init__(SQLiteDatabase(path), secret_box=secret_box)
+
+
+class SQLiteDatabase:
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # Concurrent appends share one transaction (and one thread hop) per batch.
+        self._appends: Coalescer[_Append, int | None] = Coalescer(
+            self._append_batch, max_batch=APPEND_BATCH
+        )
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -37,6 +56,9 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
+            # WAL makes NORMAL safe against corruption; only the last commits may be lost
+            # on power failure, never on a process crash.
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._conn = conn
         return self._conn
 
@@ -45,10 +67,70 @@ class SQLiteStore:
             with self._lock:
                 try:
                     return fn(self._connect())
+                except sqlite3.IntegrityError as exc:
+                    message = str(exc)
+                    if "UNIQUE constraint failed" in message or "PRIMARY KEY" in message:
+                        raise DuplicateKey(f"SQLite: {message}") from exc
+                    if "FOREIGN KEY constraint failed" in message:
+                        raise RecordNotFound(f"SQLite: {message}") from exc
+                    raise StoreError(f"SQLite error: {message}") from exc
                 except sqlite3.Error as exc:
                     raise StoreError(f"SQLite error: {exc}") from exc
 
         return await anyio.to_thread.run_sync(call)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        def fetch(conn: sqlite3.Connection) -> Row | None:
+            row = conn.execute(sql, _bind(params)).fetchone()
+            return None if row is None else dict(row)
+
+        return await self._run(fetch)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._run(
+            lambda conn: [dict(row) for row in conn.execute(sql, _bind(params)).fetchall()]
+        )
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._run(lambda conn: conn.execute(sql, _bind(params)).rowcount)
+
+    async def atomic(self, statements: Sequence[Statement]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                for sql, params in statements:
+                    conn.execute(sql, _bind(params))
+
+        await self._run(run)
+
+    async def append_event(
+        self, trajectory_id: str, event_type: str, data: Json, created_at: datetime
+    ) -> int | None:
+        return await self._appends.submit(
+            (trajectory_id, event_type, data.dumps(), _iso(created_at))
+        )
+
+    async def _append_batch(self, batch: Sequence[_Append]) -> list[int | None]:
+        def append(conn: sqlite3.Connection) -> list[int | None]:
+            seqs: list[int | None] = []
+            with _transaction(conn):
+                for trajectory_id, event_type, data, stamp in batch:
+                    row = conn.execute(
+                        "UPDATE trajectories SET last_seq = last_seq + 1, updated_at = ?"
+                        " WHERE id = ? RETURNING last_seq",
+                        (stamp, trajectory_id),
+                    ).fetchone()
+                    if row is None:
+                        seqs.append(None)
+                        continue
+                    conn.execute(
+                        "INSERT INTO events (trajectory_id, seq, type, data, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (trajectory_id, row[0], event_type, data, stamp),
+                    )
+                    seqs.append(int(row[0]))
+            return seqs
+
+        return await self._run(append)
 
     async def migrate(self) -> None:
         def apply(conn: sqlite3.Connection) -> None:
@@ -58,21 +140,13 @@ class SQLiteStore:
             for version, script in enumerate(SQLITE_MIGRATIONS, start=1):
                 if version <= current:
                     continue
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     for statement in script.split(";\n"):
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
 
         await self._run(apply)
-
-    async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
         def close(_: sqlite3.Connection) -> None:
@@ -83,84 +157,32 @@ class SQLiteStore:
         if self._conn is not None:
             await self._run(close)
 
-    async def create_key(
-        self,
-        key_hash: str,
-        prefix: str,
-        collections: tuple[str, ...],
-        admin: bool,
-        name: str | None,
-    ) -> ApiKey:
-        key = ApiKey(
-            id=uuid.uuid4().hex[:12],
-            prefix=prefix,
-            collections=collections,
-            admin=admin,
-            created_at=datetime.now(UTC),
-            name=name,
-        )
 
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO api_keys (id, key_hash, prefix, collections, admin, name, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.id,
-                    key_hash,
-                    prefix,
-                    "\n".join(collections),
-                    int(admin),
-                    name,
-                    key.created_at.isoformat(),
-                ),
-            )
+class _transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
 
-        await self._run(insert)
-        return key
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
 
-    async def find_key(self, key_hash: str) -> ApiKey | None:
-        row = await self._run(
-            lambda conn: conn.execute(
-                "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
-            ).fetchone()
-        )
-        return None if row is None else _key_from_row(row)
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
 
-    async def list_keys(self) -> list[ApiKey]:
-        rows = await self._run(
-            lambda conn: conn.execute("SELECT * FROM api_keys ORDER BY created_at").fetchall()
-        )
-        return [_key_from_row(row) for row in rows]
-
-    async def revoke_key(self, key_id: str) -> bool:
-        now = datetime.now(UTC).isoformat()
-        count = await self._run(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE api_keys SET revoked_at = ? WHERE (id = ? OR prefix = ?)"
-                    " AND revoked_at IS NULL",
-                    (now, key_id, key_id),
-                ).rowcount
-            )
-        )
-        return count > 0
-
-    async def has_keys(self) -> bool:
-        row = await self._run(
-            lambda conn: conn.execute(
-                "SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"
-            ).fetchone()
-        )
-        return row is not None
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-def _key_from_row(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(
-        id=row["id"],
-        prefix=row["prefix"],
-        collections=tuple(c for c in row["collections"].split("\n") if c),
-        admin=bool(row["admin"]),
-        created_at=datetime.fromisoformat(row["created_at"]),
-        revoked_at=datetime.fromisoformat(row["revoked_at"]) if row["revoked_at"] else None,
-        name=row["name"],
-    )
+def _bind(params: Params) -> tuple[object, ...]:
+    return tuple(_value(value) for value in params)
+
+
+def _value(value: object) -> object:
+    if isinstance(value, Json):
+        return value.dumps()
+    if isinstance(value, datetime):
+        return _iso(value)
+    return value
+
+
+def _iso(moment: datetime) -> str:
+    # Fixed width, so that text order is time order.
+    return moment.isoformat(timespec="microseconds")

@@ -1,0 +1,203 @@
+"""PostgreSQL engine, for several proxy processes sharing one database.
+
+psycopg 3 in async mode over a connection pool, opened on first use (inside the
+event loop that will use it) and dropped on close, so a store can be reopened in
+another event loop.
+Connections run in autocommit; multi-statement writes use explicit transactions.
+Needs the ``postgres`` extra (``psycopg[binary]`` and ``psycopg-pool``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from proxy.store.base import RecordNotFound, StoreError
+from proxy.store.batch import Coalescer
+from proxy.store.crypto import SecretBox
+from proxy.store.migrations import POSTGRES_MIGRATIONS
+from proxy.store.sql import SQLStore
+from proxy.store.sql.database import DuplicateKey, Json, Params, Row, Statement
+
+Connection = psycopg.AsyncConnection[dict[str, Any]]
+
+#: Any constant will do; it only has to be the same in every process.
+_MIGRATION_LOCK = 0x6A657474
+#: trajectory id, event type, data, timestamp
+_Append = tuple[str, str, Json, datetime]
+APPEND_BATCH = 256
+# One statement per event: the row lock on the trajectory orders concurrent appends, and
+# the counter and the event commit together, so seqs have no gaps and commit in order.
+_APPEND_SQL = (
+    "WITH bumped AS (UPDATE trajectories SET last_seq = last_seq + 1,"
+    " updated_at = %s WHERE id = %s RETURNING id, last_seq)"
+    " INSERT INTO events (trajectory_id, seq, type, data, created_at)"
+    " SELECT id, last_seq, %s, %s, %s FROM bumped RETURNING seq"
+)
+
+
+class PostgresStore(SQLStore):
+    """The store on a PostgreSQL database given by a ``postgresql://`` URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret_box: SecretBox | None = None,
+        min_connections: int = 1,
+        max_connections: int = 10,
+    ):
+        self.url = url
+        super().__init__(
+            PostgresDatabase(url, min_size=min_connections, max_size=max_connections),
+            secret_box=secret_box,
+        )
+
+
+class PostgresDatabase:
+    def __init__(self, url: str, *, min_size: int, max_size: int):
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._opening: anyio.Event | None = None
+        # Concurrent appends share one transaction (and one round trip) per batch.
+        self._appends: Coalescer[_Append, int | None] = Coalescer(
+            self._append_batch, max_batch=APPEND_BATCH
+        )
+
+    async def _open_pool(self) -> AsyncConnectionPool[Connection]:
+        if self._pool is not None:
+            return self._pool
+        if self._opening is not None:
+            # Another task is opening the pool: psycopg's pool must be opened only once.
+            await self._opening.wait()
+            if self._pool is None:
+                raise StoreError("PostgreSQL is unreachable")
+            return self._pool
+        opening = self._opening = anyio.Event()
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            self._url,
+            connection_class=psycopg.AsyncConnection[dict[str, Any]],
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            min_size=self._min_size,
+            max_size=self._max_size,
+            open=False,
+            timeout=30.0,
+            name="jetty-proxy",
+        )
+        try:
+            await pool.open(wait=True, timeout=30.0)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+            if isinstance(exc, PoolTimeout | psycopg.Error):
+                raise StoreError(f"PostgreSQL is unreachable: {exc}") from exc
+            raise
+        else:
+            self._pool = pool
+        finally:
+            self._opening = None
+            opening.set()
+        return pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        pool = await self._open_pool()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except pg_errors.UniqueViolation as exc:
+            raise DuplicateKey(f"PostgreSQL: {exc}") from exc
+        except pg_errors.ForeignKeyViolation as exc:
+            raise RecordNotFound(f"PostgreSQL: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error: {exc}") from exc
+        except PoolTimeout as exc:
+            raise StoreError(f"PostgreSQL pool exhausted: {exc}") from exc
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(_sql(sql), _bind(params))
+            return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._connection() as conn:
+            cursor = await conn.execute(_sql(sql), _bind(params))
+            return await cursor.fetchall()
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._connection() as conn:
+            cursor = await conn.execute(_sql(sql), _bind(params))
+            return cursor.rowcount
+
+    async def atomic(self, statements: Sequence[Statement]) -> None:
+        async with self._connection() as conn, conn.transaction():
+            for sql, params in statements:
+                await conn.execute(_sql(sql), _bind(params))
+
+    async def append_event(
+        self, trajectory_id: str, event_type: str, data: Json, created_at: datetime
+    ) -> int | None:
+        return await self._appends.submit((trajectory_id, event_type, data, created_at))
+
+    async def _append_batch(self, batch: Sequence[_Append]) -> list[int | None]:
+        # Lock trajectories in id order (stable, so one run's events keep their order):
+        # batches from several processes then never deadlock on each other.
+        order = sorted(range(len(batch)), key=lambda i: batch[i][0])
+        seqs: list[int | None] = [None] * len(batch)
+        async with self._connection() as conn, conn.transaction():
+            cursors = []
+            async with conn.pipeline():
+                for i in order:
+                    trajectory_id, event_type, data, created_at = batch[i]
+                    cursor = conn.cursor()
+                    await cursor.execute(
+                        _APPEND_SQL,
+                        (created_at, trajectory_id, event_type, Jsonb(data.value), created_at),
+                    )
+                    cursors.append((i, cursor))
+            for i, cursor in cursors:
+                row = await cursor.fetchone()
+                seqs[i] = None if row is None else int(row["seq"])
+        return seqs
+
+    async def migrate(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            # Several processes may start at once; one migrates, the others wait here.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            cursor = await conn.execute("SELECT MAX(version) AS version FROM schema_version")
+            row = await cursor.fetchone()
+            current = (row or {}).get("version") or 0
+            for version, script in enumerate(POSTGRES_MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in script.split(";\n"):
+                    if statement.strip():
+                        await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+def _sql(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+def _bind(params: Params) -> tuple[object, ...]:
+    return tuple(Jsonb(value.value) if isinstance(value, Json) else value for value in params)

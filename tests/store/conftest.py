@@ -1,0 +1,23 @@
+"""The contract suite runs every test against each engine (see ``tests.support.stores``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.store import Store
+from tests.support.stores import database_url_fixture, make_store
+
+__all__ = ["database_url_fixture"]
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A migrated store on an empty database of each engine."""
+    the_store = make_store(database_url)
+    await the_store.migrate()
+    try:
+        yield the_store
+    finally:
+        await the_store.close()
