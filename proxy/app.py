@@ -30,6 +30,8 @@ from proxy.auth import Authenticator
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
+from proxy.runs.runtime import run_service
+from proxy.sandbox import SandboxBackend
 from proxy.settings import Settings
 from proxy.store import Store, open_store
 from proxy.store.blobs import LocalBlobStore
@@ -67,8 +69,10 @@ def create_app(
     *,
     store: Store | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    sandbox_backend: SandboxBackend | None = None,
+    relay_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    """Build the ASGI app. ``store`` and ``upstream_transport`` are injectable for tests."""
+    """Build the ASGI app. The keyword arguments replace real parts in tests."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -80,16 +84,24 @@ def create_app(
         )
         await the_store.migrate()
         upstreams = Upstreams(settings, transport=upstream_transport)
-        services = Services(
-            settings=settings,
-            store=the_store,
-            authenticator=Authenticator(the_store, cache_seconds=settings.auth_cache_seconds),
-            upstreams=upstreams,
-            metrics=metrics,
-            blobs=LocalBlobStore(settings.blobs),
-        )
+        blobs = LocalBlobStore(settings.blobs)
         try:
-            yield {"services": services}
+            async with run_service(
+                settings, the_store, blobs, backend=sandbox_backend, relay_transport=relay_transport
+            ) as runs:
+                yield {
+                    "services": Services(
+                        settings=settings,
+                        store=the_store,
+                        authenticator=Authenticator(
+                            the_store, cache_seconds=settings.auth_cache_seconds
+                        ),
+                        upstreams=upstreams,
+                        metrics=metrics,
+                        blobs=blobs,
+                        runs=runs,
+                    )
+                }
         finally:
             await upstreams.aclose()
             await the_store.close()

@@ -11,7 +11,7 @@ import fnmatch
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     models_cache_seconds: float = Field(default=60.0, ge=0)
     anthropic_base_url: str = "https://api.anthropic.com"
     anthropic_api_key: SecretStr | None = None
+    openai_base_url: str = DEFAULT_UPSTREAM_URL
+    openai_api_key: SecretStr | None = None
+    google_base_url: str = "https://generativelanguage.googleapis.com"
+    google_api_key: SecretStr | None = None
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     keepalive_seconds: float = Field(default=15.0, gt=0)
@@ -89,14 +93,29 @@ class Settings(BaseSettings):
         default=None, description="where the pinned agent CLIs live; default data_dir/agents"
     )
 
+    # Runbook runs.
+    backend: Literal["auto", "docker", "local"] = "auto"
+    docker_host: str | None = Field(
+        default=None, description="unix:// URL of the Docker engine; default $DOCKER_HOST"
+    )
+    default_image: str | None = Field(
+        default=None, description="image for runs that name no environment"
+    )
+    run_timeout_sec: int = Field(default=1800, ge=1, le=86400)
+    results_max_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    results_max_files: int = Field(default=10_000, gt=0)
+    public_base_url: str | None = Field(
+        default=None, description="absolute URL clients reach this server at, for result links"
+    )
+
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
         return _validate_base_url(value)
 
-    @field_validator("anthropic_base_url")
+    @field_validator("anthropic_base_url", "openai_base_url", "google_base_url")
     @classmethod
-    def _check_anthropic(cls, value: str) -> str:
+    def _check_provider(cls, value: str) -> str:
         return _validate_base_url(value)
 
     @classmethod

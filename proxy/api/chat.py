@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.api.context import Services, authenticate, services_of
+from proxy.api.runs import start_run
 from proxy.errors import BadRequest, InvalidField, NotImplementedYet
 from proxy.relay.response import RelayJSONResponse, RelayStreamResponse
 from proxy.relay.upstream import UpstreamResponse
@@ -59,9 +60,24 @@ async def chat_completions(request: Request) -> Response:
         principal.require(collection)
 
     if jetty.get("runbook") is True:
-        raise NotImplementedYet(
-            "Runbook mode (jetty.runbook: true) is not available on this server yet.",
-            param="jetty.runbook",
+        if services.runs is None:
+            raise NotImplementedYet(
+                "Runbook mode (jetty.runbook: true) is not enabled on this server.",
+                param="jetty.runbook",
+            )
+        stream_options = raw.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage")
+        return await start_run(
+            services.runs,
+            services.store,
+            services.blobs,
+            principal,
+            chat.model,
+            chat.messages,
+            raw["jetty"],
+            stream=bool(chat.stream),
+            include_usage=include_usage is True,
+            base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
         )
     if "jetty" in raw:
         # Re-serialise only when the proxy's own block must be stripped.

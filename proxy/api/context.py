@@ -9,6 +9,7 @@ from starlette.requests import Request
 from proxy.auth import Authenticator, Principal
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
+from proxy.runs.runtime import RunService
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
@@ -24,6 +25,7 @@ class Services:
     upstreams: Upstreams
     metrics: Metrics
     blobs: BlobStore
+    runs: RunService | None = None
 
 
 def services_of(request: Request) -> Services:

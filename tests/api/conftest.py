@@ -36,6 +36,7 @@ def make_proxy(tmp_path: Path, upstream: tuple[ScriptedUpstream, str]) -> ProxyF
             "upstream_api_key": "sk-upstream-secret",
             "keepalive_seconds": 15.0,
             "auth_cache_seconds": 0.0,
+            "backend": "local",
         }
         fields.update(overrides)
         with serve(create_app(Settings(**fields))) as url:

@@ -71,16 +71,21 @@ def test_upstream_gets_its_own_key_never_the_clients(proxy: str, upstream: Upstr
     assert scripted.seen[-1].headers["authorization"] == "Bearer sk-upstream-secret"
 
 
-def test_runbook_requests_get_a_clear_501(proxy: str, upstream: Upstream) -> None:
+def test_runbook_requests_never_reach_the_upstream(proxy: str, upstream: Upstream) -> None:
     scripted, _ = upstream
     response = httpx.post(
         proxy + "/v1/chat/completions",
-        json={"model": "claude-x", "messages": MESSAGES, "jetty": {"runbook": True}},
+        json={
+            "model": "claude-x",
+            "messages": [{"role": "system", "content": "# Runbook"}, *MESSAGES],
+            "jetty": {"runbook": True},
+        },
     )
-    assert response.status_code == 501
+    # This server has no default image: the run is refused before anything starts.
+    assert response.status_code == 400
     body = response.json()
     validate("ErrorResponse", body)
-    assert body["error"]["param"] == "jetty.runbook"
+    assert body["error"]["param"] == "jetty.image"
     assert response.headers["x-should-retry"] == "false"
     assert scripted.seen == []
 

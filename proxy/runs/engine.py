@@ -1,0 +1,365 @@
+"""The run lifecycle: the one place that knows sandbox + agent + relay + store together.
+
+A run is prepared by the HTTP edge (everything that can be refused with a 4xx is
+checked before any sandbox exists), then handed to :meth:`RunEngine.start`, which
+runs it in the engine's own task group. That is why a run can outlive the request
+that started it (``detach``), and why a client disconnect is a *cancel request*
+rather than the death of the run's task. Every sandbox has exactly one owner, the
+lifecycle below, and is removed in a shielded ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from proxy.agents import AgentAdapter, AgentSpec
+from proxy.agents.install import InstalledAgent
+from proxy.events import AgentError, Event, Finished, Progress, TextDelta, Usage
+from proxy.events import Warning as WarningEvent
+from proxy.jetty import RunPlan
+from proxy.relay.tokens import ModelUsage, RunTokens
+from proxy.runs.artifacts import ResultLimits, collect_results, results_markdown
+from proxy.runs.live import LiveRun
+from proxy.sandbox import ExitStatus, Mount, Sandbox, SandboxBackend, SandboxError, SandboxSpec
+from proxy.store import Store
+from proxy.store.blobs import BlobStore
+from proxy.store.records import TrajectoryStatus
+
+logger = logging.getLogger("proxy.runs")
+
+RELAY_MOUNT = "/run/jetty"
+_LIVE_STATUSES: tuple[TrajectoryStatus, ...] = ("pending", "running")
+_PENDING: tuple[TrajectoryStatus, ...] = ("pending",)
+# Inside the sandbox, not on the host: a writable home in any image.
+AGENT_HOME = "/tmp/jetty-home"  # noqa: S108
+# Bash (or sh) prepares the directories the runbook contract promises, then becomes the agent.
+_PRELUDE = 'mkdir -p /app/results /app/assets "$HOME" && cd /app && exec "$@"'
+
+
+@dataclass(frozen=True)
+class RunLaunch:
+    """A run that passed every check: what to start, where, with what."""
+
+    run_id: str
+    collection: str
+    task: str
+    plan: RunPlan
+    adapter: AgentAdapter
+    installed: InstalledAgent
+    image: str
+    inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    # Absolute URL of this server as the client reached it, for links to result files.
+    base_url: str = ""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    relay_socket: Path
+    results: ResultLimits
+    cleanup_timeout: float = 30.0
+
+
+class RunEngine:
+    """Starts runs, tracks the live ones, cancels them, and cleans up after a restart."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        backend: SandboxBackend,
+        tokens: RunTokens,
+        config: EngineConfig,
+        task_group: TaskGroup,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._backend = backend
+        self._tokens = tokens
+        self._config = config
+        self._tg = task_group
+        self.live: dict[str, LiveRun] = {}
+
+    @property
+    def backend(self) -> SandboxBackend:
+        return self._backend
+
+    async def recover(self) -> list[str]:
+        """Remove sandboxes left by an earlier process and mark their runs failed."""
+        removed = await self._backend.remove_orphans(set(self.live))
+        for run_id in removed:
+            if not run_id:
+                continue
+            await self._store.transition(
+                run_id,
+                "failed",
+                allowed_from=_LIVE_STATUSES,
+                finished_at=datetime.now(UTC),
+            )
+            with suppress(LookupError):
+                await self._store.update_trajectory(
+                    run_id, error="interrupted: the proxy stopped while the run was live"
+                )
+        return removed
+
+    def start(self, launch: RunLaunch) -> LiveRun:
+        """Run ``launch`` in the background; follow the returned :class:`LiveRun`."""
+        live = LiveRun(
+            run_id=launch.run_id,
+            collection=launch.collection,
+            task=launch.task,
+            agent=launch.adapter.name,
+            model=launch.plan.model,
+            detached=launch.plan.detach,
+        )
+        self.live[launch.run_id] = live
+        self._tg.start_soon(self._lifecycle, launch, live, name=f"run-{launch.run_id}")
+        return live
+
+    async def _lifecycle(self, launch: RunLaunch, live: LiveRun) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                live._cancel_scope = scope
+                await _Run(self, launch, live).execute()
+        except Exception as exc:  # a bug must fail the run, not the server
+            logger.exception("run %s crashed", launch.run_id)
+            live.close("failed", f"internal error: {type(exc).__name__}", "internal_error")
+        finally:
+            live.close("cancelled", "The run was cancelled.", "cancelled")
+            self.live.pop(launch.run_id, None)
+
+
+class _Run:
+    """One execution of one run (a fresh object per run keeps the state local)."""
+
+    def __init__(self, engine: RunEngine, launch: RunLaunch, live: LiveRun) -> None:
+        self.engine = engine
+        self.launch = launch
+        self.live = live
+        self.store = engine._store
+        self.started = time.monotonic()
+        self.sandbox: Sandbox | None = None
+        self.artifacts_collected = False
+
+    async def emit(self, event: Event) -> None:
+        self.live.publish(event)
+        data = event.to_dict()
+        await self.store.append_event(self.launch.run_id, str(data.get("type")), data)
+
+    async def record_model_call(self, usage: ModelUsage) -> None:
+        await self.store.append_event(
+            self.launch.run_id,
+            "model_call",
+            {
+                "provider": usage.provider,
+                "model": usage.model,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_read_input_tokens": usage.cache_read_input_tokens,
+                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                "complete": usage.complete,
+            },
+        )
+
+    async def execute(self) -> None:
+        launch, plan = self.launch, self.launch.plan
+        token = self.engine._tokens.issue(
+            launch.run_id, launch.collection, on_usage=self.record_model_call
+        )
+        try:
+            await self.emit(
+                Progress(
+                    f"Starting {launch.adapter.name} {launch.installed.version} in "
+                    f"{launch.image} ({self.engine.backend.name} sandbox, run {launch.run_id})"
+                )
+            )
+            for warning in plan.warnings:
+                await self.emit(WarningEvent(warning))
+            self.sandbox = await self.engine.backend.launch(self._sandbox_spec(token))
+            await self._put_inputs(self.sandbox, token)
+            await self.store.transition(launch.run_id, "running", allowed_from=_PENDING)
+            await self.store.update_trajectory(launch.run_id, started_at=datetime.now(UTC))
+            await self.sandbox.start()
+            status = await self._follow(self.sandbox)
+            await self._finish(self.sandbox, status)
+        except SandboxError as exc:
+            await self._fail(f"Sandbox failed: {exc}", "sandbox_error")
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.engine._tokens.revoke(launch.run_id)
+                await self._cleanup()
+
+    def _sandbox_spec(self, token: str) -> SandboxSpec:
+        launch, plan = self.launch, self.launch.plan
+        socket_name = self.engine._config.relay_socket.name
+        invocation = launch.adapter.build(
+            AgentSpec(
+                prompt=plan.instruction,
+                model=plan.model,
+                relay_base_url="http://relay",
+                relay_token=token,
+                system_prompt=plan.system_prompt,
+                workdir="/app",
+                home=AGENT_HOME,
+                max_turns=plan.max_turns,
+                extra_env=dict(plan.secret_env),
+                relay_socket=f"{RELAY_MOUNT}/{socket_name}",
+            )
+        )
+        self._invocation_files = invocation.files
+        argv = [*launch.installed.argv, *invocation.argv[1:]]
+        env = {**invocation.env, "PATH": launch.installed.env_path()}
+        return SandboxSpec(
+            run_id=launch.run_id,
+            collection=launch.collection,
+            image=launch.image,
+            argv=["/bin/sh", "-c", _PRELUDE, "jetty-run", *argv],
+            env=env,
+            workdir="/app",
+            mounts=(
+                Mount(launch.installed.host_dir, launch.installed.mount_point),
+                Mount(self.engine._config.relay_socket.parent, RELAY_MOUNT),
+            ),
+            cpus=plan.cpus,
+            memory_bytes=plan.memory_bytes,
+            network_enabled=plan.network_enabled,
+        )
+
+    async def _put_inputs(self, sandbox: Sandbox, token: str) -> None:
+        launch = self.launch
+        files: dict[str, bytes | Path] = {
+            path.lstrip("/"): content for path, content in self._invocation_files.items()
+        }
+        metadata = {
+            "trajectory_id": launch.run_id,
+            "collection": launch.collection,
+            "task": launch.task,
+            "agent": launch.adapter.name,
+            "model": launch.plan.model,
+            "results_dir": "/app/results",
+        }
+        files["app/trajectory.json"] = json.dumps(metadata, indent=2).encode()
+        await sandbox.put_files("/", files)
+        if launch.inputs:
+            await sandbox.put_files("/app/assets", launch.inputs)
+
+    async def _follow(self, sandbox: Sandbox) -> ExitStatus:
+        """Translate the agent's output until it exits or the run's time is up."""
+        translator = self.launch.adapter.new_translator()
+        timeout = self.launch.plan.timeout_sec
+        with anyio.move_on_after(timeout) as deadline:
+            async with aclosing(sandbox.stdout_lines()) as lines:
+                async for line in lines:
+                    for event in translator.feed(line):
+                        await self.emit(event)
+            status = await sandbox.wait(timeout=max(1.0, timeout - self._elapsed()))
+        if deadline.cancelled_caught or status.timed_out:
+            await sandbox.kill()
+            message = f"The run timed out after {timeout} s and was stopped."
+            await self.emit(AgentError(message, "timeout"))
+            await self.emit(Finished(ok=False, reason="timeout"))
+            return ExitStatus(exit_code=137, timed_out=True)
+        if status.oom_killed:
+            await self.emit(AgentError("The sandbox ran out of memory.", "out_of_memory"))
+        for event in translator.finish(status.exit_code):
+            await self.emit(event)
+        return status
+
+    async def _finish(self, sandbox: Sandbox, status: ExitStatus) -> None:
+        launch, live = self.launch, self.live
+        collected = await self._collect(sandbox)
+        if collected:
+            await self.emit(TextDelta(results_markdown(collected, launch.base_url)))
+        finished = live.finished
+        ok = finished is not None and finished.ok and status.exit_code == 0
+        usage = live.usage or Usage(0, 0)
+        error = None if ok else _failure_message(live, status, sandbox.stderr_tail())
+        await self.store.update_trajectory(
+            launch.run_id,
+            status="completed" if ok else "failed",
+            usage={
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+            },
+            cost_usd=usage.cost_usd,
+            error=error,
+            finished_at=datetime.now(UTC),
+        )
+        if ok:
+            live.close("completed")
+        else:
+            code = finished.reason if finished is not None and not finished.ok else "agent_error"
+            live.close("failed", error, code)
+
+    async def _collect(self, sandbox: Sandbox) -> list[dict[str, object]]:
+        if self.artifacts_collected:
+            return self.live.artifacts
+        self.artifacts_collected = True
+        launch = self.launch
+        collected = await collect_results(
+            sandbox,
+            self.store,
+            self.engine._blobs,
+            run_id=launch.run_id,
+            collection=launch.collection,
+            task=launch.task,
+            limits=self.engine._config.results,
+        )
+        self.live.artifacts = collected.files
+        if collected.skipped:
+            skipped = ", ".join(f"{s['path']} ({s['reason']})" for s in collected.skipped[:20])
+            await self.emit(WarningEvent(f"Some result files were not kept: {skipped}"))
+        return collected.files
+
+    async def _fail(self, message: str, code: str) -> None:
+        await self.emit(AgentError(message, code))
+        await self.emit(Finished(ok=False, reason=code))
+        await self.store.update_trajectory(
+            self.launch.run_id, status="failed", error=message, finished_at=datetime.now(UTC)
+        )
+        self.live.close("failed", message, code)
+
+    async def _cleanup(self) -> None:
+        """Shielded: keep what the run wrote, remove the sandbox, settle the record."""
+        sandbox = self.sandbox
+        with anyio.move_on_after(self.engine._config.cleanup_timeout):
+            if sandbox is not None and not self.live.done:
+                # Cancelled (client gone, server stopping): stop the agent, keep its results.
+                try:
+                    await sandbox.kill()
+                    await self._collect(sandbox)
+                except Exception:
+                    logger.exception("keeping results of cancelled run %s", self.launch.run_id)
+            if not self.live.done:
+                await self.store.update_trajectory(
+                    self.launch.run_id,
+                    status="cancelled",
+                    error="cancelled before it finished",
+                    finished_at=datetime.now(UTC),
+                )
+        if sandbox is not None:
+            await sandbox.close()
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _failure_message(live: LiveRun, status: ExitStatus, stderr: str) -> str:
+    errors = [e.message for e in live.events if isinstance(e, AgentError)]
+    if errors:
+        return errors[-1]
+    tail = stderr.strip().splitlines()[-3:]
+    detail = f": {' | '.join(tail)}" if tail else ""
+    return f"The agent exited with code {status.exit_code}{detail}"

@@ -1,0 +1,87 @@
+"""A run in progress, as its watchers see it: an ordered event list that can be followed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from proxy.events import Event, Finished, Usage
+
+RunOutcome = Literal["completed", "failed", "cancelled"]
+
+
+@dataclass
+class LiveRun:
+    """Events of one run, kept in memory while it is live.
+
+    The run lifecycle publishes; any number of followers (the chat response that
+    started the run, a detached watcher) read from the start at their own pace.
+    The durable copy of the same events is the store's event log.
+    """
+
+    run_id: str
+    collection: str
+    task: str
+    agent: str
+    model: str
+    events: list[Event] = field(default_factory=list)
+    outcome: RunOutcome | None = None
+    error: str | None = None
+    error_code: str | None = None
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage | None = None
+    finished: Finished | None = None
+    detached: bool = False
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+    _cancel_scope: anyio.CancelScope | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, Usage):
+            self.usage = event if self.usage is None else self.usage + event
+        elif isinstance(event, Finished):
+            self.finished = event
+        self._wake()
+
+    def close(self, outcome: RunOutcome, error: str | None = None, code: str | None = None) -> None:
+        """Mark the run over; followers drain what is left and stop."""
+        if self.outcome is None:
+            self.outcome, self.error, self.error_code = outcome, error, code
+            self._wake()
+
+    def cancel(self) -> None:
+        """Ask the lifecycle to stop the run (it cleans up and then closes it)."""
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def follow(self) -> AsyncIterator[Event]:
+        """Every event from the first, then live ones, until the run is over."""
+        index = 0
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.done:
+                return
+            changed = self._changed
+            await changed.wait()
+
+    def meta(self) -> dict[str, Any]:
+        """The run's identity, as it rides in the ``jetty`` object of chunks."""
+        return {
+            "trajectory_id": self.run_id,
+            "collection": self.collection,
+            "task": self.task,
+            "agent": self.agent,
+        }
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()

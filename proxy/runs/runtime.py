@@ -1,0 +1,136 @@
+"""Everything runbook runs need while the server is up, started and stopped as one unit.
+
+* the model relay, served on a unix socket in a private directory that each sandbox
+  mounts read-only (so agents need no network to reach their model);
+* the sandbox backend chosen by the settings;
+* the agent CLI cache;
+* the run engine and the task group its runs live in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import uvicorn
+
+from proxy.agents.install import AgentCache
+from proxy.jetty import PlanDefaults
+from proxy.relay.app import create_relay_app
+from proxy.relay.tokens import RunTokens
+from proxy.runs.artifacts import ResultLimits
+from proxy.runs.engine import EngineConfig, RunEngine
+from proxy.sandbox import SandboxBackend, select_backend
+from proxy.settings import Settings
+from proxy.store import Store
+from proxy.store.blobs import BlobStore
+
+logger = logging.getLogger("proxy.runs")
+
+RELAY_SOCKET_NAME = "relay.sock"
+
+
+@dataclass
+class RunService:
+    """What runbook requests need beyond the common services."""
+
+    engine: RunEngine
+    agents: AgentCache
+    defaults: PlanDefaults
+    http: httpx.AsyncClient
+    keepalive_seconds: float
+
+
+class _QuietServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the main server owns the signals
+        pass
+
+
+@contextlib.asynccontextmanager
+async def serve_relay_socket(
+    tokens: RunTokens, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Path]:
+    """Serve the model relay on a fresh unix socket; yields its path.
+
+    The directory lives under the system temp dir because socket paths are limited to
+    about 100 bytes; it is removed when the block ends.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="jetty-relay-"))
+    # Sandboxes may run as any user: they need to reach the socket, and only a live run's
+    # token makes the relay do anything.
+    os.chmod(directory, 0o755)  # noqa: S103
+    socket_path = directory / RELAY_SOCKET_NAME
+    app = create_relay_app(tokens, settings, transport=transport)
+    config = uvicorn.Config(
+        app, uds=str(socket_path), log_level="warning", lifespan="on", access_log=False
+    )
+    server = _QuietServer(config)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                if server.should_exit:
+                    raise RuntimeError("the model relay could not start")
+                await anyio.sleep(0.01)
+            os.chmod(socket_path, 0o666)  # noqa: S103 - see above
+            try:
+                yield socket_path
+            finally:
+                server.should_exit = True
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def run_service(
+    settings: Settings,
+    store: Store,
+    blobs: BlobStore,
+    *,
+    backend: SandboxBackend | None = None,
+    relay_transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[RunService]:
+    """Start the relay, the backend and the engine; stop runs and clean up on exit."""
+    tokens = RunTokens()
+    the_backend = backend or await select_backend(settings.backend, settings.docker_host)
+    logger.info("sandbox backend: %s", the_backend.name)
+    defaults = PlanDefaults(image=settings.default_image, timeout_sec=settings.run_timeout_sec)
+    async with (
+        serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
+        httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
+        anyio.create_task_group() as tg,
+    ):
+        engine = RunEngine(
+            store=store,
+            blobs=blobs,
+            backend=the_backend,
+            tokens=tokens,
+            config=EngineConfig(
+                relay_socket=socket_path,
+                results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
+            ),
+            task_group=tg,
+        )
+        removed = await engine.recover()
+        if removed:
+            logger.warning("removed %d sandboxes left by an earlier process", len(removed))
+        try:
+            yield RunService(
+                engine=engine,
+                agents=AgentCache.from_settings(settings),
+                defaults=defaults,
+                http=http,
+                keepalive_seconds=settings.keepalive_seconds,
+            )
+        finally:
+            # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
+            tg.cancel_scope.cancel()
+    await the_backend.aclose()
