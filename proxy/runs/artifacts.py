@@ -95,11 +95,11 @@ async def _read_file(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-def results_markdown(files: list[dict[str, object]], base_url: str) -> str:
+def results_markdown(files: list[dict[str, object]]) -> str:
     """A short Markdown list of result files linked to their downloads (for chat UIs)."""
     if not files:
         return ""
     lines = ["", "", "**Result files**", ""]
     for item in files:
-        lines.append(f"- [{item['path']}]({base_url}{item['url']}) ({item['bytes']} bytes)")
+        lines.append(f"- [{item['path']}]({item['url']}) ({item['bytes']} bytes)")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,15 @@ from anyio.abc import TaskGroup
 
 from proxy.agents import AgentAdapter, AgentSpec
 from proxy.agents.install import InstalledAgent
-from proxy.events import AgentError, Event, Finished, Progress, TextDelta, Usage
+from proxy.events import (
+    AgentError,
+    Event,
+    Finished,
+    Progress,
+    SessionStarted,
+    TextDelta,
+    Usage,
+)
 from proxy.events import Warning as WarningEvent
 from proxy.jetty import RunPlan
 from proxy.relay.tokens import ModelUsage, RunTokens
@@ -262,6 +270,10 @@ class _Run:
                 async for line in lines:
                     for event in translator.feed(line):
                         await self.emit(event)
+                        if isinstance(event, SessionStarted):
+                            # The first sign of life from the agent itself: say so.
+                            model = f" with {event.model}" if event.model else ""
+                            await self.emit(Progress(f"{self.launch.adapter.name} started{model}"))
             status = await sandbox.wait(timeout=max(1.0, timeout - self._elapsed()))
         if deadline.cancelled_caught or status.timed_out:
             await sandbox.kill()
@@ -279,7 +291,7 @@ class _Run:
         launch, live = self.launch, self.live
         collected = await self._collect(sandbox)
         if collected:
-            await self.emit(TextDelta(results_markdown(collected, launch.base_url)))
+            await self.emit(TextDelta(results_markdown(collected)))
         finished = live.finished
         ok = finished is not None and finished.ok and status.exit_code == 0
         usage = live.usage or Usage(0, 0)
@@ -317,6 +329,8 @@ class _Run:
             task=launch.task,
             limits=self.engine._config.results,
         )
+        for item in collected.files:
+            item["url"] = f"{launch.base_url}{item['url']}"
         self.live.artifacts = collected.files
         if collected.skipped:
             skipped = ", ".join(f"{s['path']} ({s['reason']})" for s in collected.skipped[:20])

@@ -118,13 +118,14 @@ def test_streamed_run_keeps_artifacts_and_never_sees_the_provider_key(
         assert chunks[-1].usage.prompt_tokens > 0
 
         # Artifacts download byte-identical; the input file reached /app/assets.
-        hello = httpx.get(proxy + paths["hello.txt"]["url"])
+        assert paths["hello.txt"]["url"].startswith(proxy + "/api/v1/trajectory/acme/analysis/")
+        hello = httpx.get(paths["hello.txt"]["url"])
         assert hello.content == b"hello from the agent\n"
-        sample = httpx.get(proxy + paths["sample.csv"]["url"])
+        sample = httpx.get(paths["sample.csv"]["url"])
         assert sample.content == b"a,b\n1,2\n"
 
         # No provider key inside the sandbox: the agent only ever held a run token.
-        env = httpx.get(proxy + paths["env.txt"]["url"]).text
+        env = httpx.get(paths["env.txt"]["url"]).text
         assert PROVIDER_KEY not in env
         assert "ANTHROPIC_API_KEY=jrt-" in env
         # The relay swapped the token for the key; the model server never saw a token.

@@ -1,0 +1,172 @@
+"""Nothing leaks, nothing is lost: disconnects, timeouts, detached runs, secrets, restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from proxy.sandbox import DockerBackend, SandboxSpec
+from tests.e2e.conftest import (
+    TEST_IMAGE,
+    ProxyFactory,
+    managed_containers,
+    trajectory,
+)
+from tests.support.scripted_anthropic import ScriptedAnthropic
+
+pytestmark = [pytest.mark.docker, pytest.mark.agents]
+
+RUNBOOK = "# Runbook\n\nWrite something into /app/results."
+MESSAGES = [{"role": "system", "content": RUNBOOK}, {"role": "user", "content": "Go."}]
+
+
+def _request(**jetty: Any) -> dict[str, Any]:
+    block = {"runbook": True, "collection": "acme", "task": "life", "image": TEST_IMAGE, **jetty}
+    return {"model": "claude-sonnet-4-6", "messages": MESSAGES, "stream": True, "jetty": block}
+
+
+def _wait_for(predicate: Any, seconds: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < seconds, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _status(proxy: str, run_id: str) -> str:
+    status: str = trajectory(proxy, "acme", "life", run_id)["status"]
+    return status
+
+
+def test_client_disconnect_cancels_the_run_and_removes_the_container(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], docker_host: str
+) -> None:
+    scripted, _ = anthropic
+    scripted.mode = "hang"  # the agent waits on its model for ever
+    with make_proxy() as proxy:
+        with httpx.stream(
+            "POST", proxy + "/v1/chat/completions", json=_request(), timeout=60
+        ) as response:
+            run_id = response.headers["x-jetty-trajectory-id"]
+            lines = response.iter_lines()
+            assert next(lines).startswith("data:")
+            _wait_for(lambda: scripted.calls >= 1, 30, "the agent's first model call")
+            assert any(
+                c["Labels"].get("jetty-proxy.run-id") == run_id
+                for c in managed_containers(docker_host)
+            )
+        # The client is gone: the container must be removed within 2 s.
+        elapsed = _wait_for(
+            lambda: (
+                not any(
+                    c["Labels"].get("jetty-proxy.run-id") == run_id
+                    for c in managed_containers(docker_host)
+                )
+            ),
+            10,
+            "the container to be removed",
+        )
+        assert elapsed < 2.0
+        _wait_for(lambda: _status(proxy, run_id) == "cancelled", 5, "the run to be cancelled")
+
+
+def test_timeout_is_enforced_through_the_engine(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str]
+) -> None:
+    scripted, _ = anthropic
+    scripted.mode = "hang"
+    with make_proxy() as proxy:
+        started = time.monotonic()
+        response = httpx.post(
+            proxy + "/v1/chat/completions", json=_request(timeout_sec=3), timeout=60
+        )
+        assert time.monotonic() - started < 30
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        assert data[-1] == "[DONE]"
+        error = json.loads(data[-2])["error"]
+        assert error["code"] == "timeout"
+        assert "timed out" in error["message"]
+        run_id = response.headers["x-jetty-trajectory-id"]
+        record = trajectory(proxy, "acme", "life", run_id)
+        assert record["status"] == "failed"
+        assert "timed out" in record["error"]
+
+
+def test_detached_run_survives_the_client(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str]
+) -> None:
+    scripted, _ = anthropic
+    scripted.mode = "slow"
+    scripted.delay = 1.0
+    with make_proxy() as proxy:
+        with httpx.stream(
+            "POST", proxy + "/v1/chat/completions", json=_request(detach=True), timeout=60
+        ) as response:
+            run_id = response.headers["x-jetty-trajectory-id"]
+            assert next(response.iter_lines()).startswith("data:")
+        _wait_for(lambda: _status(proxy, run_id) == "completed", 60, "the detached run to finish")
+        record = trajectory(proxy, "acme", "life", run_id)
+        assert [a["path"] for a in record["artifacts"]] == ["hello.txt"]
+        # The events stream replays the whole run for a client that comes back.
+        events = httpx.get(f"{proxy}/api/v1/trajectory/acme/life/{run_id}/events", timeout=10).text
+        assert "Done: wrote hello.txt" in events
+
+
+def test_collection_secrets_reach_the_run_and_stay_out_of_the_record(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str]
+) -> None:
+    scripted, _ = anthropic
+    secret = "s3cret-value-9f8e7d"
+    scripted.command = 'mkdir -p /app/results && echo "pw=$DB_PASSWORD" > /app/results/pw.txt'
+    runbook = (
+        "---\nsecrets:\n  DB_PASSWORD:\n    env: DB_PASSWORD\n    required: true\n---\n# Use it"
+    )
+    request = _request()
+    request["messages"] = [{"role": "system", "content": runbook}, MESSAGES[1]]
+    with make_proxy() as proxy:
+        missing = httpx.post(proxy + "/v1/chat/completions", json=request)
+        assert missing.status_code == 400
+        assert "DB_PASSWORD" in missing.json()["error"]["message"]
+        patched = httpx.patch(
+            f"{proxy}/api/v1/collections/acme/environment",
+            json={"secrets": {"DB_PASSWORD": secret}},
+        )
+        assert patched.status_code == 200
+        assert secret not in patched.text
+        response = httpx.post(proxy + "/v1/chat/completions", json=request, timeout=120)
+        run_id = response.headers["x-jetty-trajectory-id"]
+        record = trajectory(proxy, "acme", "life", run_id)
+        assert record["status"] == "completed"
+        pw = httpx.get(next(a["url"] for a in record["artifacts"]))
+        assert pw.text == f"pw={secret}\n"
+        events = httpx.get(f"{proxy}/api/v1/trajectory/acme/life/{run_id}/events").text
+        assert secret not in json.dumps(record)
+        assert secret not in events
+
+
+def test_start_removes_containers_of_runs_that_are_no_longer_live(
+    make_proxy: ProxyFactory, docker_host: str
+) -> None:
+    async def leave_one_behind() -> None:
+        backend = DockerBackend.from_url(docker_host)
+        try:
+            await backend.launch(
+                SandboxSpec(run_id="deadbeef", collection="acme", image=TEST_IMAGE, argv=["true"])
+            )
+        finally:
+            await backend.aclose()
+
+    anyio.run(leave_one_behind)
+    assert any(
+        c["Labels"].get("jetty-proxy.run-id") == "deadbeef" for c in managed_containers(docker_host)
+    )
+    with make_proxy():
+        assert not any(
+            c["Labels"].get("jetty-proxy.run-id") == "deadbeef"
+            for c in managed_containers(docker_host)
+        )
