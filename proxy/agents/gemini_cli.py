@@ -105,11 +105,16 @@ class GeminiCliAdapter:
 
 
 def settings_json(spec: AgentSpec) -> str:
-    """``~/.gemini/settings.json``: API-key auth, no telemetry, optional turn limit."""
+    """``~/.gemini/settings.json``: API-key auth, no telemetry, no retries, optional turn limit.
+
+    The CLI retries a failed model call up to 10 times with backoff by default (minutes on a
+    500); the relay and the run lifecycle own retries, so it makes one attempt.
+    """
     settings: dict[str, Any] = {
         "security": {"auth": {"selectedType": "gemini-api-key"}},
         "telemetry": {"enabled": False},
         "privacy": {"usageStatisticsEnabled": False},
+        "general": {"maxAttempts": 1},
     }
     if spec.max_turns is not None:
         settings["model"] = {"maxSessionTurns": spec.max_turns}

@@ -1,8 +1,8 @@
 """The model relay as its own small ASGI app, served on a unix socket mounted into sandboxes.
 
 It exposes the provider relays and two probes, nothing else: no chat completions, no admin.
-Each provider relay is a module with a ``routes()`` factory; Codex (Responses API) and Gemini
-relays join by adding theirs to ``providers``::
+Each provider relay is a module with a ``routes()`` factory: Anthropic Messages (Claude Code),
+the OpenAI Responses API (Codex) and the Gemini API (Gemini CLI)::
 
     app = create_relay_app(tokens, settings, on_usage=record_usage)
     # uvicorn.run(app, uds=socket_path): the socket is bind-mounted into each sandbox
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.relay import anthropic
+from proxy.relay import anthropic, gemini, openai_responses
 from proxy.relay.context import OnUsage, RelayContext
 from proxy.relay.tokens import RunTokens
 from proxy.settings import Settings
@@ -30,7 +30,11 @@ logger = logging.getLogger("proxy.relay")
 
 RouteFactory = Callable[[], Sequence[BaseRoute]]
 
-DEFAULT_PROVIDERS: tuple[RouteFactory, ...] = (anthropic.routes,)
+DEFAULT_PROVIDERS: tuple[RouteFactory, ...] = (
+    anthropic.routes,
+    openai_responses.routes,
+    gemini.routes,
+)
 
 
 def create_relay_app(

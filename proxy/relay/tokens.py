@@ -42,16 +42,21 @@ class ProviderCreds:
     """
 
     anthropic: Credential | None = None
+    openai: Credential | None = None
+    google: Credential | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ModelUsage:
-    """Tokens one model call used, as the provider reported them.
+    """Tokens one model call used, as the provider reported them, in one convention.
 
-    ``input_tokens`` follows the provider's own convention: for Anthropic it excludes cache
-    reads and writes, which are counted in the two cache fields. ``complete`` is false when the
-    call ended early (the agent went away, or the upstream broke off mid-stream); the numbers
-    are then what had been reported so far.
+    ``input_tokens`` excludes cache reads and writes, which are counted in the two cache fields
+    (Anthropic's convention; the OpenAI and Gemini relays subtract their cached counts to match),
+    so ``prompt_tokens`` means the same for every provider. ``output_tokens`` includes reasoning
+    tokens, of which ``reasoning_tokens`` says how many (OpenAI's convention; Gemini reports
+    thoughts apart and the relay adds them in). ``complete`` is false when the call ended early
+    (the agent went away, or the upstream broke off mid-stream); the numbers are then what had
+    been reported so far.
     """
 
     provider: str
@@ -61,6 +66,7 @@ class ModelUsage:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     complete: bool = True
+    reasoning_tokens: int = 0
 
     @property
     def prompt_tokens(self) -> int:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the pinned agent CLIs (Claude Code, Codex, Gemini CLI) into a cache for the tests.
 #
-# Idempotent: installs node/npm only when missing, and `jetty-proxy agents install` skips CLIs
-# already in the cache, which lives under $JETTY_CI_STATE (default /tmp/jetty-ci) so that a
-# later CI run on the same machine reuses it. Prints only the `export ...` line on stdout
-# (the caller evals it); quiet on success, the tail of the log on failure.
+# Idempotent: installs node/npm, and gcc/libc6-dev for the sandbox forwarder, only when missing;
+# `jetty-proxy agents install` skips CLIs already in the cache, which lives under
+# $JETTY_CI_STATE (default /tmp/jetty-ci) so that a later CI run on the same machine reuses it.
+# Prints only the `export ...` line on stdout (the caller evals it); quiet on success, the tail
+# of the log on failure.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,13 @@ if ! command -v npm >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     { apt-get update && apt-get install -y --no-install-recommends nodejs npm; } >>"$LOG" 2>&1 \
         || fail "installing nodejs and npm failed"
+fi
+
+# The sandbox forwarder (proxy/agents/forwarder) is compiled on the host, statically.
+if ! command -v gcc >/dev/null 2>&1 || ! gcc -print-file-name=libc.a | grep -q /; then
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev; } >>"$LOG" 2>&1 \
+        || fail "installing gcc and libc6-dev failed"
 fi
 
 [[ -x .venv/bin/jetty-proxy ]] || fail "no .venv/bin/jetty-proxy; install the project first"

@@ -208,6 +208,7 @@ def test_build() -> None:
         "security": {"auth": {"selectedType": "gemini-api-key"}},
         "telemetry": {"enabled": False},
         "privacy": {"usageStatisticsEnabled": False},
+        "general": {"maxAttempts": 1},
     }
     assert set(invocation.files) == {"/app/.agent-home/.gemini/settings.json"}
 

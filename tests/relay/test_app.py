@@ -27,7 +27,8 @@ def test_probes_answer(relay: str) -> None:
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),
         ("GET", "/metrics"),
-        ("POST", "/v1/responses"),
+        ("POST", "/v1/embeddings"),
+        ("GET", "/v1beta/models"),
     ],
 )
 def test_nothing_but_the_relay_is_exposed(relay: str, method: str, path: str) -> None:

@@ -1,0 +1,97 @@
+"""Running a real, pinned agent CLI on this host, the way a sandbox runs it.
+
+The CLI comes from the agent cache named by ``JETTY_PROXY_AGENT_CACHE_DIR`` (as ``jetty-proxy
+agents install`` fills it); without one the test is skipped, except in CI, where it fails. The
+CLI runs under the loopback forwarder, which relays ``127.0.0.1:PORT`` to the relay's unix
+socket, exactly as inside a sandbox with no network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.agents import AgentSpec, get_adapter
+from proxy.agents.forwarder import ensure_forwarder, forwarder_argv
+from proxy.agents.install import AgentCache, InstalledAgent
+from proxy.events import Event
+from tests.support.live import free_port
+
+
+def installed_agent(name: str) -> InstalledAgent:
+    """The pinned CLI ``name`` from the cache; skips (fails in CI) when it is not there."""
+    cache = os.environ.get("JETTY_PROXY_AGENT_CACHE_DIR")
+    adapter = get_adapter(name)
+    if cache and AgentCache(Path(cache)).status(adapter).installed:
+        return anyio.run(AgentCache(Path(cache)).ensure, adapter)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"the pinned {name} CLI must be in the agent cache in CI")
+    pytest.skip(f"set JETTY_PROXY_AGENT_CACHE_DIR to a cache holding {name} to run it")
+
+
+@dataclass
+class Recorder:
+    """Wraps the relay app and records, per HTTP request, its path and one header."""
+
+    app: ASGIApp
+    header: bytes
+    seen: list[tuple[str, str | None]] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            value = dict(scope["headers"]).get(self.header)
+            self.seen.append((scope["path"], value.decode() if value else None))
+        await self.app(scope, receive, send)
+
+
+def run_under_forwarder(
+    agent: InstalledAgent, spec: AgentSpec, socket_path: Path, tools_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """Build ``spec`` for ``agent``, write its files, and run it under the forwarder.
+
+    ``spec.relay_base_url`` must be ``http://127.0.0.1:{port}`` for the port forwarded.
+    """
+    port = int(spec.relay_base_url.rsplit(":", 1)[1])
+    invocation = get_adapter(agent.name).build(spec)
+    for path, content in invocation.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(content)
+    forwarder = anyio.run(ensure_forwarder, tools_dir)
+    argv = forwarder_argv(
+        [*agent.host_argv, *invocation.argv[1:]],
+        port=port,
+        socket=str(socket_path),
+        command=str(forwarder),
+    )
+    # Sandboxes provide PATH; on the host the shell tools need ours.
+    path = ":".join([*agent.host_path_entries, os.environ.get("PATH", "/usr/bin:/bin")])
+    return subprocess.run(
+        argv,
+        env={**invocation.env, "PATH": path},
+        cwd=invocation.cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def loopback_url() -> str:
+    """A base URL on a free loopback port, for the forwarder to listen on."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def translate(agent_name: str, process: subprocess.CompletedProcess[str]) -> list[Event]:
+    """The events the adapter's translator makes of the process's stdout and exit."""
+    translator = get_adapter(agent_name).new_translator()
+    events: list[Event] = []
+    for line in process.stdout.splitlines():
+        events += translator.feed(line)
+    events += translator.finish(process.returncode)
+    return events
