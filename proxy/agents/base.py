@@ -21,9 +21,11 @@ import json
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 from proxy.events import AgentError, Event, Finished, ReasoningDelta, TextDelta
+
+RelayTransport: TypeAlias = Literal["unix", "tcp"]
 
 # Tool outputs are kept in the event log; past this size they are clipped there (the renderer
 # shortens them much further for display).
@@ -108,6 +110,12 @@ class AgentAdapter(Protocol):
     @property
     def name(self) -> str:
         """The agent name used in requests, e.g. ``claude-code``."""
+        ...
+
+    @property
+    def relay_transport(self) -> RelayTransport:
+        """How the CLI can reach the relay: ``unix`` (it dials ``AgentSpec.relay_socket``
+        itself) or ``tcp`` (it only takes a URL, so the sandbox needs a loopback forwarder)."""
         ...
 
     @property

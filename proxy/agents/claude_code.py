@@ -28,6 +28,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayTransport,
     TranslatorBase,
     as_int,
     as_str,
@@ -63,6 +64,7 @@ class ClaudeCodeAdapter:
     """Adapter for Anthropic's Claude Code CLI."""
 
     name = "claude-code"
+    relay_transport: RelayTransport = "unix"
     binary = BinaryInfo(
         npm_package="@anthropic-ai/claude-code",
         version="2.1.328",

@@ -27,6 +27,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayTransport,
     TranslatorBase,
     as_int,
     as_str,
@@ -55,6 +56,7 @@ class CodexAdapter:
     """Adapter for OpenAI's Codex CLI."""
 
     name = "codex"
+    relay_transport: RelayTransport = "tcp"
     binary = BinaryInfo(
         npm_package="@openai/codex",
         version="0.169.0",

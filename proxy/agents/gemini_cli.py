@@ -22,6 +22,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayTransport,
     TranslatorBase,
     as_int,
     as_str,
@@ -66,6 +67,7 @@ class GeminiCliAdapter:
     """Adapter for Google's Gemini CLI."""
 
     name = "gemini-cli"
+    relay_transport: RelayTransport = "tcp"
     binary = BinaryInfo(
         npm_package="@google/gemini-cli",
         version="0.61.0",

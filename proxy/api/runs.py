@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.agents import get_adapter
+from proxy.agents.forwarder import ensure_forwarder
 from proxy.agents.install import AgentInstallError
 from proxy.auth import Principal
 from proxy.errors import InvalidField, NotFound, NotImplementedYet, ProxyError, error_body
@@ -83,8 +84,11 @@ async def start_run(
     image = await _environment(runs.engine, plan)
     inputs = await _inputs(store, blobs, collection, plan)
     adapter = get_adapter(plan.agent)
+    forwarder_dir = None
     try:
         installed = await runs.agents.ensure(adapter)
+        if adapter.relay_transport == "tcp":
+            forwarder_dir = (await ensure_forwarder(runs.agents.root)).parent
     except AgentInstallError as exc:
         raise AgentUnavailable(f"The {plan.agent} CLI could not be installed: {exc}") from exc
     trajectory = await store.create_trajectory(
@@ -106,6 +110,7 @@ async def start_run(
             image=image,
             inputs=inputs,
             base_url=base_url,
+            forwarder_dir=forwarder_dir,
         )
     )
     renderer = ChunkRenderer(

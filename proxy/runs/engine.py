@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from contextlib import aclosing, suppress
@@ -23,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from proxy.agents import AgentAdapter, AgentSpec
+from proxy.agents.forwarder import FORWARDER_MOUNT_POINT, forwarder_argv
 from proxy.agents.install import InstalledAgent
 from proxy.events import (
     AgentError,
@@ -68,6 +70,8 @@ class RunLaunch:
     inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
     # Absolute URL of this server as the client reached it, for links to result files.
     base_url: str = ""
+    # Host directory holding the loopback forwarder, for agents that only take a URL.
+    forwarder_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class _Run:
                 "output_tokens": usage.output_tokens,
                 "cache_read_input_tokens": usage.cache_read_input_tokens,
                 "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
                 "complete": usage.complete,
             },
         )
@@ -209,23 +214,36 @@ class _Run:
 
     def _sandbox_spec(self, token: str) -> SandboxSpec:
         launch, plan = self.launch, self.launch.plan
-        socket_name = self.engine._config.relay_socket.name
+        socket = f"{RELAY_MOUNT}/{self.engine._config.relay_socket.name}"
+        mounts = [
+            Mount(launch.installed.host_dir, launch.installed.mount_point),
+            Mount(self.engine._config.relay_socket.parent, RELAY_MOUNT),
+        ]
+        tcp = launch.adapter.relay_transport == "tcp"
+        # Any free-looking port: the sandbox has its own loopback (the local backend shares
+        # the host's, so it must not be a fixed one).
+        port = secrets.randbelow(20_000) + 40_000
         invocation = launch.adapter.build(
             AgentSpec(
                 prompt=plan.instruction,
                 model=plan.model,
-                relay_base_url="http://relay",
+                relay_base_url=f"http://127.0.0.1:{port}" if tcp else "http://relay",
                 relay_token=token,
                 system_prompt=plan.system_prompt,
                 workdir="/app",
                 home=AGENT_HOME,
                 max_turns=plan.max_turns,
                 extra_env=dict(plan.secret_env),
-                relay_socket=f"{RELAY_MOUNT}/{socket_name}",
+                relay_socket=None if tcp else socket,
             )
         )
         self._invocation_files = invocation.files
         argv = [*launch.installed.argv, *invocation.argv[1:]]
+        if tcp:
+            if launch.forwarder_dir is None:
+                raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
+            mounts.append(Mount(launch.forwarder_dir, FORWARDER_MOUNT_POINT))
+            argv = forwarder_argv(argv, port=port, socket=socket)
         env = {**invocation.env, "PATH": launch.installed.env_path()}
         return SandboxSpec(
             run_id=launch.run_id,
@@ -234,10 +252,7 @@ class _Run:
             argv=["/bin/sh", "-c", _PRELUDE, "jetty-run", *argv],
             env=env,
             workdir="/app",
-            mounts=(
-                Mount(launch.installed.host_dir, launch.installed.mount_point),
-                Mount(self.engine._config.relay_socket.parent, RELAY_MOUNT),
-            ),
+            mounts=tuple(mounts),
             cpus=plan.cpus,
             memory_bytes=plan.memory_bytes,
             network_enabled=plan.network_enabled,

@@ -24,6 +24,8 @@ from proxy.sandbox.base import LABEL_MANAGED
 from proxy.settings import Settings
 from tests.support.live import serve
 from tests.support.scripted_anthropic import ScriptedAnthropic
+from tests.support.scripted_gemini import ScriptedGemini
+from tests.support.scripted_responses import ScriptedResponses
 
 TEST_IMAGE = "127.0.0.1:5000/jetty/testenv:bookworm"
 PROVIDER_KEY = "sk-ant-e2e-provider-secret-0123456789"
@@ -88,11 +90,27 @@ def anthropic() -> Iterator[tuple[ScriptedAnthropic, str]]:
 
 
 @pytest.fixture
+def responses() -> Iterator[tuple[ScriptedResponses, str]]:
+    scripted = ScriptedResponses()
+    with serve(scripted.app()) as url:
+        yield scripted, url
+
+
+@pytest.fixture
+def gemini() -> Iterator[tuple[ScriptedGemini, str]]:
+    scripted = ScriptedGemini()
+    with serve(scripted.app()) as url:
+        yield scripted, url
+
+
+@pytest.fixture
 def make_proxy(
     tmp_path: Path,
     docker_host: str,
     agent_cache: Path,
     anthropic: tuple[ScriptedAnthropic, str],
+    responses: tuple[ScriptedResponses, str],
+    gemini: tuple[ScriptedGemini, str],
     no_leftover_containers: None,
 ) -> ProxyFactory:
     @contextmanager
@@ -106,6 +124,10 @@ def make_proxy(
             "default_image": TEST_IMAGE,
             "anthropic_base_url": anthropic[1],
             "anthropic_api_key": PROVIDER_KEY,
+            "openai_base_url": responses[1] + "/v1",
+            "openai_api_key": PROVIDER_KEY,
+            "google_base_url": gemini[1],
+            "google_api_key": PROVIDER_KEY,
             "keepalive_seconds": 15.0,
         }
         fields.update(overrides)
