@@ -41,6 +41,7 @@ from proxy.relay.tokens import ModelUsage, RunTokens
 from proxy.runs.artifacts import ResultLimits, collect_results, results_markdown
 from proxy.runs.live import LiveRun
 from proxy.sandbox import ExitStatus, Mount, Sandbox, SandboxBackend, SandboxError, SandboxSpec
+from proxy.sandbox.base import LABEL_OWNER
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
 from proxy.store.records import TrajectoryStatus
@@ -78,6 +79,8 @@ class RunLaunch:
 class EngineConfig:
     relay_socket: Path
     results: ResultLimits
+    # Labels this installation's sandboxes, so recovery never touches another proxy's.
+    owner: str = "default"
     cleanup_timeout: float = 30.0
 
 
@@ -108,7 +111,7 @@ class RunEngine:
 
     async def recover(self) -> list[str]:
         """Remove sandboxes left by an earlier process and mark their runs failed."""
-        removed = await self._backend.remove_orphans(set(self.live))
+        removed = await self._backend.remove_orphans(set(self.live), owner=self._config.owner)
         for run_id in removed:
             if not run_id:
                 continue
@@ -256,6 +259,7 @@ class _Run:
             cpus=plan.cpus,
             memory_bytes=plan.memory_bytes,
             network_enabled=plan.network_enabled,
+            labels={LABEL_OWNER: self.engine._config.owner},
         )
 
     async def _put_inputs(self, sandbox: Sandbox, token: str) -> None:

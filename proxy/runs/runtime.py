@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -52,6 +53,11 @@ class RunService:
 class _QuietServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the main server owns the signals
         pass
+
+
+def sandbox_owner(settings: Settings) -> str:
+    """Who this installation's sandboxes belong to: processes sharing a database share it."""
+    return hashlib.sha256(settings.database.encode()).hexdigest()[:16]
 
 
 @contextlib.asynccontextmanager
@@ -101,7 +107,13 @@ async def run_service(
     """Start the relay, the backend and the engine; stop runs and clean up on exit."""
     tokens = RunTokens()
     the_backend = backend or await select_backend(settings.backend, settings.docker_host)
-    logger.info("sandbox backend: %s", the_backend.name)
+    if the_backend.name == "local":
+        logger.warning(
+            "sandbox backend: local — runs are NOT isolated from this machine"
+            " (start a Docker engine, or set JETTY_PROXY_BACKEND=docker to insist on one)"
+        )
+    else:
+        logger.info("sandbox backend: %s", the_backend.name)
     defaults = PlanDefaults(image=settings.default_image, timeout_sec=settings.run_timeout_sec)
     async with (
         serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
@@ -116,6 +128,7 @@ async def run_service(
             config=EngineConfig(
                 relay_socket=socket_path,
                 results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
+                owner=sandbox_owner(settings),
             ),
             task_group=tg,
         )

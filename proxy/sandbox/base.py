@@ -42,6 +42,7 @@ from typing import Protocol, runtime_checkable
 LABEL_RUN_ID = "jetty-proxy.run-id"
 LABEL_COLLECTION = "jetty-proxy.collection"
 LABEL_MANAGED = "jetty-proxy.managed"
+LABEL_OWNER = "jetty-proxy.owner"
 
 
 class SandboxError(Exception):
@@ -265,8 +266,12 @@ class SandboxBackend(Protocol):
         """Create (but do not start) a sandbox for ``spec``."""
         ...
 
-    async def remove_orphans(self, keep_run_ids: set[str]) -> list[str]:
-        """Remove sandboxes this backend labelled whose run id is not kept; return those ids."""
+    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
+        """Remove sandboxes this backend labelled whose run id is not kept; return those ids.
+
+        With ``owner``, only sandboxes whose spec carried that `LABEL_OWNER` label are
+        considered, so proxies sharing an engine leave each other's sandboxes alone.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -27,6 +27,7 @@ import httpx
 
 from proxy.sandbox.base import (
     LABEL_MANAGED,
+    LABEL_OWNER,
     LABEL_RUN_ID,
     CopyReport,
     EngineUnavailable,
@@ -114,8 +115,11 @@ class DockerBackend:
             raise
         return sandbox
 
-    async def remove_orphans(self, keep_run_ids: set[str]) -> list[str]:
-        filters = json.dumps({"label": [f"{LABEL_MANAGED}=true"]})
+    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
+        labels = [f"{LABEL_MANAGED}=true"]
+        if owner is not None:
+            labels.append(f"{LABEL_OWNER}={owner}")
+        filters = json.dumps({"label": labels})
         response = await self._engine.request(
             "GET", "/containers/json", params={"all": "1", "filters": filters}
         )

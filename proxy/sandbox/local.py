@@ -126,7 +126,8 @@ class LocalBackend:
             self._base_dir = Path(tempfile.mkdtemp(prefix="jetty-sandboxes-"))
         return self._base_dir
 
-    async def remove_orphans(self, keep_run_ids: set[str]) -> list[str]:
+    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
+        # Run directories belong to this backend's base directory alone; owner adds nothing.
         if self._base_dir is None:
             return []
         return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, keep_run_ids)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from proxy.runs.runtime import sandbox_owner
 from proxy.sandbox import DockerBackend, SandboxSpec
+from proxy.sandbox.base import LABEL_OWNER
+from proxy.settings import Settings
 from tests.e2e.conftest import (
     TEST_IMAGE,
     ProxyFactory,
@@ -149,24 +153,38 @@ def test_collection_secrets_reach_the_run_and_stay_out_of_the_record(
         assert secret not in events
 
 
-def test_start_removes_containers_of_runs_that_are_no_longer_live(
-    make_proxy: ProxyFactory, docker_host: str
+def test_start_removes_its_own_stale_containers_and_no_one_elses(
+    make_proxy: ProxyFactory, docker_host: str, tmp_path: Path
 ) -> None:
-    async def leave_one_behind() -> None:
+    owner = sandbox_owner(Settings(data_dir=tmp_path / "data"))
+
+    async def leave_behind(run_id: str, labels: dict[str, str]) -> None:
         backend = DockerBackend.from_url(docker_host)
+        spec = SandboxSpec(
+            run_id=run_id, collection="acme", image=TEST_IMAGE, argv=["true"], labels=labels
+        )
         try:
-            await backend.launch(
-                SandboxSpec(run_id="deadbeef", collection="acme", image=TEST_IMAGE, argv=["true"])
-            )
+            await backend.launch(spec)
         finally:
             await backend.aclose()
 
-    anyio.run(leave_one_behind)
-    assert any(
-        c["Labels"].get("jetty-proxy.run-id") == "deadbeef" for c in managed_containers(docker_host)
-    )
-    with make_proxy():
-        assert not any(
-            c["Labels"].get("jetty-proxy.run-id") == "deadbeef"
-            for c in managed_containers(docker_host)
+    def present(run_id: str) -> bool:
+        return any(
+            c["Labels"].get("jetty-proxy.run-id") == run_id for c in managed_containers(docker_host)
         )
+
+    async def remove_other() -> None:
+        backend = DockerBackend.from_url(docker_host)
+        try:
+            await backend.remove_orphans(set(), owner="another-installation")
+        finally:
+            await backend.aclose()
+
+    anyio.run(leave_behind, "deadbeef", {LABEL_OWNER: owner})
+    anyio.run(leave_behind, "0therpr0", {LABEL_OWNER: "another-installation"})
+    try:
+        with make_proxy():
+            assert not present("deadbeef")
+            assert present("0therpr0")
+    finally:
+        anyio.run(remove_other)
