@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from proxy.sandbox.base import (
+    LABEL_OWNER,
     ExitStatus,
     ImageNotFound,
     Mount,
@@ -239,13 +241,21 @@ async def test_missing_image_is_not_pulled(docker: DockerBackend) -> None:
 
 
 async def test_remove_orphans_removes_labelled_leftovers(docker: DockerBackend) -> None:
-    kept = await docker.launch(_spec(["sleep", "300"], run_id="kept"))
-    orphans = [await docker.launch(_spec(["sleep", "300"], run_id=f"gone-{n}")) for n in range(2)]
+    # An owner of its own, so that other sessions sharing this engine are left alone.
+    owner = {LABEL_OWNER: f"orphans-test-{uuid.uuid4().hex}"}
+    other = {LABEL_OWNER: f"someone-else-{uuid.uuid4().hex}"}
+    kept = await docker.launch(_spec(["sleep", "300"], run_id="kept", labels=owner))
+    orphans = [
+        await docker.launch(_spec(["sleep", "300"], run_id=f"gone-{n}", labels=owner))
+        for n in range(2)
+    ]
+    foreign = await docker.launch(_spec(["sleep", "300"], run_id="foreign", labels=other))
     try:
         await orphans[0].start()  # a running one, and one only created
-        removed = await docker.remove_orphans({"kept"})
+        removed = await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER])
         assert sorted(removed) == ["gone-0", "gone-1"]
-        assert await docker.remove_orphans({"kept"}) == []
+        assert await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER]) == []
+        assert await docker.remove_orphans(set(), owner=other[LABEL_OWNER]) == ["foreign"]
     finally:
-        for sandbox in (kept, *orphans):
+        for sandbox in (kept, *orphans, foreign):
             await sandbox.close()
