@@ -188,3 +188,35 @@ def test_start_removes_its_own_stale_containers_and_no_one_elses(
             assert present("0therpr0")
     finally:
         anyio.run(remove_other)
+
+
+def test_cancel_through_the_api_stops_the_run(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], docker_host: str
+) -> None:
+    scripted, _ = anthropic
+    scripted.mode = "hang"
+    with make_proxy() as proxy:
+        with httpx.stream(
+            "POST", proxy + "/v1/chat/completions", json=_request(), timeout=60
+        ) as response:
+            run_id = response.headers["x-jetty-trajectory-id"]
+            lines = response.iter_lines()
+            _wait_for(lambda: scripted.calls >= 1, 30, "the agent's first model call")
+            cancelled = httpx.post(
+                f"{proxy}/api/v1/trajectory/acme/life/statuses", json={run_id: "cancelled"}
+            )
+            assert cancelled.json() == {"statuses": {run_id: "cancelled"}}
+            rest = [line for line in lines if line.startswith("data:")]
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][5:])["error"]["code"] == "cancelled"
+        _wait_for(
+            lambda: (
+                not any(
+                    c["Labels"].get("jetty-proxy.run-id") == run_id
+                    for c in managed_containers(docker_host)
+                )
+            ),
+            10,
+            "the container to be removed",
+        )
+        assert _status(proxy, run_id) == "cancelled"
