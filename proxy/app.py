@@ -18,6 +18,7 @@ from proxy.api import (
     files,
     health,
     models,
+    snapshots,
     storage,
     trajectories,
     trajectory_events,
@@ -121,6 +122,7 @@ def create_app(
         Route("/api/v1/sandbox/upload", storage.upload, methods=["POST"]),
         Route("/api/v1/file/{storage_path:path}", storage.download, methods=["GET"]),
         Route("/api/v1/list-files", storage.list_files, methods=["GET"]),
+        Route("/api/v1/snapshots", snapshots.list_snapshots, methods=["GET"]),
         Route(
             "/api/v1/db/trajectories/{collection}/{task}",
             trajectories.list_trajectories,

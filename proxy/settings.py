@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from proxy.presets import Preset, check_preset_names
+
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 
 
@@ -43,6 +45,26 @@ class UpstreamRoute(BaseModel):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return _validate_base_url(value)
+
+
+class SnapshotSettings(BaseModel):
+    """One ``[snapshots.NAME]`` table: a named, pre-built environment.
+
+    For a built-in snapshot (``python312-uv``, ``prism-playwright``) every field is optional
+    and replaces the built-in's; a new snapshot needs at least ``image``. ``dockerfile`` is
+    what `jetty-proxy snapshots build` builds (its directory is the build context) and
+    ``build_args`` are passed to it; ``base_snapshot`` names a snapshot to build first, whose
+    image is then passed as the ``BASE_IMAGE`` build argument.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None
+    dockerfile: Path | None = None
+    description: str | None = None
+    includes: list[str] | None = None
+    build_args: dict[str, str] | None = None
+    base_snapshot: str | None = None
 
 
 class Settings(BaseSettings):
@@ -108,6 +130,41 @@ class Settings(BaseSettings):
         default=None, description="absolute URL clients reach this server at, for result links"
     )
 
+    # Chat UIs: presets offered as models (jetty/NAME).
+    presets: dict[str, Preset] = Field(default_factory=dict)
+
+    @field_validator("presets")
+    @classmethod
+    def _check_presets(cls, value: dict[str, Preset]) -> dict[str, Preset]:
+        return check_preset_names(value)
+
+    # Environments: snapshots, pulled images and package builds.
+    snapshots: dict[str, SnapshotSettings] = Field(
+        default_factory=dict, description="snapshot catalog entries, added to the built-ins"
+    )
+    snapshots_dir: Path | None = Field(
+        default=None,
+        description="where the built-in snapshots' Dockerfiles are;"
+        " default the project's deploy/snapshots",
+    )
+    default_snapshot: str | None = Field(
+        default="python312-uv",
+        description="snapshot for runs that name no environment; an explicitly set"
+        " default_image takes its place unless this is set too",
+    )
+    images_max_bytes: int = Field(
+        default=20 * 1024**3,
+        gt=0,
+        description="size above which pulled images and package builds unused for longest"
+        " are removed",
+    )
+    environment_timeout_sec: int = Field(default=1800, ge=1, le=86400)
+    build_ca_bundle: Path | None = Field(
+        default=None,
+        description="CA bundle that package builds trust (a TLS-inspecting proxy between the"
+        " engine and the package registries)",
+    )
+
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
@@ -139,6 +196,13 @@ class Settings(BaseSettings):
     @property
     def blobs(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def effective_default_snapshot(self) -> str | None:
+        """``default_snapshot``, unless only ``default_image`` was configured."""
+        if self.default_image and "default_snapshot" not in self.model_fields_set:
+            return None
+        return self.default_snapshot or None
 
     @property
     def is_loopback(self) -> bool:

@@ -34,7 +34,7 @@ from proxy.jetty import (
     resolve_plan,
     system_text,
 )
-from proxy.runs.engine import RunEngine, RunLaunch
+from proxy.runs.engine import RunLaunch
 from proxy.runs.live import LiveRun
 from proxy.runs.render import Aggregator, ChunkRenderer, finish_reason_for, usage_dict
 from proxy.runs.runtime import RunService
@@ -81,7 +81,7 @@ async def start_run(
         runbook = system_text(messages)
     secrets = await store.secret_values(collection)
     plan = resolve_plan(model, messages, block, runbook, runs.defaults, secrets)
-    image = await _environment(runs.engine, plan)
+    image = await _environment(runs, plan)
     inputs = await _inputs(store, blobs, collection, plan)
     adapter = get_adapter(plan.agent)
     forwarder_dir = None
@@ -124,13 +124,21 @@ async def start_run(
     return RunCompletionResponse(live, plan, renderer, headers)
 
 
-async def _environment(engine: RunEngine, plan: RunPlan) -> str:
-    """The image to run in; environments other than plain images arrive later."""
+async def _environment(runs: RunService, plan: RunPlan) -> str:
+    """The image the run will use, after refusing what cannot work (4xx/503, nothing started).
+
+    With an image engine, pulls and builds happen later, in the run, where their progress
+    reaches the stream; here only the cheap checks run (unknown snapshot, bad package, a
+    snapshot that is not built). Without one (the local backend) only a present image works.
+    """
     environment = plan.environment
+    if runs.environments is not None:
+        return await runs.environments.check(environment)
+    engine = runs.engine
     if environment.kind in ("snapshot", "build"):
         raise NotImplementedYet(
-            f"{'Snapshots' if environment.kind == 'snapshot' else 'Dockerfile builds'} are not"
-            " available on this server yet; name an image present on the engine with"
+            f"{'Snapshots' if environment.kind == 'snapshot' else 'Dockerfile builds'} need the"
+            " Docker sandbox backend, and this server runs the local one; name an image with"
             " jetty.image.",
             param="jetty.snapshot" if environment.kind == "snapshot" else "jetty.base_image",
         )

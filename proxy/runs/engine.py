@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 from proxy.agents import AgentAdapter, AgentSpec
 from proxy.agents.forwarder import FORWARDER_MOUNT_POINT, forwarder_argv
 from proxy.agents.install import InstalledAgent
+from proxy.environments import EnvironmentFailed, Environments, resolve_environment
 from proxy.events import (
     AgentError,
     Event,
@@ -96,6 +97,7 @@ class RunEngine:
         tokens: RunTokens,
         config: EngineConfig,
         task_group: TaskGroup,
+        environments: Environments | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -103,6 +105,8 @@ class RunEngine:
         self._tokens = tokens
         self._config = config
         self._tg = task_group
+        # None when the backend runs no images (local): launch.image is then used as it is.
+        self._environments = environments
         self.live: dict[str, LiveRun] = {}
 
     @property
@@ -193,21 +197,24 @@ class _Run:
             launch.run_id, launch.collection, on_usage=self.record_model_call
         )
         try:
+            for warning in plan.warnings:
+                await self.emit(WarningEvent(warning))
+            image = await self._environment()
             await self.emit(
                 Progress(
                     f"Starting {launch.adapter.name} {launch.installed.version} in "
-                    f"{launch.image} ({self.engine.backend.name} sandbox, run {launch.run_id})"
+                    f"{image} ({self.engine.backend.name} sandbox, run {launch.run_id})"
                 )
             )
-            for warning in plan.warnings:
-                await self.emit(WarningEvent(warning))
-            self.sandbox = await self.engine.backend.launch(self._sandbox_spec(token))
+            self.sandbox = await self.engine.backend.launch(self._sandbox_spec(token, image))
             await self._put_inputs(self.sandbox, token)
             await self.store.transition(launch.run_id, "running", allowed_from=_PENDING)
             await self.store.update_trajectory(launch.run_id, started_at=datetime.now(UTC))
             await self.sandbox.start()
             status = await self._follow(self.sandbox)
             await self._finish(self.sandbox, status)
+        except EnvironmentFailed as exc:
+            await self._fail(exc.message, exc.code or "environment_failed")
         except SandboxError as exc:
             await self._fail(f"Sandbox failed: {exc}", "sandbox_error")
         finally:
@@ -215,7 +222,21 @@ class _Run:
                 self.engine._tokens.revoke(launch.run_id)
                 await self._cleanup()
 
-    def _sandbox_spec(self, token: str) -> SandboxSpec:
+    async def _environment(self) -> str:
+        """Pull or build the run's environment, with its progress in the stream; the image."""
+        environments = self.engine._environments
+        if environments is None:
+            return self.launch.image
+
+        async def say(text: str) -> None:
+            await self.emit(Progress(text))
+
+        resolved = await resolve_environment(
+            self.launch.plan.environment, environments=environments, progress=say
+        )
+        return resolved.reference
+
+    def _sandbox_spec(self, token: str, image: str) -> SandboxSpec:
         launch, plan = self.launch, self.launch.plan
         socket = f"{RELAY_MOUNT}/{self.engine._config.relay_socket.name}"
         mounts = [
@@ -251,7 +272,7 @@ class _Run:
         return SandboxSpec(
             run_id=launch.run_id,
             collection=launch.collection,
-            image=launch.image,
+            image=image,
             argv=["/bin/sh", "-c", _PRELUDE, "jetty-run", *argv],
             env=env,
             workdir="/app",

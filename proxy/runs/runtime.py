@@ -24,6 +24,7 @@ import httpx
 import uvicorn
 
 from proxy.agents.install import AgentCache
+from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
@@ -48,6 +49,8 @@ class RunService:
     defaults: PlanDefaults
     http: httpx.AsyncClient
     keepalive_seconds: float
+    # Snapshots, pulls and builds; None when the backend runs no images (local).
+    environments: Environments | None = None
 
 
 class _QuietServer(uvicorn.Server):
@@ -114,7 +117,13 @@ async def run_service(
         )
     else:
         logger.info("sandbox backend: %s", the_backend.name)
-    defaults = PlanDefaults(image=settings.default_image, timeout_sec=settings.run_timeout_sec)
+    images = the_backend.name == "docker"
+    defaults = PlanDefaults(
+        snapshot=settings.effective_default_snapshot if images else None,
+        image=settings.default_image,
+        timeout_sec=settings.run_timeout_sec,
+    )
+    environments = Environments.from_settings(settings) if images else None
     async with (
         serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
         httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
@@ -131,6 +140,7 @@ async def run_service(
                 owner=sandbox_owner(settings),
             ),
             task_group=tg,
+            environments=environments,
         )
         removed = await engine.recover()
         if removed:
@@ -142,8 +152,11 @@ async def run_service(
                 defaults=defaults,
                 http=http,
                 keepalive_seconds=settings.keepalive_seconds,
+                environments=environments,
             )
         finally:
             # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
             tg.cancel_scope.cancel()
+    if environments is not None:
+        await environments.aclose()
     await the_backend.aclose()

@@ -112,6 +112,32 @@ class Engine:
         self.client = client
         self.where = where
 
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 30.0) -> Engine:
+        """A client for ``unix:///path/docker.sock``, ``tcp://host:port`` or ``http(s)://``."""
+        if url.startswith("unix://"):
+            path = url.removeprefix("unix://")
+            if not path.startswith("/"):
+                raise ValueError(f"Docker socket URL {url!r} must name an absolute path")
+            transport = httpx.AsyncHTTPTransport(uds=path)
+            base = "http://docker"
+        elif url.startswith(("tcp://", "http://", "https://")):
+            scheme = "https" if url.startswith("https://") else "http"
+            transport = httpx.AsyncHTTPTransport()
+            base = f"{scheme}://{url.split('://', 1)[1].rstrip('/')}"
+        else:
+            raise ValueError(f"unsupported Docker host {url!r}: use unix://, tcp:// or http(s)://")
+        client = httpx.AsyncClient(
+            transport=transport,
+            base_url=f"{base}/v{API_VERSION}",
+            timeout=timeout,
+            headers={"Accept-Encoding": "identity"},
+        )
+        return cls(client, url)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
     async def request(
         self, method: str, url: str, *, ok: tuple[int, ...] = (), **kwargs: Any
     ) -> httpx.Response:
@@ -155,6 +181,40 @@ class Engine:
         response = await self.request("GET", f"/images/{quote(image, safe='/:@')}/json", ok=(404,))
         if response.status_code == 404:
             raise ImageNotFound(image)
+
+    async def inspect_image(self, image: str) -> dict[str, Any] | None:
+        """``GET /images/{image}/json``, or ``None`` when the engine has no such image."""
+        response = await self.request("GET", f"/images/{quote(image, safe='/:@')}/json", ok=(404,))
+        if response.status_code == 404:
+            return None
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def list_images(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """``GET /images/json`` with ``filters`` (e.g. ``{"label": ["key=value"]}``)."""
+        response = await self.request(
+            "GET", "/images/json", params={"filters": json.dumps(filters)}
+        )
+        images: list[dict[str, Any]] = response.json()
+        return images
+
+    async def tag_image(self, image: str, repository: str, tag: str) -> None:
+        """Add the reference ``repository:tag`` to ``image`` (the engine notes the time)."""
+        await self.request(
+            "POST",
+            f"/images/{quote(image, safe='/:@')}/tag",
+            params={"repo": repository, "tag": tag},
+        )
+
+    async def remove_image(self, image: str) -> bool:
+        """Remove one reference (or the image, given an id) without force.
+
+        False when it is gone already or still used by a container (the engine says 409).
+        """
+        response = await self.request(
+            "DELETE", f"/images/{quote(image, safe='/:@')}", ok=(404, 409)
+        )
+        return response.status_code not in (404, 409)
 
     async def create(self, spec: SandboxSpec, name: str) -> str:
         """Create a container and return its id."""

@@ -197,7 +197,7 @@ def test_bad_runbook_requests_start_nothing(
         filled = {"runbook": True, "template_variables": {"sample_size": "3"}}
         cases: list[tuple[dict[str, Any], int, str]] = [
             ({**filled, "image": "Not A Ref"}, 400, "jetty.image"),
-            ({**filled, "image": "jetty-test/missing:never"}, 400, "jetty.image"),
+            ({**filled, "snapshot": "nope"}, 400, "jetty.snapshot"),
             ({**filled, "bogus": 1}, 400, "jetty.bogus"),
             ({**filled, "file_paths": ["default/nope.csv"]}, 404, "jetty.file_paths[0]"),
             ({"runbook": True}, 400, "jetty.template_variables"),
