@@ -1,14 +1,27 @@
 """Passthrough relay benchmark: the same streaming workload direct and through the proxy.
 
-Starts a fast scripted upstream (its own process) and the proxy (``python -m proxy
-serve``, one worker, its own process), then drives 200-chunk streaming completions
-at several concurrency levels, first straight at the upstream, then through the
-proxy, and prints what the proxy adds: time to first byte p50/p99, per-request
-latency, relayed chunks per second, and the proxy's peak RSS.
+Starts a fast scripted upstream and the proxy (``python -m proxy serve``, one worker),
+each in its own process, then drives streaming completions of ``--chunks`` SSE events
+at several concurrency levels, first straight at the upstream, then through the proxy,
+and prints what the proxy adds: time to first byte p50/p99, per-request latency,
+chunks per second, the proxy's CPU time per relayed chunk and its peak RSS.
 
-    python benchmarks/passthrough.py [--chunks 200] [--levels 1,32,128] [--requests 400]
+    python benchmarks/passthrough.py [--chunks 200] [--levels 1,32,128] [--requests N]
+                                     [--clients 2] [--gap-ms 0]
 
-Figures depend on the machine; compare the two columns of one run, not runs.
+The load comes from ``--clients`` separate processes (one at concurrency 1), each a
+minimal HTTP/1.1 client on uvloop and httptools holding one keep-alive connection per
+concurrent stream, so that the client, not the proxy, is cheap; the direct and proxied
+runs use the same clients. The upstream writes every event as its own chunk, as a model
+server does: all at once by default, or ``--gap-ms`` apart.
+
+In a burst the proxy reads many events at once and passes them on together, so its client
+has fewer, larger pieces to read than the upstream's own; on a machine where the client
+competes for the cores, the proxied column can then beat the direct one. With a gap every
+event crosses the proxy on its own, which shows its cost per event.
+
+Figures depend on the machine and on what else runs on it; compare the two rows of one
+run, not runs. The proxy's CPU per chunk is the least sensitive to a busy machine.
 """
 
 from __future__ import annotations
@@ -18,18 +31,25 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httptools
 import httpx
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
+PAYLOAD = json.dumps(
+    {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+).encode()
+EVENT_MARK = b"data: {"
+WARMUP_REQUESTS = 3
 
 
 def _free_port() -> int:
@@ -39,40 +59,75 @@ def _free_port() -> int:
         return port
 
 
-def upstream_app(chunks: int) -> Any:
-    """A minimal ASGI upstream: every chat request streams ``chunks`` SSE events."""
+def stream_frames(chunks: int) -> list[bytes]:
+    """The upstream's response: a head, then one chunked-encoding frame per SSE event."""
     head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "b"}
 
     def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
         chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-    body = [event({"role": "assistant", "content": ""})]
-    body += [event({"content": f"tok{i} "}) for i in range(chunks - 2)]
-    body += [event({}, "stop"), b"data: [DONE]\n\n"]
-    start = {
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [(b"content-type", b"text/event-stream")],
-    }
+    events = [event({"role": "assistant", "content": ""})]
+    events += [event({"content": f"tok{i} "}) for i in range(chunks - 2)]
+    events += [event({}, "stop"), b"data: [DONE]\n\n"]
+    start = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    frames = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+    return [start, *frames, b"0\r\n\r\n"]
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+
+class _Upstream(asyncio.Protocol):
+    """One upstream connection: every request is answered with the scripted stream,
+    its events ``gap`` seconds apart (0: all at once)."""
+
+    def __init__(self, frames: Sequence[bytes], gap: float):
+        self._frames = frames
+        self._gap = gap
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            assert self._transport is not None
+            self._transport.close()
+
+    def on_message_complete(self) -> None:
+        assert self._transport is not None
+        if self._parser.get_method() != b"POST":
+            self._transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             return
-        while (await receive()).get("more_body"):
-            pass
-        await send(start)
-        for piece in body:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # One write per event: each leaves as its own segment, as tokens from a model do.
+        if not self._gap:
+            for frame in self._frames:
+                self._transport.write(frame)
+            return
+        self._transport.write(self._frames[0])
+        self._write_from(1)
 
-    return app
+    def _write_from(self, index: int) -> None:
+        assert self._transport is not None
+        if index < len(self._frames) and not self._transport.is_closing():
+            self._transport.write(self._frames[index])
+            asyncio.get_running_loop().call_later(self._gap, self._write_from, index + 1)
 
 
-def serve_upstream(port: int, chunks: int) -> None:
-    import uvicorn
+def serve_upstream(port: int, chunks: int, gap: float) -> None:
+    frames = stream_frames(chunks)
 
-    uvicorn.run(upstream_app(chunks), host="127.0.0.1", port=port, log_level="error")
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Upstream(frames, gap), "127.0.0.1", port, backlog=4096
+        )
+        await server.serve_forever()
+
+    uvloop.run(serve())
 
 
 @dataclass
@@ -80,47 +135,123 @@ class Sample:
     ttfb: float
     total: float
     chunks: int
+    status: int
 
 
-async def _one(client: httpx.AsyncClient, url: str, payload: bytes) -> Sample:
+class _Client(asyncio.Protocol):
+    """One keep-alive connection that sends a request and reads the answer, repeatedly."""
+
+    def __init__(self, request: bytes):
+        self._request = request
+        self._body: list[bytes] = []
+        # Called by the parser for every chunk: a bare list.append keeps the client cheap
+        # however finely the body is chunked, so that it does not favour either side.
+        self.on_body: Callable[[bytes], None] = self._body.append
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+        self._started = self._ttfb = 0.0
+        self._count = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    @property
+    def is_open(self) -> bool:
+        return self._lost is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("the server closed the connection")
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(self._lost)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+        if not self._ttfb and any(b"data:" in piece for piece in self._body):
+            self._ttfb = time.perf_counter() - self._started
+
+    def on_message_complete(self) -> None:
+        assert self._done is not None
+        self._count = b"".join(self._body).count(EVENT_MARK)
+        self._body.clear()
+        self._done.set_result(None)
+
+    async def request(self) -> Sample:
+        assert self._transport is not None
+        if self._lost is not None:
+            raise self._lost
+        self._done = asyncio.get_running_loop().create_future()
+        self._ttfb, self._count = 0.0, 0
+        self._started = time.perf_counter()
+        self._transport.write(self._request)
+        await self._done
+        total = time.perf_counter() - self._started
+        return Sample(self._ttfb, total, self._count, self._parser.get_status_code())
+
+
+class _Slot:
+    """One concurrent stream's connection, reopened when the server closed it while idle."""
+
+    def __init__(self, connect: Callable[[], Awaitable[_Client]]):
+        self._connect = connect
+        self._client: _Client | None = None
+
+    async def request(self) -> Sample:
+        if self._client is None or not self._client.is_open:
+            self._client = await self._connect()
+        return await self._client.request()
+
+
+async def _drive(url: str, concurrency: int, requests: int) -> dict[str, Any]:
+    """Warm up, say ``ready``, wait for ``go`` on stdin, run, return the samples."""
+    target = httpx.URL(url)
+    host, port = target.host, target.port or 80
+    request = (
+        b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s"
+        % (target.raw_path, host.encode(), port, len(PAYLOAD), PAYLOAD)
+    )
+    loop = asyncio.get_running_loop()
+
+    async def connect() -> _Client:
+        _, client = await loop.create_connection(lambda: _Client(request), host, port)
+        return client
+
+    slots = [_Slot(connect) for _ in range(concurrency)]
+
+    async def warm(slot: _Slot) -> None:
+        for _ in range(WARMUP_REQUESTS):
+            await slot.request()
+
+    await asyncio.gather(*(warm(slot) for slot in slots))
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+
+    remaining = [requests]
+    samples: list[Sample] = []
+
+    async def worker(slot: _Slot) -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            samples.append(await slot.request())
+
     started = time.perf_counter()
-    ttfb = 0.0
-    count = 0
-    async with client.stream("POST", url, content=payload) as response:
-        response.raise_for_status()
-        async for piece in response.aiter_raw():
-            if not ttfb and b"data:" in piece:
-                ttfb = time.perf_counter() - started
-            count += piece.count(b"data: {")
-    return Sample(ttfb, time.perf_counter() - started, count)
+    await asyncio.gather(*(worker(slot) for slot in slots))
+    return {
+        "wall": time.perf_counter() - started,
+        "samples": [[s.ttfb, s.total, s.chunks, s.status] for s in samples],
+    }
 
 
-async def run_level(url: str, concurrency: int, requests: int) -> tuple[list[Sample], float]:
-    payload = json.dumps(
-        {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "go"}]}
-    ).encode()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for _ in range(min(concurrency, 8)):  # warm the connection pool
-            await _one(client, url, payload)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(requests):
-            queue.put_nowait(i)
-        samples: list[Sample] = []
-
-        async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                samples.append(await _one(client, url, payload))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return samples, time.perf_counter() - started
+def drive(url: str, concurrency: int, requests: int, output: Path) -> None:
+    result = uvloop.run(_drive(url, concurrency, requests))
+    output.write_text(json.dumps(result))
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -128,6 +259,77 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def run_level(
+    url: str, concurrency: int, requests: int, clients: int, watched: int
+) -> tuple[list[Sample], float, float]:
+    """Samples, wall time and the CPU seconds ``watched`` spent, over ``clients`` processes."""
+    processes = min(clients, concurrency)
+    drivers = []
+    outputs = [Path(tempfile.mkstemp(suffix=".json")[1]) for _ in range(processes)]
+    for i, output in enumerate(outputs):
+        share = concurrency // processes + (i < concurrency % processes)
+        quota = requests // processes + (i < requests % processes)
+        drivers.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--drive", url, str(share), str(quota), str(output)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        for driver in drivers:
+            assert driver.stdout is not None
+            if driver.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a load process failed to start against {url}")
+        cpu_before = _cpu_seconds(watched)
+        for driver in drivers:
+            assert driver.stdin is not None
+            driver.stdin.write("go\n")
+            driver.stdin.flush()
+        for driver in drivers:
+            if driver.wait() != 0:
+                raise RuntimeError(f"a load process failed against {url}")
+        cpu = _cpu_seconds(watched) - cpu_before
+        results = [json.loads(output.read_text()) for output in outputs]
+    finally:
+        for driver in drivers:
+            driver.kill()
+            driver.wait()
+        for output in outputs:
+            output.unlink()
+    samples = [Sample(*row) for result in results for row in result["samples"]]
+    return samples, max(result["wall"] for result in results), cpu
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _print_row(level: int, name: str, samples: list[Sample], wall: float, cpu: float) -> None:
+    chunks = sum(s.chunks for s in samples)
+    ttfb = [s.ttfb * 1000 for s in samples]
+    lat = [s.total * 1000 for s in samples]
+    print(
+        f"{level:>5} {name:>7} {len(samples):>6} {_pct(ttfb, 0.5):>8.2f}m"
+        f" {_pct(ttfb, 0.99):>8.2f}m {_pct(lat, 0.5):>8.2f}m"
+        f" {_pct(lat, 0.99):>8.2f}m {chunks / wall:>10,.0f} {cpu / chunks * 1e6:>8.1f}µs"
+    )
+
+
+def _print_added(level: int, direct: list[Sample], proxied: list[Sample]) -> None:
+    def added(field: str, q: float) -> float:
+        mine = _pct([getattr(s, field) for s in proxied], q)
+        theirs = _pct([getattr(s, field) for s in direct], q)
+        return (mine - theirs) * 1000
+
+    print(
+        f"{level:>5}   added  TTFB p50 {added('ttfb', 0.5):+.2f} ms,"
+        f" p99 {added('ttfb', 0.99):+.2f} ms; latency p50 {added('total', 0.5):+.2f} ms"
+    )
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -147,16 +349,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--levels", default="1,32,128")
-    parser.add_argument("--requests", type=int, default=0, help="per level (default 20 x level)")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="per level (default 20 x level, at least 200)"
+    )
+    parser.add_argument("--clients", type=int, default=2, help="load-generating processes")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="time between the upstream's events (default 0: each response in one burst)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--drive", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream, args.chunks)
+        serve_upstream(args.serve_upstream, args.chunks, args.gap_ms / 1000)
+        return 0
+    if args.drive:
+        url, concurrency, requests, output = args.drive
+        drive(url, int(concurrency), int(requests), Path(output))
         return 0
 
     up_port, proxy_port = _free_port(), _free_port()
     upstream = subprocess.Popen(
-        [sys.executable, __file__, "--serve-upstream", str(up_port), "--chunks", str(args.chunks)]
+        [
+            sys.executable,
+            __file__,
+            *("--serve-upstream", str(up_port), "--chunks", str(args.chunks)),
+            *("--gap-ms", str(args.gap_ms)),
+        ]
     )
     with tempfile.TemporaryDirectory() as data_dir:
         env = {
@@ -176,48 +397,37 @@ def main() -> int:
             _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
             direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
             proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
-            print(f"{args.chunks}-chunk streaming completions; one proxy worker; 2 cores shared")
-            header = (
-                f"{'conc':>5} {'path':>7} {'reqs':>6} {'TTFB p50':>9} {'TTFB p99':>9}"
-                f" {'lat p50':>9} {'lat p99':>9} {'chunks/s':>10}"
+            pace = f"{args.gap_ms:g} ms apart" if args.gap_ms else "each response in one burst"
+            print(
+                f"{args.chunks}-chunk streaming completions ({pace}); one proxy worker;"
+                f" {os.cpu_count()} cores shared with the upstream and {args.clients} load"
+                " processes"
             )
-            print(header)
+            print(
+                f"{'conc':>5} {'path':>7} {'reqs':>6} {'TTFB p50':>9} {'TTFB p99':>9}"
+                f" {'lat p50':>9} {'lat p99':>9} {'chunks/s':>10} {'CPU/chunk':>10}"
+            )
             for level in (int(x) for x in args.levels.split(",")):
-                requests = args.requests or max(40, 20 * level)
-                results = {}
-                for name, url in (("direct", direct_url), ("proxy", proxy_url)):
-                    samples, wall = asyncio.run(run_level(url, level, requests))
-                    bad = [s for s in samples if s.chunks != args.chunks]
+                requests = args.requests or max(200, 20 * level)
+                results: dict[str, list[Sample]] = {}
+                for name, url, watched in (
+                    ("direct", direct_url, upstream.pid),
+                    ("proxy", proxy_url, proxy.pid),
+                ):
+                    samples, wall, cpu = run_level(url, level, requests, args.clients, watched)
+                    bad = [s for s in samples if s.status != 200 or s.chunks != args.chunks]
                     if bad:
-                        raise RuntimeError(f"{name}: {len(bad)} responses lost chunks")
-                    results[name] = samples, wall
-                    ttfb = [s.ttfb * 1000 for s in samples]
-                    lat = [s.total * 1000 for s in samples]
-                    rate = sum(s.chunks for s in samples) / wall
-                    print(
-                        f"{level:>5} {name:>7} {len(samples):>6} {_pct(ttfb, 0.5):>8.2f}m"
-                        f" {_pct(ttfb, 0.99):>8.2f}m {_pct(lat, 0.5):>8.2f}m"
-                        f" {_pct(lat, 0.99):>8.2f}m {rate:>10,.0f}"
-                    )
-                direct, proxied = results["direct"][0], results["proxy"][0]
-                added = {
-                    "ttfb_p50": _pct([s.ttfb for s in proxied], 0.5)
-                    - _pct([s.ttfb for s in direct], 0.5),
-                    "ttfb_p99": _pct([s.ttfb for s in proxied], 0.99)
-                    - _pct([s.ttfb for s in direct], 0.99),
-                    "latency_p50": statistics.median(s.total for s in proxied)
-                    - statistics.median(s.total for s in direct),
-                }
-                print(
-                    f"{level:>5}   added  TTFB p50 {added['ttfb_p50'] * 1000:+.2f} ms,"
-                    f" p99 {added['ttfb_p99'] * 1000:+.2f} ms;"
-                    f" latency p50 {added['latency_p50'] * 1000:+.2f} ms"
-                )
+                        raise RuntimeError(f"{name}: {len(bad)} responses failed or lost chunks")
+                    results[name] = samples
+                    _print_row(level, name, samples, wall, cpu)
+                _print_added(level, results["direct"], results["proxy"])
             print(f"proxy peak RSS: {_peak_rss_mib(proxy.pid):.1f} MiB")
+            print("CPU/chunk: the upstream's CPU time (direct) or the proxy's (proxy) per chunk")
         finally:
             proxy.terminate()
             upstream.terminate()
-            proxy.wait(timeout=10)
+            # The proxy finishes writing its records of the completions before it exits.
+            proxy.wait(timeout=120)
             upstream.wait(timeout=10)
     return 0
 

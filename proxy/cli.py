@@ -193,6 +193,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level,
         proxy_headers=False,
         server_header=False,
+        # uvicorn's default is 5 s, the same as the idle expiry of httpx's pools (so of the
+        # OpenAI SDKs): a request sent just as the server closes the idle connection fails
+        # with a reset. Outlast clients' pools and load balancers (60 s) instead, so that
+        # idle connections are closed by the client side.
+        timeout_keep_alive=75,
     )
     return 0
 

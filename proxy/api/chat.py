@@ -1,8 +1,16 @@
-"""``POST /v1/chat/completions``: relay to the upstream, or hand a runbook to the run engine."""
+"""``POST /v1/chat/completions``: relay to the upstream, or hand a runbook to the run engine.
+
+Relayed completions are recorded as one-step trajectories under the task ``_chat`` (or
+``jetty.task``) of ``jetty.collection`` or the caller's default collection: model, finish
+reason, usage, latency and the upstream's id; the messages and the answer only with the
+``record_chat_content`` setting. Recording happens after the last byte has gone out, and
+failed or cancelled calls are recorded too.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
@@ -11,10 +19,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.api.context import Services, authenticate, services_of
+from proxy.api.params import check_name
+from proxy.api.recording import RECORD_OVERHEAD
 from proxy.api.runs import start_run
-from proxy.errors import BadRequest, InvalidField, NotImplementedYet
-from proxy.relay.response import RelayJSONResponse, RelayStreamResponse
+from proxy.auth import Principal
+from proxy.errors import BadRequest, InvalidField, NotFound, NotImplementedYet
+from proxy.presets import Preset, is_background_request, preset_name, preset_request
+from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
+from proxy.relay.summary import StreamContent, summarize_chat_stream
 from proxy.relay.upstream import UpstreamResponse
+from proxy.store.chat import record_chat
 
 
 class ChatRequest(BaseModel):
@@ -51,6 +65,17 @@ async def chat_completions(request: Request) -> Response:
     principal = await authenticate(request)
     body = await request.body()
     chat, raw = parse_chat_request(body)
+    preset = _preset(services, principal, chat.model)
+    if preset is not None:
+        if is_background_request(dict(request.headers), chat.messages):
+            # A chat UI's housekeeping (titles, tags): the preset's model answers, no sandbox.
+            raw["model"] = preset.background_model or preset.model
+            raw.pop("jetty", None)
+            body = json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
+        else:
+            messages, block = preset_request(preset, chat.messages, chat.jetty)
+            raw = {**raw, "model": preset.model, "messages": messages, "jetty": block}
+        chat = ChatRequest.model_validate(raw)
     jetty = chat.jetty or {}
 
     collection = jetty.get("collection")
@@ -79,24 +104,108 @@ async def chat_completions(request: Request) -> Response:
             include_usage=include_usage is True,
             base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
         )
+    record = _Record(
+        collection=check_name(collection, "jetty.collection")
+        if collection is not None
+        else principal.default_collection,
+        task=_task(jetty),
+        jetty=jetty,
+    )
+    await services.recorder.admit()
     if "jetty" in raw:
         # Re-serialise only when the proxy's own block must be stripped.
         del raw["jetty"]
         body = json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
-    return _relay(services, chat, body)
+    return _relay(services, chat, body, record)
 
 
-def _relay(services: Services, chat: ChatRequest, body: bytes) -> Response:
+def _preset(services: Services, principal: Principal, model: str) -> Preset | None:
+    """The preset a ``jetty/NAME`` model names; 404 when the caller may not see it."""
+    name = preset_name(model)
+    if name is None:
+        return None
+    preset = services.settings.presets.get(name)
+    if preset is None or not principal.can_access(preset.collection):
+        raise NotFound(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return preset
+
+
+@dataclass(frozen=True)
+class _Record:
+    """Where a relayed completion is recorded."""
+
+    collection: str
+    task: str | None
+    jetty: dict[str, Any]
+
+
+def _task(jetty: dict[str, Any]) -> str | None:
+    task = jetty.get("task")
+    if task is None:
+        return None
+    if not isinstance(task, str):
+        raise InvalidField("jetty.task", "'jetty.task' must be a string.")
+    return check_name(task, "jetty.task")
+
+
+def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) -> Response:
+    """Relay to the upstream; once the last byte is out, record the call as a trajectory."""
+    keep_content = services.settings.record_chat_content
+    stream = bool(chat.stream)
+    # Streams only carry their text in pieces: gather it while relaying, if it is kept.
+    content = StreamContent() if stream and keep_content else None
+
     async def open_upstream() -> UpstreamResponse:
         return await services.upstreams.send(chat.model, "/chat/completions", body)
 
+    async def on_finish(outcome: RelayOutcome) -> None:
+        # Summarised now, so that the response's buffers go with it; the write waits its turn.
+        summary = summarize_chat_stream(outcome.head, outcome.tail if stream else b"")
+        text = content.text if content is not None else summary.content
+        status, status_code, error = outcome.status, outcome.status_code, outcome.error
+        duration, first_byte = outcome.duration_seconds, outcome.first_byte_seconds
+        model, messages = chat.model, chat.messages if keep_content else None
+
+        async def write() -> None:
+            await record_chat(
+                services.store,
+                collection=record.collection,
+                task=record.task,
+                jetty=record.jetty,
+                model=model,
+                stream=stream,
+                status=status,
+                status_code=status_code,
+                error=error,
+                duration_seconds=duration,
+                first_byte_seconds=first_byte,
+                upstream_id=summary.upstream_id,
+                upstream_model=summary.model,
+                finish_reason=summary.finish_reason,
+                usage=summary.usage,
+                messages=messages,
+                content=text,
+                keep_content=keep_content,
+            )
+
+        size = RECORD_OVERHEAD + len(text or "") + (len(body) if keep_content else 0)
+        await services.recorder.submit(write, size)
+
     relay: RelayStreamResponse | RelayJSONResponse
-    if chat.stream:
+    if stream:
         relay = RelayStreamResponse(
-            open_upstream, keepalive=services.settings.keepalive_seconds, on_finish=None
+            open_upstream,
+            keepalive=services.settings.keepalive_seconds,
+            on_finish=on_finish,
+            on_block=content.feed if content is not None else None,
+            on_first_byte=services.recorder.first_byte,
         )
     else:
-        relay = RelayJSONResponse(open_upstream, on_finish=None)
+        relay = RelayJSONResponse(open_upstream, on_finish=on_finish)
     return _AsResponse(relay)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from proxy.api.recording import ChatRecorder
 from proxy.auth import Authenticator, Principal
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
@@ -26,6 +27,7 @@ class Services:
     metrics: Metrics
     blobs: BlobStore
     runs: RunService | None = None
+    recorder: ChatRecorder = field(default_factory=ChatRecorder)
 
 
 def services_of(request: Request) -> Services:

@@ -22,7 +22,8 @@ class RequestContextMiddleware:
     * ``x-request-id`` on every response: the client's own when it is sane, else a new one.
     * Bodies over the limit are refused with 413 from ``Content-Length`` before any
       byte is read, or as soon as a chunked body crosses it.
-    * Requests are counted by route template, with latency and time to first byte.
+    * Requests are counted by route template when their response ends, with latency (to
+      its last byte) and time to first byte.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, body_limit: Callable[[str], int]):
@@ -42,11 +43,27 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         limit = self.body_limit(scope["path"])
         status = 500
-        first_byte = False
         streaming = False
+        # 0: nothing sent yet; 1: headers sent; 2: body started; 3: body complete.
+        stage = 0
+
+        def body_done() -> None:
+            nonlocal stage
+            stage = 3
+            route = _route(scope)
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            if streaming:
+                self.metrics.active_streams.dec()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, first_byte, streaming
+            nonlocal status, streaming, stage
+            if stage == 2:
+                # The hot path of a stream: one check per message.
+                if not message.get("more_body", False):
+                    body_done()
+                await send(message)
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 raw = list(message.get("headers", []))
@@ -58,13 +75,14 @@ class RequestContextMiddleware:
                 )
                 if streaming:
                     self.metrics.active_streams.inc()
-            elif (
-                message["type"] == "http.response.body"
-                and not first_byte
-                and (message.get("body") or not message.get("more_body", False))
-            ):
-                first_byte = True
-                self.metrics.ttfb.labels(_route(scope)).observe(time.perf_counter() - started)
+                stage = 1
+            elif message["type"] == "http.response.body" and stage < 2:
+                more = message.get("more_body", False)
+                if message.get("body") or not more:
+                    stage = 2
+                    self.metrics.ttfb.labels(_route(scope)).observe(time.perf_counter() - started)
+                if not more:
+                    body_done()
             await send(message)
 
         declared = headers.get(b"content-length")
@@ -87,11 +105,10 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         finally:
-            route = _route(scope)
-            if streaming:
-                self.metrics.active_streams.dec()
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            # Counted at the last byte: what the app does after it (recording a completion)
+            # is not part of the request. Here only when the response never ended.
+            if stage != 3:
+                body_done()
 
     @staticmethod
     def _too_large(limit: int) -> PayloadTooLarge:

@@ -1,8 +1,9 @@
 """``GET /v1/models``: the upstreams' models merged with the proxy's own entries.
 
-The proxy's own entries are its snapshots (``snapshot/NAME``, owned by ``jetty-proxy``), so
-that a client can discover the environments it may name in ``jetty.snapshot``. They are left
-out when the server runs sandboxes without an image engine (the local backend).
+The proxy's own entries are the presets the caller may use (``jetty/NAME``: choosing one runs
+the preset, see :mod:`proxy.presets`) and its snapshots (``snapshot/NAME``), so that a client
+can discover the environments it may name in ``jetty.snapshot``. Snapshots are left out when
+the server runs sandboxes without an image engine (the local backend).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from starlette.responses import JSONResponse, Response
 
 from proxy.api.context import authenticate, services_of
 from proxy.environments import Catalog
+from proxy.presets import model_entries
 
 SNAPSHOT_PREFIX = "snapshot/"
 OWNER = "jetty-proxy"
 
 
 async def list_models(request: Request) -> Response:
-    await authenticate(request)
+    principal = await authenticate(request)
     services = services_of(request)
     models = {m["id"]: m for m in await services.upstreams.list_models()}
+    for preset in model_entries(services.settings.presets, principal.can_access):
+        models[preset["id"]] = preset
     if services.settings.backend != "local":
         for snapshot in Catalog.from_settings(services.settings):
             entry: dict[str, Any] = {

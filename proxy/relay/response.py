@@ -3,8 +3,9 @@
 Why not ``StreamingResponse``/``EventSourceResponse``: the status line must wait
 for the upstream's (so a 429 stays a 429), yet keepalive comments must start
 before the upstream's first byte; and SSE blocks are passed through as the
-upstream wrote them, never re-serialised. Both responses watch for the client
-going away and then cancel the upstream request at once.
+upstream wrote them, never re-serialised (events that arrived together leave in
+one write). Both responses watch for the client going away and then cancel the
+upstream request at once.
 
 Provider specifics (how a stream ends, the shape of error bodies) come from a
 :class:`Dialect`; OpenAI's is the default.
@@ -12,15 +13,17 @@ Provider specifics (how a stream ends, the shape of error bodies) come from a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio import CancelScope
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import ProxyError
@@ -96,9 +99,16 @@ class RelayOutcome:
 OnFinish = Callable[[RelayOutcome], Awaitable[None]]
 OnBlock = Callable[[bytes], None]
 
+HEAD_BYTES = 4096
+TAIL_BYTES = 8192
+
 
 class _Relay:
-    """Shared plumbing: the disconnect watcher and the outcome callback."""
+    """Shared plumbing: the disconnect watcher and the outcome callback.
+
+    ``on_finish`` runs once the response is complete (or failed, or the client went
+    away), after its last byte was sent; its failures are logged, never sent.
+    """
 
     def __init__(
         self, open_upstream: OpenUpstream, on_finish: OnFinish | None, dialect: Dialect = OPENAI
@@ -108,18 +118,26 @@ class _Relay:
         self._dialect = dialect
         self.outcome = RelayOutcome()
         self._started_at = time.perf_counter()
+        # Set once the response's last message has gone out.
+        self._ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The watcher is a bare asyncio task rather than one in an anyio task group, which
+        # costs several times as much per request; it needs no more structure than being
+        # cancelled when the relay is over, which the finally below sees to.
+        watcher: asyncio.Task[None] | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_disconnect, receive, tg)
+            with anyio.CancelScope() as relay:
+                watcher = asyncio.get_running_loop().create_task(self._watch(receive, relay))
                 try:
-                    await self._relay(send, tg)
+                    await self._relay(send)
                 except OSError:
                     # The client's socket went away mid-send.
                     self.outcome.status = "cancelled"
-                tg.cancel_scope.cancel()
         finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._finish()
             self.outcome.duration_seconds = time.perf_counter() - self._started_at
             if self._on_finish is not None:
                 with anyio.CancelScope(shield=True):
@@ -128,17 +146,23 @@ class _Relay:
                     except Exception:
                         logger.exception("recording a relayed completion failed")
 
-    async def _watch_disconnect(self, receive: Receive, tg: TaskGroup) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                # The status stays as it is: "cancelled" unless the relay had already finished
-                # (servers report a disconnect once a response is complete, too).
-                tg.cancel_scope.cancel()
-                return
+    async def _watch(self, receive: Receive, relay: CancelScope) -> None:
+        """Cancel the relay when the client disconnects."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:
+            logger.exception("watching for the client to go away failed")
+        # Servers report a disconnect once a response is complete, too: that one changes
+        # nothing. Otherwise the status stays "cancelled".
+        if not self._ended:
+            relay.cancel()
 
-    async def _relay(self, send: Send, tg: TaskGroup) -> None:
+    async def _relay(self, send: Send) -> None:
         raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Complete the outcome before ``on_finish`` sees it."""
 
     def _mark_first_byte(self) -> None:
         if self.outcome.first_byte_seconds is None:
@@ -158,7 +182,7 @@ class RelayJSONResponse(_Relay):
     ``outcome.head`` holds the whole body when ``on_finish`` runs.
     """
 
-    async def _relay(self, send: Send, tg: TaskGroup) -> None:
+    async def _relay(self, send: Send) -> None:
         try:
             upstream = await self._open_upstream()
         except ProxyError as exc:
@@ -176,12 +200,14 @@ class RelayJSONResponse(_Relay):
         self.outcome.status, self.outcome.status_code = "completed", upstream.status_code
         self.outcome.head = body
         await _send_json(send, upstream.status_code, body, upstream.headers)
+        self._ended = True
 
     async def _fail(self, send: Send, exc: ProxyError) -> None:
         self.outcome.status, self.outcome.status_code = "failed", exc.status_code
         self.outcome.error = exc.message
         body = json.dumps(self._dialect.error_body(exc)).encode()
         await _send_json(send, exc.status_code, body, exc.headers())
+        self._ended = True
 
 
 class RelayStreamResponse(_Relay):
@@ -189,7 +215,9 @@ class RelayStreamResponse(_Relay):
 
     Until the stream has started, an upstream error keeps its own status; after
     that it goes in-band (for OpenAI ``data: {"error": …}`` followed by ``data: [DONE]``).
-    ``on_block`` sees every block of upstream events as it is relayed, e.g. to read usage.
+    Whatever the upstream sent in one go goes out in one piece, cut after its last
+    complete event. ``on_block`` sees every block of upstream events as it is relayed,
+    e.g. to read usage; ``on_first_byte`` is told when the first one has gone out.
     """
 
     def __init__(
@@ -199,72 +227,122 @@ class RelayStreamResponse(_Relay):
         on_finish: OnFinish | None,
         dialect: Dialect = OPENAI,
         on_block: OnBlock | None = None,
+        on_first_byte: Callable[[], None] | None = None,
     ):
         super().__init__(open_upstream, on_finish, dialect)
         self._on_block = on_block
+        self._on_first_byte = on_first_byte
         self._keepalive = keepalive
         self._started = False
         self._finished = False
         self._last_sent = time.monotonic()
+        # Pings go out from their own task. The messages that must not cross one (the
+        # status line, the last message) take this lock; relayed blocks need not.
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        # The latest blocks, at least TAIL_BYTES of them once there are that many.
+        self._tail: deque[bytes] = deque()
+        self._tail_bytes = 0
 
-    async def _relay(self, send: Send, tg: TaskGroup) -> None:
-        tg.start_soon(self._ping_while_idle, send)
+    async def _relay(self, send: Send) -> None:
+        self._ping_timer = asyncio.get_running_loop().call_later(
+            self._keepalive, self._ping_due, send
+        )
         try:
-            upstream = await self._open_upstream()
-        except ProxyError as exc:
-            await self._fail(send, exc.status_code, self._dialect.error_body(exc), exc.headers())
-            return
-        try:
-            await self._start(send, upstream.headers)
-            await self._pump(send, upstream)
+            try:
+                upstream = await self._open_upstream()
+            except ProxyError as exc:
+                error = self._dialect.error_body(exc)
+                await self._fail(send, exc.status_code, error, exc.headers())
+                return
+            try:
+                await self._start(send, upstream.headers)
+                await self._pump(send, upstream)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await upstream.aclose()
         finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
+            self._finished = True
+            self._ping_timer.cancel()
+            if self._pinger is not None:
+                self._pinger.cancel()
 
     async def _pump(self, send: Send, upstream: UpstreamResponse) -> None:
         pending = b""
-        saw_done = False
+        saw_end = False
+        is_end = self._dialect.is_end
         try:
-            async for piece in upstream.aiter_bytes():
-                pending += piece
-                cut = _last_boundary(pending)
-                if cut:
-                    block, pending = pending[:cut], pending[cut:]
-                    saw_done = saw_done or self._dialect.is_end(block)
-                    await self._send_block(send, block)
+            while piece := await upstream.receive():
+                if pending:
+                    piece = pending + piece
+                if piece.endswith((b"\n\n", b"\r\n\r\n")):
+                    block, pending = piece, b""
+                else:
+                    cut = _last_boundary(piece)
+                    block, pending = piece[:cut], piece[cut:]
+                    if not block:
+                        continue
+                saw_end = saw_end or is_end(block)
+                if saw_end and not pending and upstream.complete:
+                    # The last piece: it leaves with the end of the response, in one write.
+                    self.outcome.status = "completed"
+                    await self._send_block(send, block, last=True)
+                    return
+                await self._send_block(send, block)
         except ProxyError as exc:
             await self._fail(send, exc.status_code, self._dialect.error_body(exc), {})
             return
         if pending.strip():
             # Forward a final event the upstream did not terminate.
             block = pending.rstrip(b"\r\n") + b"\n\n"
-            saw_done = saw_done or self._dialect.is_end(block)
+            saw_end = saw_end or is_end(block)
             await self._send_block(send, block)
-        if not saw_done:
+        if not saw_end:
             incomplete = StreamIncomplete("The upstream closed the stream before it was complete.")
             await self._fail(send, 502, self._dialect.error_body(incomplete), {})
             return
         self.outcome.status = "completed"
-        self._finished = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._end(send, b"")
 
-    async def _send_block(self, send: Send, block: bytes) -> None:
-        if self.outcome.first_byte_seconds is None:
+    async def _send_block(self, send: Send, block: bytes, *, last: bool = False) -> None:
+        first = self.outcome.first_byte_seconds is None
+        if first:
             self._mark_first_byte()
-            self.outcome.head = block[:4096]
-        self.outcome.tail = (self.outcome.tail + block)[-8192:]
+            self.outcome.head = block[:HEAD_BYTES]
+        tail = self._tail
+        tail.append(block)
+        self._tail_bytes += len(block)
+        while self._tail_bytes - len(tail[0]) >= TAIL_BYTES:
+            self._tail_bytes -= len(tail.popleft())
         if self._on_block is not None:
             self._on_block(block)
         self._last_sent = time.monotonic()
-        await send({"type": "http.response.body", "body": block, "more_body": True})
+        if last:
+            await self._end(send, block)
+        else:
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+        if first and self._on_first_byte is not None:
+            self._on_first_byte()
+
+    async def _end(self, send: Send, body: bytes) -> None:
+        """Send the response's last message."""
+        async with self._lock:
+            if not self._ended:
+                self._ended = True
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _finish(self) -> None:
+        self.outcome.tail = b"".join(self._tail)[-TAIL_BYTES:]
 
     async def _start(self, send: Send, headers: dict[str, str]) -> None:
-        if self._started:
-            return
-        self._started = True
-        self.outcome.status_code = 200
-        raw = _SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        async with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self.outcome.status_code = 200
+            raw = _SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
 
     async def _fail(
         self, send: Send, status: int, body: dict[str, object], headers: dict[str, str]
@@ -272,26 +350,36 @@ class RelayStreamResponse(_Relay):
         error = body.get("error")
         self.outcome.status = "failed"
         self.outcome.error = str(error.get("message")) if isinstance(error, dict) else str(body)
-        self._finished = True
-        if not self._started:
-            self._started = True
-            self.outcome.status_code = status
-            await _send_json(send, status, json.dumps(body).encode(), headers)
-            return
-        payload = self._dialect.in_band_error(body)
-        await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-    async def _ping_while_idle(self, send: Send) -> None:
-        while True:
-            idle = time.monotonic() - self._last_sent
-            if idle < self._keepalive:
-                await anyio.sleep(self._keepalive - idle)
-                continue
-            if self._finished:
+        async with self._lock:
+            if not self._started:
+                self._started = self._ended = True
+                self.outcome.status_code = status
+                await _send_json(send, status, json.dumps(body).encode(), headers)
                 return
-            await self._start(send, {})
+        await self._end(send, self._dialect.in_band_error(body))
+
+    def _ping_due(self, send: Send) -> None:
+        """Timer callback: ping if nothing went out for a keepalive interval, then re-arm."""
+        if self._finished:
+            return
+        loop = asyncio.get_running_loop()
+        idle = time.monotonic() - self._last_sent
+        if idle >= self._keepalive and (self._pinger is None or self._pinger.done()):
             self._last_sent = time.monotonic()
-            await send({"type": "http.response.body", "body": PING, "more_body": True})
+            self._pinger = loop.create_task(self._ping(send))
+            idle = 0.0
+        self._ping_timer = loop.call_later(self._keepalive - idle, self._ping_due, send)
+
+    async def _ping(self, send: Send) -> None:
+        try:
+            # Pings before the upstream answers start the stream: its status is 200 from now.
+            await self._start(send, {})
+            async with self._lock:
+                if not self._ended:
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+        except Exception:
+            # The client is gone or the response is over: the relay itself sees to that.
+            logger.debug("a keepalive ping was not sent", exc_info=True)
 
 
 def _last_boundary(buffer: bytes) -> int:

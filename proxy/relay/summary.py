@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 _BLOCK_SEPARATOR = re.compile(rb"\r?\n\r?\n")
@@ -32,25 +33,61 @@ def summarize_chat_stream(head: bytes, tail: bytes) -> ChatSummary:
     ``head`` is the first SSE block(s) of a stream, or the whole JSON body of a
     non-streaming response (then ``tail`` is ignored). ``tail`` is the last bytes of the
     stream and may start mid-block. Unparseable pieces are skipped: this never raises.
+    Only the chunks needed are parsed: the first with an id and model, and the last back
+    to the one with the finish reason (usage arrives with it or in a chunk after it).
     """
     body = _json_object(head.strip())
     if body is not None:
         return _from_completion(body)
-    upstream_id = model = finish_reason = None
-    usage: dict[str, Any] | None = None
-    for chunk in [*_chunks(head), *_chunks(tail)]:
+    upstream_id = model = None
+    for chunk in chain(_chunks(head), _chunks(tail)):
         if upstream_id is None and isinstance(chunk.get("id"), str):
             upstream_id = chunk["id"]
         if model is None and isinstance(chunk.get("model"), str):
             model = chunk["model"]
-        for choice in _choices(chunk):
-            if isinstance(choice.get("finish_reason"), str):
-                finish_reason = choice["finish_reason"]
-        if isinstance(chunk.get("usage"), dict):
+        if upstream_id is not None and model is not None:
+            break
+    finish_reason = None
+    usage: dict[str, Any] | None = None
+    # Newest first, and only back to the (last) finish reason: usage comes with it or after.
+    for chunk in chain(_chunks(tail, newest_first=True), _chunks(head, newest_first=True)):
+        if usage is None and isinstance(chunk.get("usage"), dict):
             usage = chunk["usage"]
+        reasons = [
+            c["finish_reason"] for c in _choices(chunk) if isinstance(c.get("finish_reason"), str)
+        ]
+        if reasons:
+            finish_reason = reasons[-1]
+            break
     return ChatSummary(
         upstream_id=upstream_id, model=model, finish_reason=finish_reason, usage=usage
     )
+
+
+class StreamContent:
+    """The assistant's text of a stream, gathered from the blocks as they are relayed.
+
+    Give :meth:`feed` to the relay as its ``on_block``. Only the first choice's
+    ``delta.content`` is kept; events that are not chunks are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def feed(self, block: bytes) -> None:
+        """Read the complete SSE events in ``block``."""
+        for chunk in _chunks(block):
+            for choice in _choices(chunk):
+                delta = choice.get("delta")
+                if choice.get("index", 0) == 0 and isinstance(delta, dict):
+                    text = delta.get("content")
+                    if isinstance(text, str):
+                        self._parts.append(text)
+
+    @property
+    def text(self) -> str | None:
+        """The text so far, or None when no chunk carried any."""
+        return "".join(self._parts) if self._parts else None
 
 
 def _from_completion(body: dict[str, Any]) -> ChatSummary:
@@ -69,8 +106,11 @@ def _from_completion(body: dict[str, Any]) -> ChatSummary:
     )
 
 
-def _chunks(raw: bytes) -> Iterator[dict[str, Any]]:
-    for block in _BLOCK_SEPARATOR.split(raw):
+def _chunks(raw: bytes, *, newest_first: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of the SSE events in ``raw``, parsed one by one as they are asked for."""
+    # The regular expression tries every offset; a plain split is many times faster.
+    blocks = _BLOCK_SEPARATOR.split(raw) if b"\r" in raw else raw.split(b"\n\n")
+    for block in reversed(blocks) if newest_first else blocks:
         data = b"\n".join(
             line[5:].lstrip(b" ") for line in block.splitlines() if line.startswith(b"data:")
         )

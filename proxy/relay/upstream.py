@@ -1,21 +1,29 @@
 """The connection to OpenAI-compatible upstream providers.
 
-One pooled :class:`httpx.AsyncClient` per process. httpx errors are mapped to
-the proxy's errors here, so nothing above this module sees httpx exceptions.
+Chat completions go out through :mod:`proxy.relay.http1`, a small HTTP/1.1 client that
+relays a stream at a fraction of httpx's cost per chunk, whenever it can serve the upstream:
+a plain ``http://`` or ``https://`` URL that no proxy from the environment applies to.
+Everything else (model listings, upstreams behind a proxy, an injected test transport)
+goes through one pooled :class:`httpx.AsyncClient`. The errors of both are mapped to the
+proxy's errors here, so nothing above this module sees them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
+from proxy import __version__
 from proxy.errors import (
     ProxyError,
     UpstreamError,
@@ -23,38 +31,49 @@ from proxy.errors import (
     UpstreamUnavailable,
     normalise_error_body,
 )
+from proxy.relay import http1
 from proxy.settings import Settings
 
 logger = logging.getLogger("proxy.relay")
 
+# Idle upstream connections are dropped after this long: below the 5 s idle timeout of
+# uvicorn- and Node-based servers (vLLM, LiteLLM, many gateways), so that the proxy
+# retires a connection before such a server closes it under a request in flight.
+KEEPALIVE_EXPIRY = 4.0
+
 # Response headers worth passing back to the client from the upstream.
-_PASSED_RESPONSE_HEADERS = (
-    "x-should-retry",
-    "retry-after",
-    "retry-after-ms",
-    "openai-processing-ms",
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-requests",
-    "x-ratelimit-reset-tokens",
+_PASSED_RESPONSE_HEADERS = frozenset(
+    {
+        "x-should-retry",
+        "retry-after",
+        "retry-after-ms",
+        "openai-processing-ms",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+    }
 )
 
 
 def passed_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {name: headers[name] for name in _PASSED_RESPONSE_HEADERS if name in headers}
+    # One pass over the headers; items() lower-cases names and joins repeated ones.
+    return {name: value for name, value in headers.items() if name in _PASSED_RESPONSE_HEADERS}
 
 
 @dataclass
 class UpstreamResponse:
     """An open upstream response whose status was a success; the body may still be streaming.
 
-    ``select_headers`` picks the response headers passed on to the client (OpenAI's by default).
+    ``response`` comes from httpx or from :mod:`proxy.relay.http1`; ``select_headers`` picks
+    the response headers passed on to the client (OpenAI's by default).
     """
 
-    response: httpx.Response
+    response: httpx.Response | http1.Response
     select_headers: Callable[[httpx.Headers], dict[str, str]] = passed_headers
+    _pieces: AsyncIterator[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def status_code(self) -> int:
@@ -64,24 +83,56 @@ class UpstreamResponse:
     def headers(self) -> dict[str, str]:
         return self.select_headers(self.response.headers)
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; a broken connection becomes a :class:`ProxyError`."""
+    @property
+    def complete(self) -> bool:
+        """True once the body is known to be all read: the next :meth:`receive` is ``b""``.
+
+        Only :mod:`proxy.relay.http1` knows this ahead of that call; from httpx it stays False.
+        """
+        return isinstance(self.response, http1.Response) and self.response.complete
+
+    async def receive(self) -> bytes:
+        """The next piece of the body, ``b""`` at its end; a broken connection raises a
+        :class:`ProxyError`.
+
+        From :mod:`proxy.relay.http1` a piece is everything that has arrived since the
+        last call, so a burst of small chunks comes out in one piece.
+        """
         try:
-            async for piece in self.response.aiter_bytes():
-                yield piece
-        except httpx.TimeoutException as exc:
+            if isinstance(self.response, http1.Response):
+                return await self.response.receive()
+            if self._pieces is None:
+                self._pieces = _body_of(self.response)
+            return await anext(self._pieces, b"")
+        except (httpx.TimeoutException, http1.TransferTimeout) as exc:
             raise UpstreamTimeout("The upstream stopped sending mid-response.") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, http1.HTTPError) as exc:
             raise UpstreamUnavailable(
                 f"The upstream connection failed mid-response: {type(exc).__name__}."
             ) from exc
 
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (see :meth:`receive`)."""
+        while piece := await self.receive():
+            yield piece
+
     async def read(self) -> bytes:
-        chunks = [piece async for piece in self.aiter_bytes()]
-        return b"".join(chunks)
+        pieces = []
+        while piece := await self.receive():
+            pieces.append(piece)
+        return b"".join(pieces)
 
     async def aclose(self) -> None:
         await self.response.aclose()
+
+
+def _body_of(response: httpx.Response) -> AsyncIterator[bytes]:
+    # Without a content-encoding there is nothing to decode: skip httpx's decoder layer
+    # (unless the body was read already, as a test transport's may be).
+    identity = response.headers.get("content-encoding", "identity") == "identity"
+    if identity and not response.is_stream_consumed:
+        return response.aiter_raw()
+    return response.aiter_bytes()
 
 
 class Upstreams:
@@ -98,12 +149,32 @@ class Upstreams:
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=256,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
             headers={"accept-encoding": "identity"},
         )
+        # An injected transport (tests, mostly) must see every request.
+        self._pool = (
+            None
+            if transport is not None
+            else http1.ConnectionPool(
+                ssl_context=_ssl_context(),
+                connect_timeout=settings.upstream_connect_timeout,
+                read_timeout=settings.upstream_read_timeout,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+                user_agent=f"jetty-proxy/{__version__}",
+            )
+        )
+        self._env_proxies = urllib.request.getproxies_environment()
+        self._direct: dict[str, bool] = {}
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         await self._client.aclose()
 
     async def send(self, model: str, path: str, body: bytes) -> UpstreamResponse:
@@ -113,14 +184,18 @@ class Upstreams:
         the caller must ``aclose()`` it.
         """
         base_url, key = self._settings.route_for(model)
-        request = self._client.build_request(
-            "POST", base_url + path, content=body, headers=_auth_headers(key)
-        )
-        response = await self._send(request)
+        response: httpx.Response | http1.Response
+        if self._pool is not None and self._is_direct(base_url):
+            response = await _send_direct(self._pool, base_url + path, key, body)
+        else:
+            request = self._client.build_request(
+                "POST", base_url + path, content=body, headers=_auth_headers(key)
+            )
+            response = await self._send(request)
         if response.status_code >= 400:
             try:
                 raw = await response.aread()
-            except httpx.HTTPError:
+            except (httpx.HTTPError, http1.HTTPError):
                 raw = b""
             finally:
                 await response.aclose()
@@ -130,6 +205,18 @@ class Upstreams:
                 passed_headers(response.headers),
             )
         return UpstreamResponse(response)
+
+    def _is_direct(self, base_url: str) -> bool:
+        """Whether :mod:`proxy.relay.http1` can serve ``base_url`` as httpx would."""
+        direct = self._direct.get(base_url)
+        if direct is None:
+            parts = urlsplit(base_url)
+            proxied = ("all" in self._env_proxies or parts.scheme in self._env_proxies) and not (
+                urllib.request.proxy_bypass(parts.hostname or "")
+            )
+            direct = parts.scheme in ("http", "https") and not parts.username and not proxied
+            self._direct[base_url] = direct
+        return direct
 
     async def list_models(self) -> list[dict[str, Any]]:
         """Models of every configured upstream, merged by id; failures are logged, not fatal."""
@@ -188,6 +275,30 @@ async def send_streaming(client: httpx.AsyncClient, request: httpx.Request) -> h
         raise UpstreamUnavailable(
             f"Upstream unreachable ({request.url.host}): {type(exc).__name__}."
         ) from exc
+
+
+async def _send_direct(
+    pool: http1.ConnectionPool, url: str, key: SecretStr | None, body: bytes
+) -> http1.Response:
+    try:
+        return await pool.request("POST", url, list(_auth_headers(key).items()), body)
+    except (http1.ConnectTimeout, http1.TransferTimeout) as exc:
+        raise UpstreamTimeout(f"Upstream did not answer in time ({_host(url)}).") from exc
+    except http1.HTTPError as exc:
+        raise UpstreamUnavailable(
+            f"Upstream unreachable ({_host(url)}): {type(exc).__name__}."
+        ) from exc
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default verification (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``)."""
+    context = httpx.create_ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _auth_headers(key: SecretStr | None) -> dict[str, str]:

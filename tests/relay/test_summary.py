@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.relay.summary import ChatSummary, summarize_chat_stream
+from proxy.relay.summary import ChatSummary, StreamContent, summarize_chat_stream
 
 
 def sse(*chunks: dict[str, Any] | str) -> bytes:
@@ -76,3 +76,18 @@ def test_nothing_useful() -> None:
     assert summarize_chat_stream(b"", b"") == ChatSummary()
     assert summarize_chat_stream(b'{"error": {"message": "x"}}', b"") == ChatSummary()
     assert summarize_chat_stream(b"\x00\xff", b"data: [DONE]\n\n") == ChatSummary()
+
+
+def test_stream_content_gathers_the_first_choices_text() -> None:
+    content = StreamContent()
+    assert content.text is None
+    content.feed(
+        sse(
+            chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}}]),
+            chunk(choices=[{"index": 0, "delta": {"content": "Hel"}}]),
+            chunk(choices=[{"index": 1, "delta": {"content": "other choice"}}]),
+        )
+    )
+    content.feed(b": ping\n\n" + sse(chunk(choices=[{"index": 0, "delta": {"content": "lo"}}])))
+    content.feed(sse("{not json", chunk(choices=[], usage=USAGE), "[DONE]"))
+    assert content.text == "Hello"
