@@ -212,3 +212,28 @@ def test_bad_runbook_requests_start_nothing(
             assert response.status_code == status, (block, response.text)
             assert response.json()["error"]["param"] == param, block
     assert anthropic[0].calls == 0
+
+
+def test_artifacts_written_before_a_failure_are_kept(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str]
+) -> None:
+    scripted, _ = anthropic
+    scripted.fail_after = 1  # the tool call runs, then the model fails
+    with make_proxy() as proxy:
+        storage_path = _upload(proxy)
+        response = httpx.post(
+            proxy + "/v1/chat/completions",
+            json={
+                "model": "claude-sonnet-4-6",
+                "messages": MESSAGES,
+                "stream": True,
+                "jetty": _jetty(storage_path),
+            },
+            timeout=120,
+        )
+        lines = [line for line in response.text.splitlines() if line.startswith("data:")]
+        assert json.loads(lines[-2][5:])["error"]["type"] == "agent_error"
+        record = trajectory(proxy, "acme", "analysis", response.headers["x-jetty-trajectory-id"])
+        assert record["status"] == "failed"
+        kept = {a["path"]: a["url"] for a in record["artifacts"]}
+        assert httpx.get(kept["hello.txt"]).content == b"hello from the agent\n"

@@ -67,6 +67,8 @@ class ScriptedAnthropic:
     mode: Mode = "script"
     error_status: int = 500
     delay: float = 0.5
+    # After this many answered model calls, every further call fails with error_status.
+    fail_after: int | None = None
     seen: list[Seen] = field(default_factory=list)
 
     @property
@@ -92,8 +94,9 @@ class ScriptedAnthropic:
 
     async def _messages(self, request: Request) -> Response:
         body = await request.body()
+        answered = self.calls
         seen = self._record(request, body)
-        if self.mode == "error":
+        if self.mode == "error" or (self.fail_after is not None and answered >= self.fail_after):
             return JSONResponse(_error(self.error_status), status_code=self.error_status)
         if self.mode == "slow":
             await anyio.sleep(self.delay)
