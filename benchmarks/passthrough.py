@@ -168,11 +168,15 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._parser.feed_data(data)
+        self._first_event()
+
+    def _first_event(self) -> None:
         if not self._ttfb and any(b"data:" in piece for piece in self._body):
             self._ttfb = time.perf_counter() - self._started
 
     def on_message_complete(self) -> None:
         assert self._done is not None
+        self._first_event()  # the whole body may have come in one read
         self._count = b"".join(self._body).count(EVENT_MARK)
         self._body.clear()
         self._done.set_result(None)
