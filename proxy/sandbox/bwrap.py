@@ -14,9 +14,12 @@ from proxy.sandbox.files import clean_absolute_dir
 HIDDEN_ROOTS = frozenset({"app", "dev", "home", "proc", "root", "run", "sys", "tmp"})
 
 
-def bwrap_command(bwrap: str, spec: SandboxSpec, app_dir: Path, home: Path) -> list[str]:
+def bwrap_command(
+    bwrap: str, spec: SandboxSpec, app_dir: Path, home: Path, home_at: str | None = None
+) -> list[str]:
     """``bwrap ... -- argv``: host directories read-only, ``app_dir`` at /app, ``home`` rw.
 
+    ``home`` is bound at ``home_at`` (the sandbox's HOME; by default its own host path).
     New pid, ipc and uts namespaces (and net, unless ``spec.network_enabled``), all
     capabilities dropped, the sandbox dies with its parent.
     """
@@ -24,11 +27,12 @@ def bwrap_command(bwrap: str, spec: SandboxSpec, app_dir: Path, home: Path) -> l
     argv += ["--cap-drop", "ALL"]
     if not spec.network_enabled:
         argv.append("--unshare-net")
+    home_target = clean_absolute_dir(home_at or str(home))
     targets = [clean_absolute_dir(mount.container_path) for mount in spec.mounts]
-    argv += _host_view(Path("/"), _shadowed(targets))
+    argv += _host_view(Path("/"), _shadowed([home_target, *targets]))
     # A fresh, private /tmp inside the sandbox, not the host's.
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # noqa: S108
-    argv += ["--bind", str(app_dir), "/app", "--bind", str(home), str(home)]
+    argv += ["--bind", str(app_dir), "/app", "--bind", str(home), str(home_target)]
     for mount, target in zip(spec.mounts, targets, strict=True):
         kind = "--ro-bind" if mount.read_only else "--bind"
         argv += [kind, str(mount.host_path), str(target)]

@@ -1,35 +1,53 @@
-"""Local backend: no container, a per-run directory stands in for /app.
+"""Local backend: no container, a per-run directory stands in for /app and for HOME.
 
 For development and machines without Docker. Each run gets ``<base_dir>/<run>/app`` (its
-/app) and ``<base_dir>/<run>/home`` (its HOME unless the spec sets one). The process starts in
-its own process group and is killed as a group (SIGTERM, then SIGKILL after a grace period).
+/app) and ``<base_dir>/<run>/home`` (its HOME). The process starts in its own process group
+and is killed as a group (SIGTERM, then SIGKILL after a grace period); nothing it started
+outlives it.
 
-Path mapping. Only paths under /app exist here: `put_files`, `copy_out` and ``workdir`` take
-the same /app/... paths as with Docker and are rewritten onto the run directory. Without
-bubblewrap the process sees the host file system, so argv items and env values that are
-/app or start with /app/ (or a mount's container path) are rewritten to the host path too,
-and ``JETTY_APP_DIR`` names the host directory; mounts under /app become symlinks (which
-copy_out skips). Paths inside a longer string (a shell script, a prompt) are not rewritten:
-such scripts should use $JETTY_APP_DIR or relative paths (the process starts in the mapped
-workdir). With bubblewrap (``bwrap`` on PATH) nothing is rewritten: the run directory is
-bound at /app and mounts at their container paths, and ``JETTY_APP_DIR`` is "/app". The
-spec's ``image`` is ignored either way.
+Path mapping. Two sandbox directories exist here: /app, and HOME — the spec env's ``HOME``
+(an absolute path of its own, say /tmp/jetty-home), or, when the spec sets none, the home
+directory's own host path. `put_files` and `copy_out` take the same absolute paths as with
+Docker under either of them (``put_files("/", {"app/x": ..., "tmp/jetty-home/.cfg": ...})``
+works); anything else, including paths inside a mount, raises `UnsafePathError`. Files are
+written without following symlinks, so what an earlier process left (see `rerun`) cannot
+redirect them.
+
+Without bubblewrap the process sees the host file system, so every sandbox path of /app,
+HOME or a mount's container path that appears in an argv item or env value is rewritten to
+its host path: at the start of the value or after whitespace, a quote, ``=``, ``:``, ``,``,
+``;`` or ``(``, and followed by ``/``, the end or one of those. That covers plain paths, PATH
+lists and short shell scripts such as ``mkdir -p /app/results && cd /app``; it also rewrites
+such paths in prompts given on the command line (which then name the real directory) but
+never inside files. ``JETTY_APP_DIR`` names the host directory, so tool commands the agent
+runs should use it or relative paths (the process starts in the mapped workdir). Mounts under
+/app or HOME become symlinks (which copy_out skips). With bubblewrap (``bwrap`` on PATH)
+nothing is rewritten: the run directory is bound at /app, the home directory at HOME and the
+mounts at their container paths, and ``JETTY_APP_DIR`` is "/app". The spec's ``image`` is
+ignored either way.
 
 What isolates what. Without bubblewrap: nothing. The process runs as the proxy's user with
-its network and can read and write anything that user can; limits (cpus, memory, pids) and
-``user`` are ignored. A warning says so once per backend. With bubblewrap: new pid, ipc and
-uts namespaces, no network unless ``network_enabled``, no capabilities, the host's top-level
-directories read-only except /root, /home, /run and /tmp (hidden), /app and HOME writable.
-Still no resource limits, still the same user, and whatever the host keeps readable in the
-bound directories (/etc, /var, /opt, ...) is readable.
+its network, on the host's loopback (a port it listens on can collide with the host's), and
+can read and write anything that user can; limits (cpus, memory, pids) and ``user`` are
+ignored. A warning says so once per backend. With bubblewrap: new pid, ipc and uts
+namespaces, no network unless ``network_enabled`` (but a loopback of its own), no
+capabilities, the host's top-level directories read-only except /root, /home, /run and /tmp
+(hidden; /tmp and /run are fresh tmpfs), /app and HOME writable. Still no resource limits,
+still the same user, and whatever the host keeps readable in the bound directories (/etc,
+/var, /opt, ...) is readable.
 
 The environment starts from PATH, LANG, LC_ALL and TZ of the proxy, never its whole
 environment, so provider keys do not leak into runs by accident.
+
+`LocalSandbox.rerun` keeps the run directory (both /app and HOME) and starts afresh: a new
+process group, a new stdout pipe and an emptied stderr log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import logging
 import os
@@ -40,7 +58,8 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncGenerator, Mapping
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import anyio
@@ -53,6 +72,7 @@ from proxy.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxStateError,
+    SkipReason,
     UnsafePathError,
 )
 from proxy.sandbox.bwrap import bwrap_command
@@ -61,7 +81,6 @@ from proxy.sandbox.files import (
     clean_absolute_dir,
     clean_relative_path,
     copy_tree,
-    open_dest_file,
     write_all,
 )
 from proxy.sandbox.frames import LineSplitter
@@ -72,6 +91,16 @@ APP = PurePosixPath("/app")
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 _META = "sandbox.json"
 _STDERR_TAIL = 8192
+# Every process of a run carries MARK_ENV=<its run directory's name>, to find strays by.
+MARK_ENV = "JETTY_SANDBOX_ID"
+_MARK_KILL_ROUNDS = 50
+# How often stdout_lines looks whether the main process has exited while the pipe is quiet.
+_EXIT_POLL_SECONDS = 0.5
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Where a sandbox path may start inside a value (start, whitespace, quote, = : , ; or open
+# parenthesis) and what may follow it (a slash, the end, whitespace, a quote, : , ; or ")").
+_PATH_BEFORE = r"(?<![^\s'\"=:,;(])"
+_PATH_AFTER = r"(?=[/\s'\":,;)]|$)"
 
 
 class LocalBackend:
@@ -110,6 +139,7 @@ class LocalBackend:
 
     async def launch(self, spec: SandboxSpec) -> LocalSandbox:
         spec.check_limits()
+        home_target(spec.env)
         if not self._warned and self._bwrap is None:
             self._warned = True
             logger.warning(
@@ -145,6 +175,7 @@ class LocalSandbox:
         self._spec = spec
         self.run_dir = run_dir
         self.app_dir = run_dir / "app"
+        self.home_dir = run_dir / "home"
         self._bwrap = bwrap
         self._kill_grace = kill_grace
         self._process: anyio.abc.Process | None = None
@@ -157,40 +188,72 @@ class LocalSandbox:
     def run_id(self) -> str:
         return self._spec.run_id
 
+    @property
+    def home(self) -> PurePosixPath:
+        """HOME inside the sandbox: the spec env's, else the home directory's host path."""
+        return home_target(self._spec.env) or PurePosixPath(self.home_dir)
+
     def host_path(self, sandbox_path: str) -> Path:
-        """The host path for an absolute sandbox path under /app."""
-        path = clean_absolute_dir(sandbox_path)
-        if path != APP and APP not in path.parents:
-            raise UnsafePathError(f"the local backend only maps paths under /app: {path}")
-        return self.app_dir.joinpath(*path.relative_to(APP).parts)
+        """The host path for an absolute sandbox path under /app or HOME (not in a mount)."""
+        host, rel = self._locate(clean_absolute_dir(sandbox_path))
+        return host.joinpath(*rel.parts)
+
+    def _locate(self, path: PurePosixPath) -> tuple[Path, PurePosixPath]:
+        """The host directory of the most specific root holding ``path``, and the rest."""
+        roots: list[tuple[PurePosixPath, Path | None]] = [
+            (APP, self.app_dir),
+            (self.home, self.home_dir),
+        ]
+        roots += [(clean_absolute_dir(m.container_path), None) for m in self._spec.mounts]
+        holding = [(root, host) for root, host in roots if root == path or root in path.parents]
+        if not holding:
+            raise UnsafePathError(
+                f"the local backend only maps paths under /app and HOME ({self.home}): {path}"
+            )
+        root, host = max(holding, key=lambda item: len(item[0].parts))
+        if host is None:
+            raise UnsafePathError(f"{path} is inside the mount at {root}: not writable here")
+        return host, path.relative_to(root)
 
     async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
         if self._process is not None or self._closed:
             raise SandboxStateError("put_files is only possible before start")
-        target = self.host_path(dest_dir)
-        named = {clean_relative_path(name): content for name, content in files.items()}
-        await anyio.to_thread.run_sync(_write_files, target, named)
+        dest = clean_absolute_dir(dest_dir)
+        if not any(dest in (root, *root.parents) for root in (APP, self.home)):
+            self._locate(dest)  # neither under a root nor holding one: say why
+        placed: list[tuple[Path, PurePosixPath, bytes | Path]] = []
+        for name, content in files.items():
+            host, rel = self._locate(dest / clean_relative_path(name))
+            if not rel.parts:
+                raise UnsafePathError(f"{dest / name} is a directory of the sandbox, not a file")
+            placed.append((host, rel, content))
+        await anyio.to_thread.run_sync(_write_files, placed)
 
     async def start(self) -> None:
         if self._closed:
             raise SandboxStateError("the sandbox is closed")
         if self._process is not None:
             raise SandboxStateError("the sandbox was already started")
-        home = self.run_dir / "home"
+        spec = self._spec
         env = {name: os.environ[name] for name in _INHERITED_ENV if name in os.environ}
-        env["HOME"] = str(home)
+        mark = {MARK_ENV: self.run_dir.name}  # see _kill_marked; the spec cannot change it
         if self._bwrap:
-            env |= {**self._spec.env, "JETTY_APP_DIR": str(APP)}
-            argv = bwrap_command(self._bwrap, self._spec, self.app_dir, home)
+            home = str(self.home)
+            env |= {"HOME": home, **spec.env, "JETTY_APP_DIR": str(APP), **mark}
+            argv = bwrap_command(self._bwrap, spec, self.app_dir, self.home_dir, home)
             cwd = None
         else:
             await anyio.to_thread.run_sync(self._link_mounts)
-            env |= {key: self._rewrite(value) for key, value in self._spec.env.items()}
-            env["JETTY_APP_DIR"] = str(self.app_dir)
-            argv = [self._rewrite(arg) for arg in self._spec.argv]
-            cwd = self.host_path(self._spec.workdir)
+            rewrite = self._rewriter()
+            env["HOME"] = str(self.home_dir)
+            env |= {key: rewrite(value) for key, value in spec.env.items()}
+            env |= {"JETTY_APP_DIR": str(self.app_dir), **mark}
+            argv = [rewrite(arg) for arg in spec.argv]
+            cwd = self.host_path(spec.workdir)
             await anyio.Path(cwd).mkdir(parents=True, exist_ok=True)
-        stderr_fd = os.open(self.run_dir / "stderr.log", os.O_WRONLY | os.O_CREAT, 0o600)
+        stderr_fd = os.open(
+            self.run_dir / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
         try:
             self._process = await anyio.open_process(
                 argv,
@@ -209,20 +272,28 @@ class LocalSandbox:
 
     def _link_mounts(self) -> None:
         for mount in self._spec.mounts:
-            try:
-                link = self.host_path(mount.container_path)
-            except UnsafePathError:
-                continue  # outside /app: reached through argv/env rewriting only
+            target = clean_absolute_dir(mount.container_path)
+            for root, host in ((APP, self.app_dir), (self.home, self.home_dir)):
+                if root in target.parents:
+                    link = host.joinpath(*target.relative_to(root).parts)
+                    break
+            else:
+                continue  # outside /app and HOME: reached through argv/env rewriting only
+            if os.path.lexists(link):
+                continue  # an earlier start (rerun) made it, or the run put something there
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(Path(mount.host_path).resolve())
 
-    def _rewrite(self, value: str) -> str:
-        prefixes: list[tuple[str, str]] = [(str(APP), str(self.app_dir))]
-        prefixes += [(m.container_path.rstrip("/"), str(m.host_path)) for m in self._spec.mounts]
-        for prefix, host in prefixes:
-            if value == prefix or value.startswith(prefix + "/"):
-                return host + value[len(prefix) :]
-        return value
+    def _rewriter(self) -> Callable[[str], str]:
+        """Rewrites sandbox paths in a value to host paths (see the module docstring)."""
+        hosts = {str(APP): str(self.app_dir), str(self.home): str(self.home_dir)}
+        for mount in self._spec.mounts:
+            hosts[str(clean_absolute_dir(mount.container_path))] = str(mount.host_path)
+        prefixes = sorted(hosts, key=len, reverse=True)  # the most specific wins
+        pattern = re.compile(
+            _PATH_BEFORE + "(" + "|".join(map(re.escape, prefixes)) + ")" + _PATH_AFTER
+        )
+        return lambda value: pattern.sub(lambda match: hosts[match.group(1)], value)
 
     async def stdout_lines(self) -> AsyncGenerator[str, None]:
         process = self._require_process()
@@ -232,9 +303,19 @@ class LocalSandbox:
         assert process.stdout is not None
         lines = LineSplitter()
         try:
-            async for chunk in process.stdout:
-                for line in lines.feed(chunk):
-                    yield line
+            while True:
+                chunk = b""
+                with anyio.move_on_after(_EXIT_POLL_SECONDS):
+                    chunk = await process.stdout.receive()
+                if chunk:
+                    for line in lines.feed(chunk):
+                        yield line
+                elif process.returncode is not None:
+                    # Like a container's: the output ends with the main process, even when
+                    # something it started still holds the pipe open.
+                    await self._kill_leftovers(process)
+        except anyio.EndOfStream:
+            pass
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             if not self._closed:
                 raise
@@ -259,30 +340,56 @@ class LocalSandbox:
         timed_out = scope.cancelled_caught
         if timed_out:
             await self.kill()
-        self._kill_leftovers(process)
+        await self._kill_leftovers(process)
         code = process.returncode if process.returncode is not None else -signal.SIGKILL
         return ExitStatus(exit_code=code if code >= 0 else 128 - code, timed_out=timed_out)
 
     async def kill(self) -> None:
         process = self._process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
-        with anyio.move_on_after(self._kill_grace):
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(self._kill_grace):
+                await process.wait()
+            _signal_group(process.pid, signal.SIGKILL)
             await process.wait()
-        _signal_group(process.pid, signal.SIGKILL)
-        await process.wait()
+        await self._kill_leftovers(process)
 
     async def copy_out(
         self, src_dir: str, dest: Path, max_bytes: int, max_files: int
     ) -> CopyReport:
         if self._closed:
             raise SandboxStateError("the sandbox is closed")
-        src = self.host_path(src_dir)
+        host, rel = self._locate(clean_absolute_dir(src_dir))
         budget = CopyBudget(max_bytes, max_files)
         await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(copy_tree, src, dest, budget)
+        if await anyio.to_thread.run_sync(_crosses_a_link, host, rel):
+            budget.skip(".", SkipReason.SYMLINK)  # a directory on the way is a symlink
+        else:
+            await anyio.to_thread.run_sync(copy_tree, host.joinpath(*rel.parts), dest, budget)
         return budget.report
+
+    async def rerun(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Ready the sandbox for another process in the same run directory (see `Sandbox`)."""
+        if self._closed:
+            raise SandboxStateError("the sandbox is closed")
+        process = self._process
+        if process is not None and process.returncode is None:
+            raise SandboxStateError("the process is still running: wait for it or kill it")
+        spec = dataclasses.replace(self._spec, argv=tuple(argv), env=dict(env))
+        spec.check_limits()
+        home_target(spec.env)
+        if process is not None:
+            with anyio.CancelScope(shield=True):
+                await self._kill_leftovers(process)
+                await process.aclose()
+        self._spec = spec
+        self._process = None
+        self._lines_taken = False
+        self._group_killed = False
+        with contextlib.suppress(FileNotFoundError):
+            await anyio.Path(self.run_dir / "stderr.log").write_bytes(b"")
 
     async def close(self) -> None:
         if self._closed:
@@ -291,17 +398,20 @@ class LocalSandbox:
         with anyio.CancelScope(shield=True):
             if self._process is not None:
                 await self.kill()
-                self._kill_leftovers(self._process)
+                await self._kill_leftovers(self._process)
                 await self._process.aclose()
             self._stderr_kept = self.stderr_tail()
             await anyio.to_thread.run_sync(_remove_tree, self.run_dir)
 
-    def _kill_leftovers(self, process: anyio.abc.Process) -> None:
+    async def _kill_leftovers(self, process: anyio.abc.Process) -> None:
         # Like a container whose main process ended: nothing it started outlives it. Once,
         # right after the leader was reaped: the group id stays valid while members remain.
+        # Processes that left the group (a new session, as agents' shell tools make) still
+        # carry the run's mark in their environment.
         if not self._group_killed:
             self._group_killed = True
             _signal_group(process.pid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(_kill_marked, self.run_dir.name)
 
     def _require_process(self) -> anyio.abc.Process:
         if self._process is None:
@@ -309,9 +419,46 @@ class LocalSandbox:
         return self._process
 
 
+def home_target(env: Mapping[str, str]) -> PurePosixPath | None:
+    """The sandbox path of the HOME ``env`` sets (None when it sets none), validated."""
+    value = env.get("HOME")
+    if value is None:
+        return None
+    path = clean_absolute_dir(value)
+    if path in (PurePosixPath("/"), APP):
+        raise UnsafePathError(f"HOME must be a directory of its own, not {value!r}")
+    return path
+
+
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
+
+
+def _kill_marked(mark: str) -> None:
+    """SIGKILL every process whose environment carries ``MARK_ENV=mark`` (blocking).
+
+    Rounds until none is left, so one forked between a scan and its kill is caught too. A
+    process that cleared its environment escapes this (the docstring says: no isolation).
+    """
+    needle = f"{MARK_ENV}={mark}".encode()
+    for _ in range(_MARK_KILL_ROUNDS):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                    marked = needle in environ.read().split(b"\0")
+            except OSError:
+                continue  # gone, or not ours to read
+            if marked:
+                found = True
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.01)
 
 
 def _make_run_dir(run_dir: Path, run_id: str) -> None:
@@ -336,11 +483,11 @@ def _start_ticks(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _write_files(target: Path, files: Mapping[PurePosixPath, bytes | Path]) -> None:
-    for rel, content in files.items():
+def _write_files(placed: list[tuple[Path, PurePosixPath, bytes | Path]]) -> None:
+    for root, rel, content in placed:
         if isinstance(content, Path) and not stat.S_ISREG(content.stat().st_mode):
             raise ValueError(f"{content} is not a regular file")
-        fd = open_dest_file(target, rel)
+        fd = _open_beneath(root, rel)
         if fd is None:
             raise SandboxError(f"cannot write {rel}: the name collides with another entry")
         try:
@@ -356,6 +503,60 @@ def _write_files(target: Path, files: Mapping[PurePosixPath, bytes | Path]) -> N
             os.close(fd)
 
 
+def _open_beneath(root: Path, rel: PurePosixPath) -> int | None:
+    """Open ``root/rel`` for writing, parents created, never through a symlink or hard link.
+
+    None when a component is not a directory, is a symlink, or the file has other links: an
+    earlier process in the sandbox may have left any of those to redirect the write.
+    """
+    fd = os.open(root, _OPEN_DIR)
+    try:
+        for part in rel.parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, _OPEN_DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    return None
+                raise
+            os.close(fd)
+            fd = child
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            file = os.open(rel.parts[-1], flags, 0o644, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                return None
+            raise
+        info = os.fstat(file)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(file)
+            return None
+        os.set_blocking(file, True)
+        os.ftruncate(file, 0)
+        return file
+    finally:
+        os.close(fd)
+
+
+def _crosses_a_link(root: Path, rel: PurePosixPath) -> bool:
+    """True when a directory between ``root`` and ``root/rel`` is a symlink (or no directory).
+
+    The last component is left to `copy_tree`, which opens it without following links.
+    """
+    here = root
+    for part in rel.parts[:-1]:
+        here = here / part
+        try:
+            mode = here.lstat().st_mode
+        except FileNotFoundError:
+            return False  # a missing directory: copy_tree reports nothing
+        if not stat.S_ISDIR(mode):
+            return True
+    return False
+
+
 def _remove_tree(path: Path) -> None:
     if not path.exists():
         return
@@ -368,6 +569,8 @@ def _remove_tree(path: Path) -> None:
 
 def _remove_orphans(base_dir: Path, keep: set[str]) -> list[str]:
     removed: list[str] = []
+    if not base_dir.is_dir():
+        return removed  # a first start: nothing was ever run here
     for run_dir in sorted(base_dir.iterdir()):
         try:
             meta = json.loads((run_dir / _META).read_text())
@@ -379,6 +582,7 @@ def _remove_orphans(base_dir: Path, keep: set[str]) -> list[str]:
         pid = meta.get("pid")
         if isinstance(pid, int) and meta.get("started") and _start_ticks(pid) == meta["started"]:
             _signal_group(pid, signal.SIGKILL)
+        _kill_marked(run_dir.name)
         _remove_tree(run_dir)
         removed.append(run_id)
     return removed

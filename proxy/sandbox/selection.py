@@ -22,15 +22,18 @@ def resolve_docker_host(docker_host: str | None) -> str:
     return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
-async def select_backend(kind: BackendKind, docker_host: str | None = None) -> SandboxBackend:
+async def select_backend(
+    kind: BackendKind, docker_host: str | None = None, *, local_bwrap: bool | None = None
+) -> SandboxBackend:
     """Return the backend for ``kind``.
 
     "docker" requires an engine answering ``_ping`` (else `EngineUnavailable`); "auto" uses
     Docker when it answers and falls back to the local backend otherwise; "local" never
-    touches Docker. The caller owns the result and must ``aclose()`` it.
+    touches Docker. ``local_bwrap`` is the local backend's ``use_bwrap`` (None: when
+    installed). The caller owns the result and must ``aclose()`` it.
     """
     if kind == "local":
-        return LocalBackend()
+        return LocalBackend(use_bwrap=local_bwrap)
     if kind not in ("auto", "docker"):
         raise ValueError(f"unknown sandbox backend {kind!r}: use auto, docker or local")
     url = resolve_docker_host(docker_host)
@@ -41,4 +44,4 @@ async def select_backend(kind: BackendKind, docker_host: str | None = None) -> S
     if kind == "docker":
         raise EngineUnavailable(f"no Docker engine answers at {url}")
     logger.info("no Docker engine answers at %s; using the local sandbox backend", url)
-    return LocalBackend()
+    return LocalBackend(use_bwrap=local_bwrap)

@@ -15,17 +15,20 @@ import pytest
 from proxy.sandbox.base import (
     Mount,
     SandboxError,
+    SandboxLimitError,
     SandboxSpec,
     SandboxStateError,
     SkipReason,
     UnsafePathError,
 )
 from proxy.sandbox.bwrap import bwrap_command
-from proxy.sandbox.local import LocalBackend, LocalSandbox
+from proxy.sandbox.local import MARK_ENV, LocalBackend, LocalSandbox
+from proxy.sandbox.selection import select_backend
 
 pytestmark = pytest.mark.anyio
 
 HAVE_BWRAP = shutil.which("bwrap") is not None
+HOME = "/tmp/jetty-home"  # the agent HOME the run engine sets
 
 
 @pytest.fixture(
@@ -83,8 +86,8 @@ async def test_app_paths_are_mapped(backend: LocalBackend, tmp_path: Path) -> No
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "note.txt").write_text("mounted\n")
-    # Plain mode rewrites argv items and env values that start with /app (or a mount's
-    # path), not paths inside a shell string: scripts use $JETTY_APP_DIR or relative paths.
+    # Plain mode rewrites sandbox paths in argv items and env values (see the next test);
+    # $JETTY_APP_DIR and relative paths work in both modes.
     script = (
         'pwd; echo "$JETTY_APP_DIR"; cat "$NOTE"; cat "$1"; echo out > "$JETTY_APP_DIR/results/r"'
     )
@@ -276,6 +279,192 @@ async def test_without_bwrap_the_backend_warns_once(
     assert len(warnings) == 1
 
 
+async def test_home_and_app_from_the_root_like_the_engine(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    script = (
+        'cat "$HOME/.cfg/x" /app/trajectory.json; echo "$HOME"; pwd'
+        ' && mkdir -p /app/results "$HOME" && echo r > /app/results/r && echo s > "$HOME/state"'
+    )
+    sandbox = await backend.launch(_spec(script, env={"HOME": HOME}))
+    try:
+        await sandbox.put_files(
+            "/", {"app/trajectory.json": b"app\n", "tmp/jetty-home/.cfg/x": b"home\n"}
+        )
+        for outside in ("etc/passwd", "tmp/other/x", "tmp/jetty-homeless/x", "app"):
+            with pytest.raises(UnsafePathError):
+                await sandbox.put_files("/", {outside: b"no"})
+        with pytest.raises(UnsafePathError):
+            await sandbox.put_files("/etc", {})  # neither holds a root nor is in one
+        lines = await _run(sandbox)
+        assert (await sandbox.wait(5)).exit_code == 0
+        home = await sandbox.copy_out(HOME, tmp_path / "home", 1000, 10)
+        results = await sandbox.copy_out("/app/results", tmp_path / "results", 1000, 10)
+        with pytest.raises(UnsafePathError, match="only maps paths under /app and HOME"):
+            await sandbox.copy_out("/tmp/other", tmp_path / "other", 1000, 10)
+    finally:
+        await sandbox.close()
+    if backend.isolated:
+        assert lines == ["home", "app", HOME, "/app"]
+    else:  # the host directories of the run: never the host's shared /tmp/jetty-home
+        assert lines == ["home", "app", str(sandbox.home_dir), str(sandbox.app_dir)]
+    assert sorted(f.path for f in home.files) == [".cfg/x", "state"]
+    assert [f.path for f in results.files] == ["r"]
+
+
+async def test_plain_mode_rewrites_sandbox_paths_inside_values(tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    words = "/app/x '/app' /application http://h/app /apps PATH=/opt/t/bin:/app:/usr/bin HOME/app"
+    spec = _spec(
+        f"echo {words}; echo $LIST; echo $HOME",
+        env={"LIST": "/opt/t/bin:/bin,(/app)", "HOME": HOME + "/"},
+        mounts=[Mount(tool, "/opt/t")],
+    )
+    sandbox = await LocalBackend(tmp_path / "runs", use_bwrap=False).launch(spec)
+    try:
+        lines = await _run(sandbox)
+        assert (await sandbox.wait(5)).exit_code == 0
+    finally:
+        await sandbox.close()
+    app, home = sandbox.app_dir, sandbox.home_dir
+    assert lines == [
+        f"{app}/x {app} /application http://h/app /apps PATH={tool}/bin:{app}:/usr/bin HOME/app",
+        f"{tool}/bin:/bin,({app})",
+        f"{home}/",
+    ]
+
+
+async def test_rerun_continues_in_the_same_files(backend: LocalBackend) -> None:
+    first = 'echo first; echo "$ONE"; echo kept > state.txt; echo home > "$HOME/h"; echo e >&2'
+    sandbox = await backend.launch(_spec(first, env={"ONE": "1", "HOME": HOME}))
+    try:
+        await sandbox.put_files("/app", {"in.txt": b"input\n"})
+        assert await _run(sandbox) == ["first", "1"]
+        assert (await sandbox.wait(5)).exit_code == 0
+        assert sandbox.stderr_tail() == "e\n"
+        with pytest.raises(SandboxLimitError):
+            await sandbox.rerun([], {})
+
+        second = 'cat state.txt in.txt more.txt "$HOME/h"; echo "${ONE:-unset} $TWO"; exit 4'
+        await sandbox.rerun(["sh", "-c", second], {"TWO": "2", "HOME": HOME})
+        assert sandbox.stderr_tail() == ""
+        await sandbox.put_files("/", {"app/more.txt": b"more\n"})
+        assert await _run(sandbox) == ["kept", "input", "more", "home", "unset 2"]
+        assert (await sandbox.wait(5)).exit_code == 4
+
+        await sandbox.rerun(["sh", "-c", "echo ready; sleep 300"], {})
+        await sandbox.start()
+        lines = sandbox.stdout_lines()
+        assert await lines.__anext__() == "ready"
+        with pytest.raises(SandboxStateError, match="still running"):
+            await sandbox.rerun(["true"], {})
+        with pytest.raises(SandboxStateError):
+            await sandbox.put_files("/app", {"late": b""})
+        await sandbox.kill()
+        status = await sandbox.wait(5)
+        await lines.aclose()
+        assert status.exit_code in (128 + 15, 128 + 9) and not status.timed_out
+        await sandbox.rerun(["sh", "-c", "echo again"], {})
+        assert await _run(sandbox) == ["again"]
+        assert (await sandbox.wait(5)).exit_code == 0
+    finally:
+        await sandbox.close()
+    with pytest.raises(SandboxStateError, match="closed"):
+        await sandbox.rerun(["true"], {})
+
+
+async def test_rerun_before_any_start_replaces_the_command(backend: LocalBackend) -> None:
+    sandbox = await backend.launch(_spec("echo old"))
+    try:
+        await sandbox.rerun(["sh", "-c", 'echo "new $X"'], {"X": "env"})
+        assert await _run(sandbox) == ["new env"]
+    finally:
+        await sandbox.close()
+
+
+async def test_files_are_never_written_through_what_a_run_left(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("host file\n")
+    script = f"ln -s {outside} dir; ln -s {outside}/f file; ln {outside}/f hard || true; mkfifo p"
+    sandbox = await backend.launch(_spec(script))
+    try:
+        await _run(sandbox)
+        assert (await sandbox.wait(5)).exit_code == 0
+        await sandbox.rerun(["true"], {})
+        for name in ("dir/x", "file", "hard", "p"):
+            if name == "hard" and backend.isolated:
+                continue  # the host file is not visible inside bwrap: no link was made
+            with pytest.raises(SandboxError, match="collides"):
+                await sandbox.put_files("/app", {name: b"overwritten\n"})
+        report = await sandbox.copy_out("/app/dir/sub", tmp_path / "out", 1000, 10)
+    finally:
+        await sandbox.close()
+    assert [(s.path, s.reason) for s in report.skipped] == [(".", SkipReason.SYMLINK)]
+    assert sorted(p.name for p in outside.iterdir()) == ["f"]
+    assert (outside / "f").read_text() == "host file\n"
+
+
+async def test_mounts_are_not_files_of_the_sandbox(backend: LocalBackend, tmp_path: Path) -> None:
+    spec = _spec("true", mounts=[Mount(tmp_path, "/run/shared"), Mount(tmp_path, "/app/m")])
+    sandbox = await backend.launch(spec)
+    try:
+        for where in ("/run/shared", "/app/m/sub"):
+            with pytest.raises(UnsafePathError, match="mount"):
+                await sandbox.put_files(where, {"x": b""})
+            with pytest.raises(UnsafePathError, match="mount"):
+                await sandbox.copy_out(where, tmp_path / "out", 10, 10)
+    finally:
+        await sandbox.close()
+    assert list(tmp_path.iterdir()) == [tmp_path / "runs"]
+
+
+@pytest.mark.parametrize("home", ["relative/home", "/", "/app", "/a/../b"])
+async def test_a_home_of_no_directory_of_its_own_is_refused(tmp_path: Path, home: str) -> None:
+    local = LocalBackend(tmp_path / "runs", use_bwrap=False)
+    with pytest.raises(UnsafePathError):
+        await local.launch(_spec("true", env={"HOME": home}))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+async def test_strays_in_a_new_session_die_and_do_not_hold_the_output(tmp_path: Path) -> None:
+    # An agent's shell tool starts commands in sessions of their own: out of the group, and
+    # here the stray even keeps stdout open. The output still ends when the main process does.
+    local = LocalBackend(tmp_path / "runs", use_bwrap=False)
+    sandbox = await local.launch(_spec("setsid sleep 300 & echo $!"))
+    try:
+        lines = await _run(sandbox, timeout=5)
+        assert (await sandbox.wait(5)).exit_code == 0
+    finally:
+        await sandbox.close()
+    await _assert_dies(int(lines[0]))
+
+
+async def test_every_process_carries_the_run_mark(backend: LocalBackend) -> None:
+    sandbox = await backend.launch(_spec(f'echo "${MARK_ENV}"', env={MARK_ENV: "forged"}))
+    try:
+        assert await _run(sandbox) == [sandbox.run_dir.name]
+    finally:
+        await sandbox.close()
+
+
+async def test_selection_passes_the_bubblewrap_choice(tmp_path: Path) -> None:
+    plain = await select_backend("local", local_bwrap=False)
+    assert isinstance(plain, LocalBackend) and not plain.isolated
+    fallback = await select_backend("auto", f"unix://{tmp_path}/absent.sock", local_bwrap=False)
+    assert isinstance(fallback, LocalBackend) and not fallback.isolated
+    if HAVE_BWRAP:
+        isolated = await select_backend("local", local_bwrap=True)
+        assert isinstance(isolated, LocalBackend) and isolated.isolated
+
+
+async def test_remove_orphans_before_the_base_dir_exists(tmp_path: Path) -> None:
+    assert await LocalBackend(tmp_path / "absent").remove_orphans(set()) == []
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie awaiting its reaper counts as dead)."""
     try:
@@ -308,3 +497,5 @@ def test_bwrap_command_shape(tmp_path: Path) -> None:
     assert ("--ro-bind", "/usr") in pairs
     networked = bwrap_command("bwrap", _spec("true", network_enabled=True), tmp_path, tmp_path)
     assert "--unshare-net" not in networked
+    homed = bwrap_command("bwrap", _spec("true"), tmp_path / "app", tmp_path / "home", HOME)
+    assert homed[-9:-6] == ["--bind", str(tmp_path / "home"), HOME]
