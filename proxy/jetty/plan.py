@@ -34,8 +34,11 @@ __all__ = [
     "AGENT_PROVIDERS",
     "DEFAULT_INSTRUCTION",
     "DEFAULT_PROVIDERS",
+    "PROVIDER_SECRETS",
+    "PROVIDER_SECRET_NAMES",
     "Environment",
     "PlanDefaults",
+    "ProviderSecretNames",
     "RunPlan",
     "resolve_plan",
     "system_text",
@@ -55,6 +58,36 @@ AGENT_PROVIDERS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 DEFAULT_PROVIDERS: Mapping[str, str] = MappingProxyType(
     {"claude-code": "anthropic", "codex": "openai", "gemini-cli": "google"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSecretNames:
+    """The collection secrets that hold one model provider's key and (optional) base URL.
+
+    ``keys`` are tried in order; the first the collection defines is the key.
+    """
+
+    keys: tuple[str, ...]
+    base_url: str
+
+
+# A collection that defines these secrets has its runs' model calls made with them instead of the
+# server's provider settings (proxy/runs/credentials.py). They belong to the model relay: no
+# runbook secret may name one, so they never enter a sandbox.
+PROVIDER_SECRETS: Mapping[str, ProviderSecretNames] = MappingProxyType(
+    {
+        "anthropic": ProviderSecretNames(("ANTHROPIC_API_KEY",), "ANTHROPIC_BASE_URL"),
+        "openai": ProviderSecretNames(("OPENAI_API_KEY",), "OPENAI_BASE_URL"),
+        "google": ProviderSecretNames(
+            ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "GOOGLE_GEMINI_BASE_URL"
+        ),
+        "openrouter": ProviderSecretNames(("OPENROUTER_API_KEY",), "OPENROUTER_BASE_URL"),
+        "bedrock": ProviderSecretNames(("BEDROCK_API_KEY",), "BEDROCK_BASE_URL"),
+    }
+)
+PROVIDER_SECRET_NAMES = frozenset(
+    name for names in PROVIDER_SECRETS.values() for name in (*names.keys, names.base_url)
 )
 
 # The agents reach the model relay through these variables; a runbook secret must not be able to
@@ -349,8 +382,19 @@ def _secret_env(
     missing: list[str] = []
     seen: set[str] = set()
     for name, decl in front.secrets.items():
+        if name in PROVIDER_SECRET_NAMES:
+            raise InvalidField(
+                source,
+                f"Runbook secret '{name}' is a model provider credential: the model relay uses"
+                " it for the agent's model calls and it never enters the sandbox; give the"
+                " runbook's secret another name",
+            )
         variable = decl.env
-        if variable in _RESERVED_ENV_NAMES or variable.startswith(_RESERVED_ENV_PREFIXES):
+        if (
+            variable in _RESERVED_ENV_NAMES
+            or variable in PROVIDER_SECRET_NAMES
+            or variable.startswith(_RESERVED_ENV_PREFIXES)
+        ):
             raise InvalidField(
                 source,
                 f"Runbook secret '{name}' would set {variable}, which is reserved for the agent",

@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``. The agent authenticates
 with its run token (``x-api-key`` or ``Authorization: Bearer``); the upstream gets the server's
-key (or the run's own, see :class:`~proxy.relay.tokens.ProviderCreds`) and never the token.
+key (or the run's own, see :class:`~proxy.relay.tokens.ProviderCreds`: another provider such as
+OpenRouter, or a collection's key) and never the token.
 Request and response bodies pass through byte for byte; the usage of each model call is read
 from the stream as it passes and reported once the call ends.
 
@@ -25,10 +26,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from proxy.errors import BadRequest, ProxyError, Unauthorized, UpstreamError
+from proxy.errors import BadRequest, ProxyError, UpstreamError
 from proxy.relay.context import RelayContext, read_body, relay_context
+from proxy.relay.provider import authenticate
 from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
-from proxy.relay.tokens import ModelUsage, RunGrant, token_from_headers
+from proxy.relay.tokens import ModelUsage, RunGrant, attributed, token_from_headers
 from proxy.relay.upstream import UpstreamResponse, send_streaming
 
 logger = logging.getLogger("proxy.relay")
@@ -139,7 +141,7 @@ async def _forward(request: Request, *, count_usage: bool) -> Response:
         )
         found = usage.result(complete=outcome.status == "completed")
         if count_usage and found is not None:
-            await context.report_usage(grant, found)
+            await context.report_usage(grant, attributed(grant, found))
 
     relay: RelayStreamResponse | RelayJSONResponse
     if stream:
@@ -165,10 +167,7 @@ class _NotConfigured(ProxyError):
 
 def _authenticate(context: RelayContext, request: Request) -> RunGrant:
     token = token_from_headers(request.headers)
-    grant = context.tokens.lookup(token) if token else None
-    if grant is None:
-        raise Unauthorized("Invalid relay token: unknown, or its run has ended.")
-    return grant
+    return authenticate(context, token, "anthropic")
 
 
 def _inspect(body: bytes) -> tuple[str, bool]:
@@ -199,7 +198,10 @@ def _build_request(
     ]
     if "content-type" not in request.headers:
         headers.append(("content-type", "application/json"))  # the body parsed as JSON
-    headers.append(("x-api-key", key.get_secret_value()))
+    if override is not None and override.key_header == "bearer":
+        headers.append(("authorization", f"Bearer {key.get_secret_value()}"))
+    else:
+        headers.append(("x-api-key", key.get_secret_value()))
     url = base_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query

@@ -133,7 +133,7 @@ async def responses(request: Request) -> Response:
     """``POST /v1/responses``: one model call, streamed or not."""
     context = relay_context(request)
     try:
-        grant = authenticate(context, token_from_headers(request.headers))
+        grant = authenticate(context, token_from_headers(request.headers), "openai")
         body, payload = await read_json(request, MAX_REQUEST_BYTES)
         upstream = _build_request(context, grant, request, body)
     except ProxyError as exc:

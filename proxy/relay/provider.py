@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 from starlette.requests import Request
@@ -28,12 +28,15 @@ from starlette.types import Receive, Scope, Send
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, Unauthorized, UpstreamError
 from proxy.relay.context import RelayContext, read_body
 from proxy.relay.response import Dialect, RelayJSONResponse, RelayOutcome, RelayStreamResponse
-from proxy.relay.tokens import ModelUsage, RunGrant
+from proxy.relay.tokens import ModelUsage, RunGrant, attributed
 from proxy.relay.upstream import UpstreamResponse, send_streaming
 
 logger = logging.getLogger("proxy.relay")
 
 _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
+
+
+RelayName = Literal["anthropic", "openai", "google"]
 
 
 class UsageReader(Protocol):
@@ -85,11 +88,20 @@ class NotConfigured(ProxyError):
     status_code = 500
 
 
-def authenticate(context: RelayContext, token: str | None) -> RunGrant:
-    """The grant of a live run's ``token``; :class:`Unauthorized` for anything else."""
+def authenticate(
+    context: RelayContext, token: str | None, relay: RelayName | None = None
+) -> RunGrant:
+    """The grant of a live run's ``token``; :class:`Unauthorized` for anything else.
+
+    A run whose credentials name its relay (every run the engine starts does) may use that
+    relay only: a Claude Code run cannot spend the server's OpenAI key through ``/v1/responses``.
+    """
     grant = context.tokens.lookup(token) if token else None
     if grant is None:
         raise Unauthorized("Invalid relay token: unknown, or its run has ended.")
+    creds = grant.provider_overrides
+    if relay is not None and creds is not None and getattr(creds, relay) is None:
+        raise Unauthorized(f"This run's relay token is not valid for the {relay} relay.")
     return grant
 
 
@@ -147,7 +159,7 @@ def relay_call(context: RelayContext, call: Call, wire: Wire) -> Response:
             call.usage.feed_json(outcome.head)
         found = call.usage.result(complete=completed)
         if found is not None:
-            await context.report_usage(call.grant, found)
+            await context.report_usage(call.grant, attributed(call.grant, found))
 
     relay: RelayStreamResponse | RelayJSONResponse
     if call.stream:

@@ -19,19 +19,30 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pydantic import SecretStr
 
 TOKEN_PREFIX = "jrt-"
 
+KeyHeader = Literal["x-api-key", "bearer"]
+
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """A key for one provider, and optionally where to send it instead of the default."""
+    """A key for one provider, and optionally where to send it instead of the default.
 
-    api_key: SecretStr
-    base_url: str | None = None
+    ``key_header`` says how the Anthropic relay presents the key: as ``x-api-key`` (Anthropic's
+    own API) or as ``Authorization: Bearer`` (gateways such as OpenRouter's Anthropic endpoint,
+    which take the key the way Claude Code sends ``ANTHROPIC_AUTH_TOKEN``). The other relays
+    always use their API's own header. Neither the key nor the base URL (which may come from a
+    collection's secrets) shows in ``repr``.
+    """
+
+    api_key: SecretStr = field(repr=False)
+    base_url: str | None = field(default=None, repr=False)
+    key_header: KeyHeader = "x-api-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +50,14 @@ class ProviderCreds:
     """Credentials one run uses instead of the server's own (e.g. a collection's own key).
 
     One field per provider relay; a provider left as ``None`` uses the server's settings.
+    ``provider`` names the model provider the run selected (``openrouter``, say), for messages
+    and records; the relays go by the credentials alone.
     """
 
     anthropic: Credential | None = None
     openai: Credential | None = None
     google: Credential | None = None
+    provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,15 @@ class RunGrant:
     def __repr__(self) -> str:
         # The overrides hold keys (masked by SecretStr); keep reprs short anyway.
         return f"RunGrant(run_id={self.run_id!r}, collection={self.collection!r})"
+
+
+def attributed(grant: RunGrant, usage: ModelUsage) -> ModelUsage:
+    """``usage`` credited to the provider the grant's run selected (e.g. ``openrouter``), when
+    it selected one; a relay names only the API it speaks."""
+    overrides = grant.provider_overrides
+    if overrides is None or overrides.provider is None or overrides.provider == usage.provider:
+        return usage
+    return replace(usage, provider=overrides.provider)
 
 
 class RunTokens:

@@ -12,6 +12,7 @@ from proxy.jetty.plan import (
     AGENT_PROVIDERS,
     DEFAULT_INSTRUCTION,
     DEFAULT_PROVIDERS,
+    PROVIDER_SECRET_NAMES,
     Environment,
     PlanDefaults,
     RunPlan,
@@ -400,12 +401,33 @@ def test_missing_required_secrets_are_a_400_listing_all_of_them() -> None:
         "JETTY_RELAY_API_KEY",
         "HOME",
         "PATH",
+        "OPENROUTER_API_KEY",
+        "BEDROCK_BASE_URL",
     ],
 )
 def test_secrets_cannot_shadow_the_agents_variables(env: str) -> None:
     error = refused(f"secrets: {{MINE: {{env: {env}}}}}\n", secrets={"MINE": "x"})
     assert error.param == "messages"
     assert f"would set {env}, which is reserved" in error.message
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDER_SECRET_NAMES))
+@pytest.mark.parametrize("declaration", ["{{{name}: {{}}}}", "{{{name}: {{env: HARMLESS}}}}"])
+def test_provider_credentials_never_become_sandbox_secrets(name: str, declaration: str) -> None:
+    """A collection's provider keys are the relay's: no runbook secret may carry one into the
+    sandbox, under its own name or another variable's."""
+    front = f"secrets: {declaration.format(name=name)}\n"
+    error = refused(front, {"collection": "acme"}, secrets={name: "sk-provider-secret"})
+    assert error.param == "messages"
+    assert f"Runbook secret '{name}' is a model provider credential" in error.message
+    assert "sk-provider-secret" not in error.message
+
+
+def test_provider_credentials_in_the_collection_stay_out_of_the_plan() -> None:
+    collection = {"ANTHROPIC_API_KEY": "sk-ant-acme", "GITHUB_TOKEN": "ghp_1", "DB_URL": "db"}
+    result = plan(SECRETS_FRONT, {"collection": "acme"}, secrets=collection)
+    assert "sk-ant-acme" not in result.secret_env.values()
+    assert "ANTHROPIC_API_KEY" not in result.secret_env
 
 
 def test_two_secrets_cannot_share_a_variable() -> None:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from proxy.relay.anthropic import UsageReader
 from proxy.relay.tokens import Credential, ModelUsage, ProviderCreds, RunTokens
 from tests.relay.conftest import REAL_KEY, RelayFactory, UsageLog
-from tests.support.live import free_port
+from tests.support.live import free_port, serve
 from tests.support.scripted_anthropic import USAGE, ScriptedAnthropic
 
 Upstream = tuple[ScriptedAnthropic, str]
@@ -137,6 +137,31 @@ def test_a_runs_own_key_replaces_the_servers(
     token = tokens.issue("run1", "coll", own)
     assert post(relay, token, request_body(stream=False)).status_code == 200
     assert upstream.seen[-1].headers["x-api-key"] == "sk-ant-collection"
+
+
+@pytest.mark.parametrize("provider", ["openrouter", "bedrock"])
+def test_a_gateway_gets_the_runs_key_as_a_bearer_token(
+    relay: str, tokens: RunTokens, scripted: Upstream, usage_log: UsageLog, provider: str
+) -> None:
+    default, _ = scripted
+    gateway = ScriptedAnthropic()
+    with serve(gateway.app()) as gateway_url:
+        own = ProviderCreds(
+            anthropic=Credential(SecretStr("sk-or-gateway"), gateway_url + "/", "bearer"),
+            provider=provider,
+        )
+        token = tokens.issue("run1", "coll", own)
+        assert post(relay, token, request_body()).status_code == 200
+        assert post(relay, token, request_body(stream=False)).status_code == 200
+    assert default.seen == []
+    assert [seen.path for seen in gateway.seen] == ["/v1/messages", "/v1/messages"]
+    for seen in gateway.seen:
+        assert seen.query == "beta=true"
+        assert seen.headers["authorization"] == "Bearer sk-or-gateway"
+        assert "x-api-key" not in seen.headers
+        assert all(token not in value for value in seen.headers.values())
+    wait_for(lambda: len(usage_log) >= 2)
+    assert {usage.provider for _, usage in usage_log} == {provider}
 
 
 @pytest.mark.parametrize("case", ["missing", "unknown", "revoked", "bearer-unknown"])

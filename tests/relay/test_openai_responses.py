@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -159,6 +160,21 @@ def test_a_runs_own_key_and_url_replace_the_servers(
     assert scripted.seen[-1].headers["authorization"] == "Bearer sk-collection"
 
 
+def test_a_run_on_openrouter_goes_to_its_url_and_is_credited_to_it(
+    relay: str, tokens: RunTokens, upstream: Upstream, usage_log: UsageLog
+) -> None:
+    scripted, url = upstream
+    own = ProviderCreds(
+        openai=Credential(SecretStr("sk-or-key"), base_url=url + "/v1"), provider="openrouter"
+    )
+    token = tokens.issue("run1", "coll", own)
+    assert post(relay, token, request_body(stream=False)).status_code == 200
+    assert scripted.seen[-1].path == "/v1/responses"
+    assert scripted.seen[-1].headers["authorization"] == "Bearer sk-or-key"
+    wait_for(lambda: len(usage_log) >= 1)
+    assert usage_log == [("run1", dataclasses.replace(EXPECTED, provider="openrouter"))]
+
+
 @pytest.mark.parametrize("case", ["missing", "unknown", "revoked", "x-api-key-unknown"])
 def test_bad_tokens_get_401_and_nothing_is_forwarded(
     relay: str, tokens: RunTokens, upstream: Upstream, case: str
@@ -177,6 +193,18 @@ def test_bad_tokens_get_401_and_nothing_is_forwarded(
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
     assert response.headers["x-should-retry"] == "false"
+    assert upstream[0].seen == []
+
+
+def test_a_token_is_valid_only_on_its_runs_own_relay(
+    relay: str, tokens: RunTokens, upstream: Upstream
+) -> None:
+    # A Claude Code run's credentials name the Anthropic relay only: its token cannot spend
+    # the server's OpenAI key.
+    claude_run = ProviderCreds(anthropic=Credential(SecretStr("sk-ant")), provider="anthropic")
+    response = post(relay, tokens.issue("run1", "coll", claude_run), request_body())
+    assert response.status_code == 401
+    assert "not valid for the openai relay" in response.json()["error"]["message"]
     assert upstream[0].seen == []
 
 

@@ -7,8 +7,11 @@ from pydantic import SecretStr
 from proxy.relay.tokens import (
     TOKEN_PREFIX,
     Credential,
+    ModelUsage,
     ProviderCreds,
+    RunGrant,
     RunTokens,
+    attributed,
     token_from_headers,
 )
 
@@ -50,6 +53,25 @@ def test_grants_do_not_show_keys() -> None:
     tokens = RunTokens()
     token = tokens.issue("run1", "coll", ProviderCreds(anthropic=Credential(SecretStr("sk-x"))))
     assert "sk-x" not in repr(tokens.lookup(token))
+
+
+def test_credentials_do_not_show_keys_or_urls() -> None:
+    own = ProviderCreds(
+        anthropic=Credential(SecretStr("sk-x"), "https://private.example", "bearer"),
+        provider="openrouter",
+    )
+    assert "sk-x" not in repr(own)
+    assert "private.example" not in repr(own)
+
+
+def test_usage_is_credited_to_the_runs_provider() -> None:
+    usage = ModelUsage("anthropic", "claude", input_tokens=3)
+    plain = RunGrant("run1", "coll")
+    own_key = RunGrant("run1", "coll", ProviderCreds(anthropic=Credential(SecretStr("k"))))
+    routed = RunGrant("run1", "coll", ProviderCreds(provider="openrouter"))
+    assert attributed(plain, usage) is usage
+    assert attributed(own_key, usage) is usage
+    assert attributed(routed, usage) == ModelUsage("openrouter", "claude", input_tokens=3)
 
 
 def test_token_from_headers() -> None:
