@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     google_base_url: str = "https://generativelanguage.googleapis.com"
     google_api_key: SecretStr | None = None
+    # model_provider "openrouter": Claude Code's Messages go to {openrouter_base_url}/v1/messages,
+    # Codex's Responses calls to {openrouter_base_url}/v1/responses.
+    openrouter_base_url: str = "https://openrouter.ai/api"
+    openrouter_api_key: SecretStr | None = None
+    # model_provider "bedrock": an Anthropic-Messages gateway in front of Bedrock (the proxy does
+    # not sign AWS requests itself); without a base URL, bedrock runs are refused.
+    bedrock_base_url: str | None = Field(
+        default=None,
+        description="Anthropic-Messages-compatible gateway to Amazon Bedrock (e.g. LiteLLM)",
+    )
+    bedrock_api_key: SecretStr | None = None
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     keepalive_seconds: float = Field(default=15.0, gt=0)
@@ -117,6 +128,11 @@ class Settings(BaseSettings):
 
     # Runbook runs.
     backend: Literal["auto", "docker", "local"] = "auto"
+    local_bwrap: bool | None = Field(
+        default=None,
+        description="local backend: true requires bubblewrap, false never uses it;"
+        " default: use it when installed",
+    )
     docker_host: str | None = Field(
         default=None, description="unix:// URL of the Docker engine; default $DOCKER_HOST"
     )
@@ -126,6 +142,10 @@ class Settings(BaseSettings):
     run_timeout_sec: int = Field(default=1800, ge=1, le=86400)
     results_max_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
     results_max_files: int = Field(default=10_000, gt=0)
+    # Follow-up turns: a finished run's sandbox waits this long for the conversation's next
+    # turn (0 = never; the turn then starts a new sandbox restored from what the run saved).
+    keep_sandbox_seconds: float = Field(default=600.0, ge=0, le=86400)
+    session_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     public_base_url: str | None = Field(
         default=None, description="absolute URL clients reach this server at, for result links"
     )
@@ -170,10 +190,17 @@ class Settings(BaseSettings):
     def _check_upstream(cls, value: str) -> str:
         return _validate_base_url(value)
 
-    @field_validator("anthropic_base_url", "openai_base_url", "google_base_url")
+    @field_validator(
+        "anthropic_base_url", "openai_base_url", "google_base_url", "openrouter_base_url"
+    )
     @classmethod
     def _check_provider(cls, value: str) -> str:
         return _validate_base_url(value)
+
+    @field_validator("bedrock_base_url")
+    @classmethod
+    def _check_optional_provider(cls, value: str | None) -> str | None:
+        return _validate_base_url(value) if value else None
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,9 @@ Codex ignores ``OPENAI_BASE_URL``; the relay is configured as a custom model pro
 ``$CODEX_HOME/config.toml`` speaking the Responses API, with Codex's own retries turned off (the
 relay and the run lifecycle own retries). The runbook goes in ``$CODEX_HOME/AGENTS.md``, which
 Codex reads as global instructions ahead of any project ``AGENTS.md``. Codex has no turn limit
-flag, so ``AgentSpec.max_turns`` is not applied.
+flag, so ``AgentSpec.max_turns`` is not applied. A follow-up turn runs ``codex exec [options]
+resume -- THREAD_ID PROMPT``; the thread's rollout lives under ``$CODEX_HOME/sessions`` (an
+unknown id fails with "no rollout found").
 
 Stream quirks the translator handles:
 
@@ -75,9 +77,12 @@ class CodexAdapter:
             "-m",
             spec.model,
         ]
+        # Options go before the subcommand; "--" ends them, so a prompt starting with "-"
+        # ("- first item…") is still a prompt.
         if spec.resume_session_id:
-            argv += ["resume", spec.resume_session_id]
-        argv.append(spec.prompt)
+            argv += ["resume", "--", spec.resume_session_id, spec.prompt]
+        else:
+            argv += ["--", spec.prompt]
         env = {
             **spec.extra_env,
             "HOME": spec.home,

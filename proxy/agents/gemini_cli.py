@@ -1,4 +1,4 @@
-"""Gemini CLI (``gemini -p ... -o stream-json``).
+"""Gemini CLI (``gemini --prompt=... -o stream-json``).
 
 The CLI exits at startup unless ``~/.gemini/settings.json`` selects API-key auth (exit 41) and the
 workspace is trusted (exit 55). The runbook goes in ``~/.gemini/GEMINI.md``, the global context
@@ -8,6 +8,11 @@ file Gemini adds to its own system prompt (``GEMINI_SYSTEM_MD`` would replace th
 Stream quirks: thinking is not emitted; assistant text arrives in ``delta`` pieces, and a message
 after a tool call is a new block. ``result`` carries usage stats and, on failure, the error; a
 mid-stream ``error`` line does not by itself end the run.
+
+A follow-up turn resumes with ``--resume SESSION_UUID`` (exit 42 when that chat is not under
+``~/.gemini/tmp/<project>/chats``). 0.61.0 replays every tool result of a resumed chat twice
+(google-gemini/gemini-cli#29365), which the Gemini API rejects (the function responses outnumber
+the calls); the repeats must be dropped before a request reaches the API.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ _SUMMARY_KEYS = (
 _EXIT_HINTS: Mapping[int, str] = MappingProxyType(
     {
         41: "authentication is not configured",
+        42: "invalid input, e.g. the session to resume was not found",
         53: "maximum session turns reached",
         55: "workspace is not trusted",
     }
@@ -78,8 +84,8 @@ class GeminiCliAdapter:
     def build(self, spec: AgentSpec) -> Invocation:
         argv = [
             spec.executable or "gemini",
-            "-p",
-            spec.prompt,
+            # One word: as "-p PROMPT", a prompt starting with "-" is taken for options.
+            f"--prompt={spec.prompt}",
             "-o",
             "stream-json",
             "--yolo",
@@ -88,6 +94,8 @@ class GeminiCliAdapter:
             spec.model,
         ]
         if spec.resume_session_id:
+            # The session UUID (from `init`); the chat is looked up under
+            # ~/.gemini/tmp/<project>/chats for the cwd, so HOME and cwd must be the same.
             argv += ["--resume", spec.resume_session_id]
         env = {
             **spec.extra_env,

@@ -8,12 +8,14 @@ handed to the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -24,7 +26,14 @@ from proxy.agents import get_adapter
 from proxy.agents.forwarder import ensure_forwarder
 from proxy.agents.install import AgentInstallError
 from proxy.auth import Principal
-from proxy.errors import InvalidField, NotFound, NotImplementedYet, ProxyError, error_body
+from proxy.errors import (
+    Conflict,
+    InvalidField,
+    NotFound,
+    NotImplementedYet,
+    ProxyError,
+    error_body,
+)
 from proxy.events import Usage
 from proxy.jetty import (
     JettyBlock,
@@ -34,7 +43,9 @@ from proxy.jetty import (
     resolve_plan,
     system_text,
 )
+from proxy.runs.credentials import select_credentials
 from proxy.runs.engine import RunLaunch
+from proxy.runs.followup import Continuation, previous_run_id
 from proxy.runs.live import LiveRun
 from proxy.runs.render import Aggregator, ChunkRenderer, finish_reason_for, usage_dict
 from proxy.runs.runtime import RunService
@@ -81,8 +92,15 @@ async def start_run(
         runbook = system_text(messages)
     secrets = await store.secret_values(collection)
     plan = resolve_plan(model, messages, block, runbook, runs.defaults, secrets)
+    continuation, plan = await _continuation(store, messages, collection, plan)
     image = await _environment(runs, plan)
     inputs = await _inputs(store, blobs, collection, plan)
+    previous_inputs: dict[str, bytes | Path] = {}
+    if continuation is not None:
+        previous_inputs = await _previous_inputs(store, blobs, continuation)
+    credentials = select_credentials(
+        plan.agent, plan.model_provider, runs.settings, collection, secrets
+    )
     adapter = get_adapter(plan.agent)
     forwarder_dir = None
     try:
@@ -98,6 +116,7 @@ async def start_run(
         agent=plan.agent,
         jetty=_recorded_block(block),
         environment={"image": image, "backend": runs.engine.backend.name},
+        session=continuation.session() if continuation else None,
     )
     live = runs.engine.start(
         RunLaunch(
@@ -111,6 +130,13 @@ async def start_run(
             inputs=inputs,
             base_url=base_url,
             forwarder_dir=forwarder_dir,
+            continuation=continuation,
+            previous_inputs=previous_inputs,
+            trajectory_url=(
+                f"{base_url}/api/v1/trajectory/{quote(collection, safe='')}/"
+                f"{quote(task, safe='')}/{trajectory.id}"
+            ),
+            credentials=credentials,
         )
     )
     renderer = ChunkRenderer(
@@ -122,6 +148,63 @@ async def start_run(
             live, renderer, include_usage, keepalive=runs.keepalive_seconds, headers=headers
         )
     return RunCompletionResponse(live, plan, renderer, headers)
+
+
+async def _continuation(
+    store: Store, messages: list[Any], collection: str, plan: RunPlan
+) -> tuple[Continuation | None, RunPlan]:
+    """The earlier run this conversation continues (named in its last run reply), if any.
+
+    A run that is still live is a 409: its sandbox and session are in use. One that cannot be
+    continued (unknown here, another collection's, another agent's) is a warning, and the
+    turn starts a new session.
+    """
+    run_id = previous_run_id(messages)
+    if run_id is None:
+        return None, plan
+    previous = await store.get_trajectory(run_id)
+    if previous is None or previous.collection != collection or previous.kind != "run":
+        problem = f"it is not a run of collection '{collection}'"
+    elif previous.status in ("pending", "running"):
+        raise Conflict(
+            f"Run {run_id}, which this conversation continues, is still running. Wait for it"
+            " to finish (or cancel it), then send the message again.",
+            param="messages",
+            code="run_in_progress",
+        )
+    elif previous.agent != plan.agent:
+        problem = f"it ran {previous.agent}, and this turn runs {plan.agent}"
+    else:
+        return Continuation.of(previous), plan
+    warning = (
+        f"This conversation names run {run_id}, which cannot be continued ({problem});"
+        " starting a new agent session."
+    )
+    return None, dataclasses.replace(plan, warnings=(*plan.warnings, warning))
+
+
+async def _previous_inputs(
+    store: Store, blobs: BlobStore, continuation: Continuation
+) -> dict[str, bytes | Path]:
+    """The input files of the run being continued that still exist, by name under /app/assets."""
+    previous = continuation.previous
+    recorded: Mapping[str, Any] = previous.jetty
+    records = []
+    for path in recorded.get("file_paths") or []:
+        record = await store.get_file_by_path(str(path))
+        if record is not None and record.collection == previous.collection:
+            records.append((str(path).rsplit("/", 1)[-1], record))
+    for file_id in recorded.get("files") or []:
+        record = await store.get_file(str(file_id))
+        if record is not None and record.collection == previous.collection:
+            records.append((record.filename, record))
+    found: dict[str, bytes | Path] = {}
+    for name, record in records:
+        if isinstance(blobs, LocalBlobStore):
+            found[name] = blobs.path(record.blob_key)
+        else:
+            found[name] = await read_all(blobs, record.blob_key)
+    return found
 
 
 async def _environment(runs: RunService, plan: RunPlan) -> str:

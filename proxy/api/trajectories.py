@@ -20,6 +20,7 @@ from proxy.api.context import Services, authenticate, services_of
 from proxy.api.downloads import ZipEntry, blob_response, zip_response
 from proxy.api.params import json_body, path_name, query, safe_path, trajectory_id
 from proxy.errors import Conflict, NotFound
+from proxy.runs.followup import public_session
 from proxy.store.records import Artifact, Label, Trajectory, TrajectoryStatus
 
 #: What a person may set through the API, and from which statuses.
@@ -171,6 +172,7 @@ def trajectory_object(
         "started": trajectory.started_at.isoformat() if trajectory.started_at else None,
         "ended": trajectory.finished_at.isoformat() if trajectory.finished_at else None,
         "event_count": trajectory.last_seq,
+        "session": public_session(trajectory.session),
         "events_url": f"{base}/events",
         "download_url": f"{base}/download",
     }

@@ -5,7 +5,8 @@ Routes: ``POST /v1beta/models/{model}:streamGenerateContent`` (SSE with ``?alt=s
 ``google_base_url``. The agent authenticates with its run token as ``x-goog-api-key`` or as
 the ``key`` query parameter; both are removed, and the upstream gets the server's key (or the
 run's own, see :class:`~proxy.relay.tokens.ProviderCreds`) as ``x-goog-api-key``. Bodies pass
-through byte for byte; each call's usage is read from the last ``usageMetadata`` that passes.
+through byte for byte, with one repair (:func:`without_repeated_responses`); each call's usage
+is read from the last ``usageMetadata`` that passes.
 
 Errors use Google's shape, ``{"error": {"code", "message", "status"}}``; once a stream has
 started, an error is a final ``data:`` frame holding that object, as the API sends its own.
@@ -120,10 +121,11 @@ async def models(request: Request) -> Response:
     context = relay_context(request)
     model, _, method = request.path_params["target"].rpartition(":")
     try:
-        grant = authenticate(context, _token(request))
+        grant = authenticate(context, _token(request), "google")
         if not model or method not in METHODS:
             raise NotFound(f"Unknown Gemini API method {method!r}; the relay serves {METHODS}.")
-        body, _ = await read_json(request, MAX_REQUEST_BYTES)
+        body, payload = await read_json(request, MAX_REQUEST_BYTES)
+        body = without_repeated_responses(body, payload)
         upstream = _build_request(context, grant, request, body)
     except ProxyError as exc:
         return error_response(exc, WIRE)
@@ -131,6 +133,39 @@ async def models(request: Request) -> Response:
     stream = method == "streamGenerateContent" and request.query_params.get("alt") == "sse"
     usage = UsageReader(model) if method != "countTokens" else None
     return relay_call(context, Call(grant, upstream, stream=stream, usage=usage), WIRE)
+
+
+def without_repeated_responses(body: bytes, payload: dict[str, Any]) -> bytes:
+    """``body`` without repeated function responses to the same call within one turn.
+
+    Gemini CLI (0.61.0) replays every tool result of a resumed session twice (once more per
+    later resume), google-gemini/gemini-cli#29365, and the API rejects a turn whose function
+    responses outnumber its function calls. A response part that repeats an earlier one of the
+    same turn (same call id, or the same part when it has no id) is dropped; any other body is
+    passed on unchanged.
+    """
+    contents = payload.get("contents")
+    if not isinstance(contents, list):
+        return body
+    changed = False
+    for content in contents:
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list):
+            continue
+        kept: list[Any] = []
+        answered: set[str] = set()
+        for part in parts:
+            response = part.get("functionResponse") if isinstance(part, dict) else None
+            if isinstance(response, dict):
+                call = response.get("id")
+                key = f"id:{call}" if isinstance(call, str) and call else json.dumps(part)
+                if key in answered:
+                    changed = True
+                    continue
+                answered.add(key)
+            kept.append(part)
+        content["parts"] = kept
+    return json.dumps(payload, ensure_ascii=False).encode() if changed else body
 
 
 def _token(request: Request) -> str | None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,13 +39,14 @@ from proxy.events import (
 )
 from proxy.events import Warning as WarningEvent
 from proxy.jetty import RunPlan
-from proxy.relay.tokens import ModelUsage, RunTokens
+from proxy.relay.tokens import ModelUsage, ProviderCreds, RunTokens
 from proxy.runs.artifacts import ResultLimits, collect_results, results_markdown
+from proxy.runs.followup import Continuation, KeptSandboxes, marker_line, pack_home, unpack_home
 from proxy.runs.live import LiveRun
 from proxy.sandbox import ExitStatus, Mount, Sandbox, SandboxBackend, SandboxError, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER
 from proxy.store import Store
-from proxy.store.blobs import BlobStore
+from proxy.store.blobs import BlobStore, LocalBlobStore, read_all
 from proxy.store.records import TrajectoryStatus
 
 logger = logging.getLogger("proxy.runs")
@@ -74,6 +76,14 @@ class RunLaunch:
     base_url: str = ""
     # Host directory holding the loopback forwarder, for agents that only take a URL.
     forwarder_dir: Path | None = None
+    # Where this run's model calls go instead of the server's defaults (provider, collection key).
+    credentials: ProviderCreds | None = None
+    # A follow-up turn: the run it continues, and that run's input files (put back when the
+    # turn cannot run in the earlier sandbox).
+    continuation: Continuation | None = None
+    previous_inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    # Absolute URL of the trajectory, named by the line that ends the answer.
+    trajectory_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,11 @@ class EngineConfig:
     # Labels this installation's sandboxes, so recovery never touches another proxy's.
     owner: str = "default"
     cleanup_timeout: float = 30.0
+    # How long a finished run's sandbox is kept for a follow-up turn (0: never).
+    keep_sandbox_seconds: float = 0.0
+    # Caps on the agent HOME saved at the end of each run, to resume its session later.
+    session_max_bytes: int = 64 * 1024 * 1024
+    session_max_files: int = 10_000
 
 
 class RunEngine:
@@ -108,6 +123,7 @@ class RunEngine:
         # None when the backend runs no images (local): launch.image is then used as it is.
         self._environments = environments
         self.live: dict[str, LiveRun] = {}
+        self.kept = KeptSandboxes(task_group, config.keep_sandbox_seconds)
 
     @property
     def backend(self) -> SandboxBackend:
@@ -168,7 +184,10 @@ class _Run:
         self.store = engine._store
         self.started = time.monotonic()
         self.sandbox: Sandbox | None = None
+        self.image = launch.image
         self.artifacts_collected = False
+        self.kept = False
+        self.reusing = False  # this turn runs in the kept sandbox of the run it continues
 
     async def emit(self, event: Event) -> None:
         self.live.publish(event)
@@ -194,19 +213,28 @@ class _Run:
     async def execute(self) -> None:
         launch, plan = self.launch, self.launch.plan
         token = self.engine._tokens.issue(
-            launch.run_id, launch.collection, on_usage=self.record_model_call
+            launch.run_id,
+            launch.collection,
+            launch.credentials,
+            on_usage=self.record_model_call,
         )
         try:
             for warning in plan.warnings:
                 await self.emit(WarningEvent(warning))
-            image = await self._environment()
-            await self.emit(
-                Progress(
-                    f"Starting {launch.adapter.name} {launch.installed.version} in "
-                    f"{image} ({self.engine.backend.name} sandbox, run {launch.run_id})"
+            self.sandbox = await self._kept_sandbox(token)
+            if self.sandbox is None:
+                self.image = await self._environment()
+                await self.emit(
+                    Progress(
+                        f"Starting {launch.adapter.name} {launch.installed.version} in "
+                        f"{self.image} ({self.engine.backend.name} sandbox, run {launch.run_id})"
+                    )
                 )
-            )
-            self.sandbox = await self.engine.backend.launch(self._sandbox_spec(token, image))
+                self.sandbox = await self.engine.backend.launch(
+                    self._sandbox_spec(token, self.image)
+                )
+                if launch.continuation is not None:
+                    await self._restore(self.sandbox, launch.continuation)
             await self._put_inputs(self.sandbox, token)
             await self.store.transition(launch.run_id, "running", allowed_from=_PENDING)
             await self.store.update_trajectory(launch.run_id, started_at=datetime.now(UTC))
@@ -221,6 +249,63 @@ class _Run:
             with anyio.CancelScope(shield=True):
                 self.engine._tokens.revoke(launch.run_id)
                 await self._cleanup()
+
+    async def _kept_sandbox(self, token: str) -> Sandbox | None:
+        """The previous turn's sandbox, ready for this turn, if it is still kept."""
+        continuation = self.launch.continuation
+        taken = self.engine.kept.take(continuation.previous.id) if continuation else None
+        if continuation is None or taken is None:
+            return None
+        sandbox, self.image = taken
+        self.reusing = True
+        spec = self._sandbox_spec(token, self.image)
+        try:
+            await sandbox.rerun(spec.argv, spec.env)
+        except SandboxError as exc:
+            logger.warning(
+                "could not reuse the sandbox of run %s: %s", continuation.previous.id, exc
+            )
+            with anyio.CancelScope(shield=True):
+                await sandbox.close()
+            self.reusing = False
+            return None
+        await self.emit(
+            Progress(
+                f"Continuing run {continuation.previous.id} (turn {continuation.turn}) in its"
+                f" sandbox: {self.launch.adapter.name} {self.launch.installed.version} in"
+                f" {self.image}, run {self.launch.run_id}"
+            )
+        )
+        return sandbox
+
+    async def _restore(self, sandbox: Sandbox, continuation: Continuation) -> None:
+        """Put back what the previous turn left: its agent HOME, results and input files."""
+        previous, blobs = continuation.previous, self.engine._blobs
+        restored: list[str] = []
+        if continuation.home_blob:
+            home = unpack_home(await read_all(blobs, continuation.home_blob))
+            if home:
+                await sandbox.put_files(AGENT_HOME, home)
+                restored.append("agent session")
+        results: dict[str, bytes | Path] = {}
+        for artifact in await self.store.list_artifacts(previous.id):
+            if isinstance(blobs, LocalBlobStore):
+                results[artifact.path] = blobs.path(artifact.blob_key)
+            else:
+                results[artifact.path] = await read_all(blobs, artifact.blob_key)
+        if results:
+            await sandbox.put_files("/app/results", results)
+            restored.append(f"{len(results)} result files")
+        if self.launch.previous_inputs:
+            await sandbox.put_files("/app/assets", self.launch.previous_inputs)
+            restored.append(f"{len(self.launch.previous_inputs)} input files")
+        what = ", ".join(restored) or "nothing was saved"
+        await self.emit(
+            Progress(
+                f"Continuing run {previous.id} (turn {continuation.turn}) in a new sandbox;"
+                f" restored: {what}"
+            )
+        )
 
     async def _environment(self) -> str:
         """Pull or build the run's environment, with its progress in the stream; the image."""
@@ -257,6 +342,7 @@ class _Run:
                 workdir="/app",
                 home=AGENT_HOME,
                 max_turns=plan.max_turns,
+                resume_session_id=self._resume_session_id(),
                 extra_env=dict(plan.secret_env),
                 relay_socket=None if tcp else socket,
             )
@@ -282,6 +368,19 @@ class _Run:
             network_enabled=plan.network_enabled,
             labels={LABEL_OWNER: self.engine._config.owner},
         )
+
+    def _resume_session_id(self) -> str | None:
+        """The agent session to resume: only where its files are (kept sandbox, saved HOME).
+
+        Resuming a session whose files are missing makes the CLIs exit at once (Codex: "no
+        rollout found", Gemini CLI: exit 42); without them the turn starts a new session.
+        """
+        continuation = self.launch.continuation
+        if continuation is None or not continuation.agent_session_id:
+            return None
+        if self.reusing or continuation.home_blob:
+            return continuation.agent_session_id
+        return None
 
     async def _put_inputs(self, sandbox: Sandbox, token: str) -> None:
         launch = self.launch
@@ -332,6 +431,9 @@ class _Run:
         collected = await self._collect(sandbox)
         if collected:
             await self.emit(TextDelta(results_markdown(collected)))
+        if launch.trajectory_url:
+            await self.emit(TextDelta(marker_line(launch.run_id, launch.trajectory_url)))
+        session = await self._save_session(sandbox)
         finished = live.finished
         ok = finished is not None and finished.ok and status.exit_code == 0
         usage = live.usage or Usage(0, 0)
@@ -348,12 +450,54 @@ class _Run:
             cost_usd=usage.cost_usd,
             error=error,
             finished_at=datetime.now(UTC),
+            session=session,
         )
+        # Kept before the run is closed: a follow-up sent as soon as the answer ends finds it.
+        self.kept = self.engine.kept.keep(launch.run_id, sandbox, self.image)
         if ok:
             live.close("completed")
         else:
             code = finished.reason if finished is not None and not finished.ok else "agent_error"
             live.close("failed", error, code)
+
+    async def _save_session(self, sandbox: Sandbox) -> dict[str, object]:
+        """Archive the agent's HOME (its session files) so a later turn can resume it."""
+        launch, config = self.launch, self.engine._config
+        session: dict[str, object] = (
+            launch.continuation.session()
+            if launch.continuation
+            else {"conversation": launch.run_id, "turn": 1}
+        )
+        started = [e for e in self.live.events if isinstance(e, SessionStarted)]
+        if started:
+            session["agent_session_id"] = started[-1].session_id
+        try:
+            with tempfile.TemporaryDirectory(prefix="jetty-home-") as scratch:
+                report = await sandbox.copy_out(
+                    AGENT_HOME,
+                    Path(scratch),
+                    max_bytes=config.session_max_bytes,
+                    max_files=config.session_max_files,
+                )
+                data = await anyio.to_thread.run_sync(pack_home, Path(scratch))
+            if report.skipped:
+                await self.emit(
+                    WarningEvent(
+                        f"The agent's session was saved without {len(report.skipped)} files"
+                        " (over the size or file caps); a follow-up may miss them."
+                    )
+                )
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield data
+
+            blob = await self.engine._blobs.put(chunks())
+        except Exception:
+            logger.exception("saving the agent session of run %s", launch.run_id)
+            return session
+        session["home_blob"] = blob.key
+        session["home_bytes"] = len(data)
+        return session
 
     async def _collect(self, sandbox: Sandbox) -> list[dict[str, object]]:
         if self.artifacts_collected:
@@ -403,7 +547,7 @@ class _Run:
                     error="cancelled before it finished",
                     finished_at=datetime.now(UTC),
                 )
-        if sandbox is not None:
+        if sandbox is not None and not self.kept:
             await sandbox.close()
 
     def _elapsed(self) -> float:

@@ -49,6 +49,8 @@ class RunService:
     defaults: PlanDefaults
     http: httpx.AsyncClient
     keepalive_seconds: float
+    # The server's settings: model provider URLs and keys for each run (proxy/runs/credentials.py).
+    settings: Settings
     # Snapshots, pulls and builds; None when the backend runs no images (local).
     environments: Environments | None = None
 
@@ -109,7 +111,9 @@ async def run_service(
 ) -> AsyncIterator[RunService]:
     """Start the relay, the backend and the engine; stop runs and clean up on exit."""
     tokens = RunTokens()
-    the_backend = backend or await select_backend(settings.backend, settings.docker_host)
+    the_backend = backend or await select_backend(
+        settings.backend, settings.docker_host, local_bwrap=settings.local_bwrap
+    )
     if the_backend.name == "local":
         logger.warning(
             "sandbox backend: local — runs are NOT isolated from this machine"
@@ -138,6 +142,8 @@ async def run_service(
                 relay_socket=socket_path,
                 results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
                 owner=sandbox_owner(settings),
+                keep_sandbox_seconds=settings.keep_sandbox_seconds,
+                session_max_bytes=settings.session_max_bytes,
             ),
             task_group=tg,
             environments=environments,
@@ -152,11 +158,13 @@ async def run_service(
                 defaults=defaults,
                 http=http,
                 keepalive_seconds=settings.keepalive_seconds,
+                settings=settings,
                 environments=environments,
             )
         finally:
             # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
             tg.cancel_scope.cancel()
+    await engine.kept.close_all()
     if environments is not None:
         await environments.aclose()
     await the_backend.aclose()

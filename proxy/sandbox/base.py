@@ -242,6 +242,18 @@ class Sandbox(Protocol):
         """
         ...
 
+    async def rerun(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Make a sandbox whose process has exited ready to run ``argv`` with ``env``.
+
+        The filesystem is kept as the last process left it (that is the point: a follow-up
+        turn of a conversation continues in the same sandbox). Afterwards the sandbox is in the
+        created state again: `put_files`, `start`, `stdout_lines` (only the new process's
+        output), `wait` and `kill` behave as after `SandboxBackend.launch`. ``env`` replaces
+        the spec's environment as a whole; the spec's mounts, limits, user and workdir stay.
+        Raises `SandboxStateError` while the process is still running or after `close`.
+        """
+        ...
+
     async def close(self) -> None:
         """Remove the sandbox and everything it runs. Safe to call twice and after failures."""
         ...

@@ -6,18 +6,29 @@ for `put_files` → ``POST .../start`` → ``GET .../logs?follow=1`` demultiplex
 lines and a stderr tail → ``POST .../wait`` (on timeout ``POST .../kill``) →
 ``GET .../archive`` for `copy_out` → ``DELETE /containers/{id}?force=1``.
 
+`rerun` restarts the exited container (same filesystem) with a new command line. A container's
+command cannot change after it is created, so every container starts through a small
+``/bin/sh`` dispatcher: if ``/tmp/.jetty-rerun`` exists it is sourced (it deletes itself, sets the
+new environment and ``exec``s the new command), else the spec's argv runs as given. Images
+therefore need ``/bin/sh``. The logs of a rerun are read from the moment the previous process
+ended (``since``), so each process's output is its own.
+
 Files put into a sandbox are owned by root, unless ``spec.user`` is numeric ("uid" or
 "uid:gid"), in which case they (and any directories created for them) belong to that user.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import secrets
+import shlex
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -49,6 +60,11 @@ _KILL_WAIT = 30.0
 _UPLOAD_CHUNK = 256 * 1024
 # Bytes of archive read past max_bytes (to list the files skipped for size) before giving up.
 _ARCHIVE_SLACK = 256 * 1024 * 1024
+# Inside the container, not on the host.
+_RERUN_DIR, _RERUN_NAME = "/tmp", ".jetty-rerun"  # noqa: S108
+RERUN_SCRIPT = f"{_RERUN_DIR}/{_RERUN_NAME}"
+_DISPATCH = f'if [ -f {RERUN_SCRIPT} ]; then . {RERUN_SCRIPT}; fi; exec "$@"'
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class DockerBackend:
@@ -106,7 +122,10 @@ class DockerBackend:
         spec.check_limits()
         await self._engine.require_image(spec.image)
         name = container_name(spec.run_id, secrets.token_hex(4))
-        container_id = await self._engine.create(spec, name)
+        dispatched = dataclasses.replace(
+            spec, argv=["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv]
+        )
+        container_id = await self._engine.create(dispatched, name)
         sandbox = DockerSandbox(self._engine, container_id, spec)
         try:
             await sandbox.claim_workdir()
@@ -158,6 +177,8 @@ class DockerSandbox:
         self._stderr = TailBuffer()
         self._started = False
         self._logs_taken = False
+        # Engine log timestamp ("seconds.nanoseconds") the current process's output starts at.
+        self._since: str | None = None
         self._closing = False  # set first thing in close(): a broken log stream is expected
         self._closed = False
 
@@ -270,6 +291,8 @@ class DockerSandbox:
 
     async def _log_frames(self, *, follow: bool) -> AsyncGenerator[tuple[StreamKind, bytes], None]:
         params = {"follow": "1" if follow else "0", "stdout": "1", "stderr": "1"}
+        if self._since is not None:
+            params["since"] = self._since
         decoder = FrameDecoder()
         async with self._engine.stream(
             "GET", f"{self._url}/logs", params=params, timeout=None
@@ -318,6 +341,8 @@ class DockerSandbox:
 
     async def _fetch_stderr(self) -> None:
         params = {"stderr": "1", "tail": "200"}
+        if self._since is not None:
+            params["since"] = self._since
         response = await self._engine.request("GET", f"{self._url}/logs", params=params)
         decoder = FrameDecoder()
         for stream, payload in decoder.feed(response.content):
@@ -355,6 +380,36 @@ class DockerSandbox:
                 raise SandboxError(f"unreadable archive of {src} from the engine: {exc}") from exc
         return budget.report
 
+    async def rerun(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        if self._closed:
+            raise SandboxStateError("the sandbox is closed")
+        if not argv:
+            raise SandboxStateError("argv must name a program to run")
+        bad = [name for name in env if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise SandboxStateError(f"not a valid environment variable name: {bad[0]!r}")
+        since = None
+        if self._started:
+            state = (await self._engine.request("GET", f"{self._url}/json")).json()["State"]
+            if state.get("Running") or state.get("Restarting"):
+                raise SandboxStateError("the sandbox's process is still running")
+            since = engine_timestamp(str(state.get("FinishedAt") or ""))
+        script = "\n".join(
+            [
+                f"rm -f {RERUN_SCRIPT}",
+                *(f"unset {name}" for name in self._spec.env if _ENV_NAME.fullmatch(name)),
+                *(f"export {name}={shlex.quote(value)}" for name, value in env.items()),
+                "exec " + " ".join(shlex.quote(arg) for arg in argv),
+                "",
+            ]
+        )
+        self._started = False
+        self._logs_taken = False
+        self._stderr = TailBuffer()
+        self._since = since
+        self._spec = dataclasses.replace(self._spec, argv=list(argv), env=dict(env))
+        await self.put_files(_RERUN_DIR, {_RERUN_NAME: script.encode()})
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -370,6 +425,22 @@ class DockerSandbox:
                 logger.warning("could not remove container %s: %s", self.container_id, exc)
                 return
             self._closed = True
+
+
+def engine_timestamp(rfc3339: str) -> str | None:
+    """``2026-11-27T16:05:01.123456789Z`` as the engine's ``since`` form, ``1795795501.123456789``.
+
+    Nanoseconds are kept (datetime stops at microseconds, and a rounded value could let the
+    previous process's last lines through). None for the zero time or an unreadable value.
+    """
+    match = re.fullmatch(
+        r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", rfc3339
+    )
+    if match is None or rfc3339.startswith("0001-"):
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    seconds = int(datetime.fromisoformat(match.group(1) + zone).timestamp())
+    return f"{seconds}.{(match.group(2) or '').ljust(9, '0')}"
 
 
 def _numeric_owner(user: str | None) -> Owner:

@@ -89,6 +89,7 @@ class TrajectoryStore(Protocol):
         error: str | None = None,
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
+        session: Mapping[str, Any] | None = None,
     ) -> Trajectory:
         """Insert a trajectory with a fresh 8-hex id (unique across the store).
 
@@ -111,6 +112,7 @@ class TrajectoryStore(Protocol):
         error: str | None = None,
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
+        session: Mapping[str, Any] | None = None,
     ) -> Trajectory:
         """Set the given fields (``None`` leaves a field as it is) and return the result.
 

@@ -103,6 +103,10 @@ SQLITE_MIGRATIONS: list[str] = [
         PRIMARY KEY (collection, name)
     )
     """,
+    # 3: a run's conversation: the turn it continues and what it saved to be continued.
+    """
+    ALTER TABLE trajectories ADD COLUMN session TEXT
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -198,5 +202,9 @@ POSTGRES_MIGRATIONS: list[str] = [
         updated_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (collection, name)
     )
+    """,
+    # 3: see SQLITE_MIGRATIONS[2].
+    """
+    ALTER TABLE trajectories ADD COLUMN session JSONB
     """,
 ]

@@ -97,6 +97,8 @@ class Trajectory:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     last_seq: int = 0
+    # Follow-up turns: the run this one continues, its conversation, what was saved to resume.
+    session: Mapping[str, Any] | None = None
 
     @property
     def is_final(self) -> bool:

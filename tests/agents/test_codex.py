@@ -295,6 +295,7 @@ def test_build_new_thread() -> None:
         "--dangerously-bypass-approvals-and-sandbox",
         "-m",
         "gpt-5.2-codex",
+        "--",
         "Execute the runbook.",
     ]
     assert invocation.env == {
@@ -308,7 +309,15 @@ def test_build_new_thread() -> None:
 
 def test_build_resume_puts_flags_before_the_subcommand() -> None:
     argv = CodexAdapter().build(spec(resume_session_id="01a21c93")).argv
-    assert argv[-4:] == ["gpt-5.2-codex", "resume", "01a21c93", "Execute the runbook."]
+    assert argv[-5:] == ["gpt-5.2-codex", "resume", "--", "01a21c93", "Execute the runbook."]
+
+
+@pytest.mark.parametrize("resume", [None, "01a21c93"])
+def test_a_prompt_starting_with_a_dash_is_not_an_option(resume: str | None) -> None:
+    # codex exec rejects "- first" as an unknown argument unless "--" ends the options.
+    argv = CodexAdapter().build(spec(prompt="- first\n- second", resume_session_id=resume)).argv
+    assert argv[-1] == "- first\n- second"
+    assert argv.index("--") == len(argv) - (3 if resume else 2)
 
 
 def test_config_points_a_responses_provider_at_the_relay() -> None:

@@ -152,6 +152,11 @@ def test_result_text_is_the_last_block_only() -> None:
     ("exit_code", "message"),
     [
         (41, "Gemini CLI exited with code 41 (authentication is not configured)"),
+        (
+            42,
+            "Gemini CLI exited with code 42"
+            " (invalid input, e.g. the session to resume was not found)",
+        ),
         (55, "Gemini CLI exited with code 55 (workspace is not trusted)"),
         (1, "Gemini CLI exited with code 1"),
     ],
@@ -188,8 +193,7 @@ def test_build() -> None:
     invocation = GeminiCliAdapter().build(spec())
     assert invocation.argv == [
         "gemini",
-        "-p",
-        "Execute the runbook.",
+        "--prompt=Execute the runbook.",
         "-o",
         "stream-json",
         "--yolo",
@@ -211,6 +215,13 @@ def test_build() -> None:
         "general": {"maxAttempts": 1},
     }
     assert set(invocation.files) == {"/app/.agent-home/.gemini/settings.json"}
+
+
+def test_a_prompt_starting_with_a_dash_is_one_word() -> None:
+    # As "-p", "- first" the CLI takes the prompt for options and prints its usage.
+    argv = GeminiCliAdapter().build(spec(prompt="- first\n--help")).argv
+    assert argv[1] == "--prompt=- first\n--help"
+    assert "-p" not in argv
 
 
 def test_build_with_runbook_resume_and_turn_limit() -> None:

@@ -303,3 +303,35 @@ def test_settings_check_the_google_base_url() -> None:
     assert Settings(google_base_url="http://g.example/").google_base_url == "http://g.example"
     with pytest.raises(ValidationError):
         Settings(google_base_url="g.example")
+
+
+def test_a_resumed_session_s_repeated_tool_results_are_sent_once(
+    relay: str, tokens: RunTokens, upstream: Upstream
+) -> None:
+    # Gemini CLI 0.61.0 replays each tool result of a resumed session twice (gemini-cli#29365).
+    scripted, _ = upstream
+    response_part = {
+        "functionResponse": {"id": "call_1", "name": "run_shell_command", "response": {}}
+    }
+    body = request_body(tool_output=True)
+    body["contents"][1]["parts"][0]["functionCall"]["id"] = "call_1"
+    body["contents"][2]["parts"] = [response_part, response_part, response_part]
+    body["contents"].append({"role": "user", "parts": [{"text": "and now?"}]})
+    response = post(relay, tokens.issue("run1", "coll"), json=body)
+    assert response.status_code == 200
+    sent = scripted.seen[-1].json["contents"]
+    assert sent[2]["parts"] == [response_part]
+    assert [c["parts"] for c in sent[:2] + sent[3:]] == [
+        c["parts"] for c in body["contents"][:2] + body["contents"][3:]
+    ]
+
+
+def test_other_bodies_pass_through_unchanged(
+    relay: str, tokens: RunTokens, upstream: Upstream
+) -> None:
+    scripted, _ = upstream
+    raw = json.dumps(request_body(tool_output=True), indent=3).encode()
+    headers = {"x-goog-api-key": tokens.issue("run1", "coll"), "content-type": "application/json"}
+    response = httpx.post(relay + STREAM, content=raw, headers=headers, timeout=10)
+    assert response.status_code == 200
+    assert scripted.seen[-1].body == raw

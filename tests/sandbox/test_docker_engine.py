@@ -15,9 +15,9 @@ from proxy.sandbox.base import (
     ExitStatus,
     ImageNotFound,
     Mount,
-    SandboxError,
     SandboxLimitError,
     SandboxSpec,
+    SandboxStateError,
     SkipReason,
 )
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
@@ -184,12 +184,15 @@ async def test_copy_out_skips_symlink_and_file_over_the_cap(
     assert missing.files == [] and missing.skipped == []
 
 
-async def test_close_twice_and_after_a_failed_start(
+async def test_missing_program_exits_127_and_close_twice(
     docker: DockerBackend, engine: httpx.Client
 ) -> None:
+    # Every container starts through /bin/sh (see `rerun`), so a missing program is the
+    # shell's exit 127 with its message on stderr, not an engine error at start.
     sandbox = await docker.launch(_spec(["/no/such/agent"]))
-    with pytest.raises(SandboxError, match="no such file"):
-        await sandbox.start()
+    lines, status = await _run(sandbox)
+    assert (lines, status.exit_code) == ([], 127)
+    assert "/no/such/agent" in sandbox.stderr_tail()
     await sandbox.close()
     await sandbox.close()
     assert engine.get(f"/containers/{sandbox.container_id}/json").status_code == 404
@@ -259,3 +262,41 @@ async def test_remove_orphans_removes_labelled_leftovers(docker: DockerBackend) 
     finally:
         for sandbox in (kept, *orphans, foreign):
             await sandbox.close()
+
+
+async def test_rerun_keeps_the_filesystem_and_reads_only_the_new_output(
+    docker: DockerBackend, engine: httpx.Client
+) -> None:
+    first = "echo one; echo turn-one > /app/state.txt; echo err-one >&2"
+    sandbox = await docker.launch(_spec(["sh", "-c", first], env={"TOKEN": "first", "OLD": "x"}))
+    try:
+        lines, status = await _run(sandbox)
+        assert (lines, status.exit_code) == (["one"], 0)
+        second = 'cat /app/state.txt /app/in/note.txt; echo "$TOKEN ${OLD:-unset}"; echo err-2 >&2'
+        await sandbox.rerun(["sh", "-c", second], {"TOKEN": "it's second"})
+        await sandbox.put_files("/app/in", {"note.txt": b"put after rerun\n"})
+        lines, status = await _run(sandbox)
+        assert lines == ["turn-one", "put after rerun", "it's second unset"]
+        assert status.exit_code == 0
+        assert sandbox.stderr_tail() == "err-2\n"
+        # The script that carried the new environment removed itself.
+        await sandbox.rerun(["sh", "-c", "ls -a /tmp; exit 3"], {})
+        lines, status = await _run(sandbox)
+        assert ".jetty-rerun" not in lines
+        assert status.exit_code == 3
+    finally:
+        await sandbox.close()
+
+
+async def test_rerun_refuses_a_running_or_closed_sandbox(docker: DockerBackend) -> None:
+    sandbox = await docker.launch(_spec(["sleep", "30"]))
+    try:
+        await sandbox.start()
+        with pytest.raises(SandboxStateError, match="still running"):
+            await sandbox.rerun(["true"], {})
+        with pytest.raises(SandboxStateError, match="variable name"):
+            await sandbox.rerun(["true"], {"NOT-A-NAME": "x"})
+    finally:
+        await sandbox.close()
+    with pytest.raises(SandboxStateError, match="closed"):
+        await sandbox.rerun(["true"], {})

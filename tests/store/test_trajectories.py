@@ -161,3 +161,20 @@ async def test_record_chat_is_one_step(store: Store) -> None:
     assert kept.steps["chat"].inputs["messages"] == [{"role": "user", "content": "hi"}]
     assert kept.steps["chat"].outputs["content"] == "partial"
     assert await store.get_trajectory(kept.id) == kept
+
+
+async def test_session_is_stored_and_updated(store: Store) -> None:
+    first = await store.create_trajectory("acme", "chat")
+    assert first.session is None
+    second = await store.create_trajectory(
+        "acme", "chat", session={"conversation": first.id, "turn": 2, "continues": first.id}
+    )
+    assert second.session == {"conversation": first.id, "turn": 2, "continues": first.id}
+    saved = {**second.session, "agent_session_id": "s-1", "home_blob": "ab" * 16}
+    updated = await store.update_trajectory(second.id, status="completed", session=saved)
+    assert updated.session == saved
+    again = await store.get_trajectory(second.id)
+    assert again is not None and again.session == saved
+    # Leaving it out of an update keeps it.
+    kept = await store.update_trajectory(second.id, error="x")
+    assert kept.session == saved

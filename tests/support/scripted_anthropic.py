@@ -2,14 +2,26 @@
 
 Its script is just enough for an agent to finish a task:
 
-* no ``tool_result`` in the conversation yet → some text and one ``tool_use`` of the ``Bash``
-  tool running ``command`` (a fresh tool-use id every time: a reused id makes Claude Code loop);
+* no ``tool_result`` since the last user prompt → some text and one ``tool_use`` of the
+  ``Bash`` tool running ``command`` (a fresh tool-use id every time: a reused id makes Claude
+  Code loop);
 * otherwise → ``final_text``, ``stop_reason: end_turn``.
+
+A resumed session resends the earlier turns, so the decision looks only at the messages after
+the last user prompt (a user message with text and no tool result). ``turns`` scripts later
+prompts: entry N-1 is the ``(command, final_text)`` of the Nth prompt in the conversation;
+prompts past the list use ``command`` and ``final_text``.
 
 ``mode`` changes that: ``"error"`` answers every call with ``error_status`` and an Anthropic
 error body; ``"slow"`` waits ``delay`` seconds before each answer; ``"hang"`` starts the stream
 and then never finishes (for disconnect tests); ``"truncate"`` ends the stream cleanly but
 before ``message_stop``.
+
+``cut_calls`` cuts the stream of the first that many streamed model calls after
+``cut_after_deltas`` content deltas, the way a broken connection does (the response ends without
+its terminating chunk), or, with ``cut_error`` set, with an in-band ``event: error`` of that
+status (as Anthropic reports overload mid-stream). ``cut_text``, when given, is the text those
+cut attempts stream instead of the scripted one (a retry that says something else).
 
 Every request is recorded (path, query, headers, body, the bytes streamed back) with when its
 connection closed, so tests can check which key reached the upstream and that cancellation did.
@@ -69,6 +81,13 @@ class ScriptedAnthropic:
     delay: float = 0.5
     # After this many answered model calls, every further call fails with error_status.
     fail_after: int | None = None
+    # The first this many streamed model calls break off after cut_after_deltas deltas.
+    cut_calls: int = 0
+    cut_after_deltas: int = 1
+    cut_error: int | None = None
+    cut_text: str | None = None
+    cuts: int = 0
+    turns: list[tuple[str, str]] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
 
     @property
@@ -106,6 +125,14 @@ class ScriptedAnthropic:
         if self.mode == "hang":
             return _Watched(seen, _hang(model))
         if payload.get("stream") is True:
+            if self.cuts < self.cut_calls:
+                self.cuts += 1
+                if self.cut_text is not None:
+                    blocks = [
+                        {**b, "text": self.cut_text} if b["type"] == "text" else b for b in blocks
+                    ]
+                cut = _Cut(self.cut_after_deltas, self.cut_error)
+                return _Watched(seen, _stream(model, blocks, cut=cut))
             events = _stream(model, blocks, truncate=self.mode == "truncate")
             return _Watched(seen, events)
         return JSONResponse(_message(model, blocks, with_content=True))
@@ -116,28 +143,42 @@ class ScriptedAnthropic:
         return seen
 
     def _answer(self, messages: list[Any]) -> list[dict[str, Any]]:
-        if not _has_tool_result(messages):
+        prompts = [i for i, m in enumerate(messages) if _is_prompt(m)]
+        command, final_text = self.command, self.final_text
+        if 0 < len(prompts) <= len(self.turns):
+            command, final_text = self.turns[len(prompts) - 1]
+        since = messages[prompts[-1] + 1 :] if prompts else messages
+        if not any(_has_tool_result(m) for m in since):
             return [
                 {"type": "text", "text": "I will write the file now."},
                 {
                     "type": "tool_use",
                     "id": f"toolu_{uuid.uuid4().hex[:24]}",
                     "name": "Bash",
-                    "input": {"command": self.command, "description": "Write hello.txt"},
+                    "input": {"command": command, "description": "Write hello.txt"},
                 },
             ]
-        return [{"type": "text", "text": self.final_text}]
+        return [{"type": "text", "text": final_text}]
 
 
-def _has_tool_result(messages: list[Any]) -> bool:
+def _blocks(message: Any) -> list[Any]:
     # role:"system" entries and string contents are fine: only list contents can hold results.
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(b, dict) and b.get("type") == "tool_result" for b in content
-        ):
-            return True
-    return False
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, list) else []
+
+
+def _has_tool_result(message: Any) -> bool:
+    return any(isinstance(b, dict) and b.get("type") == "tool_result" for b in _blocks(message))
+
+
+def _is_prompt(message: Any) -> bool:
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return False
+    if isinstance(message.get("content"), str):
+        return True
+    return not _has_tool_result(message) and any(
+        isinstance(b, dict) and b.get("type") == "text" for b in _blocks(message)
+    )
 
 
 def _stop_reason(blocks: list[dict[str, Any]]) -> str:
@@ -162,8 +203,9 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 async def _stream(
-    model: str, blocks: list[dict[str, Any]], *, truncate: bool = False
+    model: str, blocks: list[dict[str, Any]], *, truncate: bool = False, cut: _Cut | None = None
 ) -> AsyncIterator[bytes]:
+    sent_deltas = 0
     yield _event("message_start", {"message": _message(model, blocks, with_content=False)})
     for index, block in enumerate(blocks):
         if truncate and index > 0:
@@ -185,6 +227,12 @@ async def _stream(
         yield _event("content_block_start", {"index": index, "content_block": start})
         for delta in deltas:
             yield _event("content_block_delta", {"index": index, "delta": delta})
+            sent_deltas += 1
+            if cut is not None and sent_deltas >= cut.after_deltas:
+                if cut.error is None:
+                    raise StreamCut
+                yield _event("error", _error(cut.error))
+                return
         yield _event("content_block_stop", {"index": index})
     delta = {"stop_reason": _stop_reason(blocks), "stop_sequence": None}
     usage = {"output_tokens": USAGE["output_tokens"]}
@@ -195,6 +243,16 @@ async def _stream(
 async def _hang(model: str) -> AsyncIterator[bytes]:
     yield _event("message_start", {"message": _message(model, [], with_content=False)})
     await anyio.sleep(3600)
+
+
+@dataclass
+class _Cut:
+    after_deltas: int
+    error: int | None
+
+
+class StreamCut(Exception):
+    """Raised inside a streaming response: the server drops the connection mid-body."""
 
 
 def _error(status: int) -> dict[str, Any]:

@@ -3,14 +3,25 @@
 Serve it and use its URL as the base URL (the relay's ``google_base_url``, or Gemini CLI's
 ``GOOGLE_GEMINI_BASE_URL``). Its script is just enough for Gemini CLI to finish a task:
 
-* no ``functionResponse`` part in the request's ``contents`` yet → some text, then a
-  ``functionCall`` of ``run_shell_command`` running ``command``;
+* no ``functionResponse`` part in the request's ``contents`` since the last user prompt → some
+  text, then a ``functionCall`` of ``run_shell_command`` running ``command``;
 * otherwise → ``final_text`` in two pieces.
+
+A resumed session resends the earlier turns, so the decision looks only at the contents after
+the last user prompt: a ``user`` content with no ``functionResponse`` and a text part that is not
+context Gemini CLI adds itself (its ``<session_context>…</session_context>`` part, which shares
+the first prompt's content, or any text that is one ``<tag>…</tag>`` block). ``turns`` scripts
+later prompts as ScriptedAnthropic's does: entry N-1 is the ``(command, final_text)`` of the Nth
+prompt; prompts past the list use ``command`` and ``final_text``.
 
 Streams are bare ``data:`` frames, each a ``GenerateContentResponse``; the last one has
 ``finishReason: "STOP"`` and the full :data:`USAGE` (the first carries the prompt count only,
 as the API's do). ``:generateContent`` answers the same script as one JSON body, a stream
 without ``alt=sse`` is one JSON array of the frames, and ``:countTokens`` a fixed count.
+
+Like the real API, a request whose function calls and responses do not pair up (a ``model``
+content with N ``functionCall`` parts not followed by a ``user`` content with N
+``functionResponse`` parts) is a 400 ``INVALID_ARGUMENT`` with the API's message.
 
 ``mode`` works as ScriptedAnthropic's: ``"error"`` answers ``error_status`` with a Google error
 body, ``"slow"`` waits ``delay`` seconds, ``"hang"`` sends one frame and never finishes,
@@ -21,6 +32,7 @@ body, ``"slow"`` waits ``delay`` seconds, ``"hang"`` sends one frame and never f
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +61,10 @@ HEADERS = [
     (b"x-goog-request-id", b"req_scripted"),
 ]
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED"}
+UNPAIRED = (
+    "Please ensure that the number of function response parts is equal to the number of function"
+    " call parts of the function call turn."
+)
 
 
 @dataclass
@@ -60,6 +76,7 @@ class ScriptedGemini:
     mode: Mode = "script"
     error_status: int = 500
     delay: float = 0.5
+    turns: list[tuple[str, str]] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
 
     @property
@@ -81,7 +98,10 @@ class ScriptedGemini:
             return JSONResponse(COUNT_TOKENS)
         if self.mode == "slow":
             await anyio.sleep(self.delay)
-        frames = self._answer(json.loads(body).get("contents"), model)
+        contents = json.loads(body).get("contents")
+        if not _paired(contents):
+            return JSONResponse(_error(400, UNPAIRED), status_code=400)
+        frames = self._answer(contents, model)
         if method == "generateContent":
             return JSONResponse(_merged(frames))
         if request.query_params.get("alt") != "sse":
@@ -92,21 +112,27 @@ class ScriptedGemini:
         return WatchedStream(seen, _stream(frames, truncate=truncate), HEADERS)
 
     def _answer(self, contents: object, model: str) -> list[dict[str, Any]]:
-        if not _has_function_response(contents):
+        history = contents if isinstance(contents, list) else []
+        prompts = [i for i, content in enumerate(history) if _is_prompt(content)]
+        command, final_text = self.command, self.final_text
+        if 0 < len(prompts) <= len(self.turns):
+            command, final_text = self.turns[len(prompts) - 1]
+        since = history[prompts[-1] + 1 :] if prompts else history
+        if not any(_has_function_response(content) for content in since):
             parts: list[list[dict[str, Any]]] = [
                 [{"text": "I will write the file now."}],
                 [
                     {
                         "functionCall": {
                             "name": "run_shell_command",
-                            "args": {"command": self.command},
+                            "args": {"command": command},
                         }
                     }
                 ],
             ]
         else:
-            half = len(self.final_text) // 2
-            parts = [[{"text": self.final_text[:half]}], [{"text": self.final_text[half:]}]]
+            half = len(final_text) // 2
+            parts = [[{"text": final_text[:half]}], [{"text": final_text[half:]}]]
         frames = [_frame(model, p) for p in parts]
         frames[0]["usageMetadata"] = {"promptTokenCount": USAGE["promptTokenCount"]}
         frames[-1]["candidates"][0]["finishReason"] = "STOP"
@@ -114,16 +140,45 @@ class ScriptedGemini:
         return frames
 
 
-def _has_function_response(contents: object) -> bool:
-    if not isinstance(contents, list):
+# Context Gemini CLI sends as user text: tag-wrapped blocks such as <session_context>.
+_CONTEXT = re.compile(r"<([\w-]+)\b[^>]*>.*</\1>", re.DOTALL)
+
+
+def _parts(content: object) -> list[Any]:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return parts if isinstance(parts, list) else []
+
+
+def _count(content: object, kind: str) -> int:
+    return sum(1 for p in _parts(content) if isinstance(p, dict) and kind in p)
+
+
+def _has_function_response(content: object) -> bool:
+    return _count(content, "functionResponse") > 0
+
+
+def _paired(contents: object) -> bool:
+    """Every function call turn is answered by as many function responses, as the API checks."""
+    history = contents if isinstance(contents, list) else []
+    for index, content in enumerate(history):
+        calls = _count(content, "functionCall")
+        if calls == 0:
+            continue
+        answer = history[index + 1] if index + 1 < len(history) else None
+        if _count(answer, "functionResponse") != calls:
+            return False
+    return True
+
+
+def _is_prompt(content: object) -> bool:
+    if not isinstance(content, dict) or content.get("role", "user") != "user":
         return False
-    for content in contents:
-        parts = content.get("parts") if isinstance(content, dict) else None
-        if isinstance(parts, list) and any(
-            isinstance(p, dict) and "functionResponse" in p for p in parts
-        ):
-            return True
-    return False
+    if _has_function_response(content):
+        return False
+    texts = [p["text"] for p in _parts(content) if isinstance(p, dict) and "text" in p]
+    return any(
+        isinstance(t, str) and t.strip() and not _CONTEXT.fullmatch(t.strip()) for t in texts
+    )
 
 
 def _frame(model: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,6 +211,7 @@ async def _hang(frame: dict[str, Any]) -> AsyncIterator[bytes]:
     await anyio.sleep(3600)
 
 
-def _error(status: int) -> dict[str, Any]:
+def _error(status: int, message: str | None = None) -> dict[str, Any]:
     name = _STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
-    return {"error": {"code": status, "message": f"scripted {status}", "status": name}}
+    text = message or f"scripted {status}"
+    return {"error": {"code": status, "message": text, "status": name}}

@@ -3,9 +3,20 @@
 Serve it and use ``{url}/v1`` as the base URL (the relay's ``openai_base_url``, or a Codex
 provider's ``base_url``). Its script is just enough for Codex to finish a task:
 
-* no ``function_call_output`` in the request's ``input`` yet → a ``function_call`` of
-  ``exec_command`` running ``command`` (arguments ``{"cmd": …}``), with a fresh ``call_id``;
+* no ``function_call_output`` in the request's ``input`` since the last user prompt → a
+  ``function_call`` of ``exec_command`` running ``command`` (arguments ``{"cmd": …}``), with a
+  fresh ``call_id``;
 * otherwise → a ``message`` whose ``output_text`` is ``final_text``.
+
+A resumed session resends the earlier turns, so the decision looks only at the items after the
+last user prompt: a ``message`` item of role ``user`` with text that is not context Codex adds
+itself (its ``# AGENTS.md instructions`` and ``<environment_context>`` message, or any text that
+is one ``<tag>…</tag>`` block). ``turns`` scripts later prompts as ScriptedAnthropic's does:
+entry N-1 is the ``(command, final_text)`` of the Nth prompt; prompts past the list use
+``command`` and ``final_text``.
+
+Like the real API, a request with a ``function_call`` that has no ``function_call_output`` (or
+an output without its call) is a 400 ``invalid_request_error`` with the API's message.
 
 Streams are ``response.created`` → ``response.output_item.done`` per item →
 ``response.completed`` with :data:`USAGE`. ``mode`` changes that like ScriptedAnthropic's:
@@ -18,6 +29,7 @@ before ``response.completed``. Every request is recorded (see
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -57,6 +69,7 @@ class ScriptedResponses:
     mode: Mode = "script"
     error_status: int = 500
     delay: float = 0.5
+    turns: list[tuple[str, str]] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
 
     @property
@@ -76,6 +89,9 @@ class ScriptedResponses:
         if self.mode == "slow":
             await anyio.sleep(self.delay)
         payload = json.loads(body)
+        unpaired = _unpaired(payload)
+        if unpaired is not None:
+            return JSONResponse(_error(400, unpaired), status_code=400)
         response = _response(str(payload.get("model") or "gpt-scripted"))
         if self.mode == "hang":
             return WatchedStream(seen, _hang(response), HEADERS)
@@ -85,15 +101,21 @@ class ScriptedResponses:
             return WatchedStream(seen, events, HEADERS)
         return JSONResponse(_completed(response, items), headers={"x-request-id": "req_scripted"})
 
-    def _answer(self, items: object) -> list[dict[str, Any]]:
-        if not _has_tool_output(items):
+    def _answer(self, input_items: object) -> list[dict[str, Any]]:
+        items = input_items if isinstance(input_items, list) else []
+        prompts = [i for i, item in enumerate(items) if _is_prompt(item)]
+        command, final_text = self.command, self.final_text
+        if 0 < len(prompts) <= len(self.turns):
+            command, final_text = self.turns[len(prompts) - 1]
+        since = items[prompts[-1] + 1 :] if prompts else items
+        if not any(_is_tool_output(item) for item in since):
             return [
                 {
                     "type": "function_call",
                     "id": f"fc_{uuid.uuid4().hex[:24]}",
                     "call_id": f"call_{uuid.uuid4().hex[:24]}",
                     "name": "exec_command",
-                    "arguments": json.dumps({"cmd": self.command}),
+                    "arguments": json.dumps({"cmd": command}),
                     "status": "completed",
                 }
             ]
@@ -103,15 +125,57 @@ class ScriptedResponses:
                 "id": f"msg_{uuid.uuid4().hex[:24]}",
                 "role": "assistant",
                 "status": "completed",
-                "content": [{"type": "output_text", "text": self.final_text, "annotations": []}],
+                "content": [{"type": "output_text", "text": final_text, "annotations": []}],
             }
         ]
 
 
-def _has_tool_output(items: object) -> bool:
-    return isinstance(items, list) and any(
-        isinstance(item, dict) and item.get("type") == "function_call_output" for item in items
-    )
+# Context Codex sends as user messages: its AGENTS.md wrapper and tag-wrapped blocks such as
+# <environment_context>…</environment_context>.
+_CONTEXT = re.compile(r"# AGENTS\.md instructions\b.*|<([\w-]+)\b[^>]*>.*</\1>", re.DOTALL)
+
+
+def _is_tool_output(item: object) -> bool:
+    kinds = ("function_call_output", "custom_tool_call_output")
+    return isinstance(item, dict) and item.get("type") in kinds
+
+
+def _unpaired(payload: dict[str, Any]) -> str | None:
+    """The API's message for a call without its output or an output without its call."""
+    if payload.get("previous_response_id"):
+        return None  # the calls may be in the stored response
+    raw = payload.get("input")
+    items = [i for i in raw if isinstance(i, dict)] if isinstance(raw, list) else []
+    kinds = ("function_call", "custom_tool_call")
+    calls = {str(i.get("call_id")) for i in items if i.get("type") in kinds}
+    outputs = {str(i.get("call_id")) for i in items if _is_tool_output(i)}
+    if calls - outputs:
+        return f"No tool output found for function call {min(calls - outputs)}."
+    if outputs - calls:
+        return f"No tool call found for function call output with call_id {min(outputs - calls)}."
+    return None
+
+
+def _is_prompt(item: object) -> bool:
+    """A user message with text that is not context (the type may be left out of the item)."""
+    if not isinstance(item, dict) or item.get("role") != "user":
+        return False
+    if item.get("type", "message") != "message":
+        return False
+    content = item.get("content")
+    if isinstance(content, str):
+        texts = [content]
+    elif isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "input_text"
+            and isinstance(part.get("text"), str)
+        ]
+    else:
+        texts = []
+    return any(text.strip() and not _CONTEXT.fullmatch(text.strip()) for text in texts)
 
 
 def _response(model: str) -> dict[str, Any]:
@@ -152,10 +216,9 @@ async def _hang(response: dict[str, Any]) -> AsyncIterator[bytes]:
     await anyio.sleep(3600)
 
 
-def _error(status: int) -> dict[str, Any]:
+def _error(status: int, message: str | None = None) -> dict[str, Any]:
     kinds = {401: "invalid_request_error", 429: "rate_limit_error"}
     error_type = kinds.get(status, "server_error" if status >= 500 else "invalid_request_error")
     code = "invalid_api_key" if status == 401 else None
-    return {
-        "error": {"message": f"scripted {status}", "type": error_type, "param": None, "code": code}
-    }
+    text = message or f"scripted {status}"
+    return {"error": {"message": text, "type": error_type, "param": None, "code": code}}

@@ -50,6 +50,7 @@ class TrajectoriesPart(SQLCore):
         error: str | None = None,
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
+        session: Mapping[str, Any] | None = None,
     ) -> Trajectory:
         hidden = await self._redaction_secrets(collection)
         now = utcnow()
@@ -70,6 +71,7 @@ class TrajectoriesPart(SQLCore):
             "updated_at": now,
             "started_at": started_at,
             "finished_at": finished_at,
+            "session": None if session is None else Json(dict(session)),
         }
         columns = ", ".join(["id", *values])
         sql = (
@@ -106,6 +108,7 @@ class TrajectoriesPart(SQLCore):
         error: str | None = None,
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
+        session: Mapping[str, Any] | None = None,
     ) -> Trajectory:
         changes: dict[str, object] = {
             "status": status,
@@ -116,6 +119,7 @@ class TrajectoriesPart(SQLCore):
             "cost_usd": cost_usd,
             "started_at": started_at,
             "finished_at": finished_at,
+            "session": None if session is None else Json(dict(session)),
         }
         if error is not None or steps:
             hidden = await self._redaction_secrets(
@@ -233,6 +237,7 @@ def trajectory_from_row(row: Row) -> Trajectory:
         started_at=as_optional_datetime(row["started_at"]),
         finished_at=as_optional_datetime(row["finished_at"]),
         last_seq=int(row["last_seq"]),
+        session=as_json(row["session"]) if row["session"] is not None else None,
     )
 
 

@@ -1,0 +1,217 @@
+"""Follow-up turns: finding the run a conversation continues, saving a HOME, keeping sandboxes."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from proxy.api.runs import _continuation
+from proxy.errors import Conflict
+from proxy.jetty import RunPlan, parse_jetty_block, resolve_plan
+from proxy.jetty.plan import PlanDefaults
+from proxy.runs.followup import (
+    Continuation,
+    KeptSandboxes,
+    marker_line,
+    pack_home,
+    previous_run_id,
+    public_session,
+    unpack_home,
+)
+from proxy.store import Store
+from tests.support.stores import make_store
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_marker_line_is_found_again_in_the_resent_history() -> None:
+    answer = "Done.\n\n**Result files**\n\n- [a.txt](http://x/a.txt)" + marker_line(
+        "0a1b2c3d", "http://proxy/api/v1/trajectory/acme/chat/0a1b2c3d"
+    )
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "and now?"},
+    ]
+    assert previous_run_id(messages) == "0a1b2c3d"
+
+
+def test_the_latest_assistant_reply_wins_and_user_text_is_ignored() -> None:
+    messages: list[Any] = [
+        {"role": "assistant", "content": "_Jetty run [11111111](u)_"},
+        {"role": "assistant", "content": [{"type": "text", "text": "_Jetty run [22222222](u)_"}]},
+        {"role": "assistant", "content": "a reply without a run"},
+        {"role": "user", "content": "Jetty run [33333333]"},
+        "not a message",
+    ]
+    assert previous_run_id(messages) == "22222222"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Jetty run 0a1b2c3d",  # a UI that resends the text without the link
+        "_Jetty run [`0a1b2c3d`](u)_",
+    ],
+)
+def test_the_marker_survives_lost_formatting(content: str) -> None:
+    assert previous_run_id([{"role": "assistant", "content": content}]) == "0a1b2c3d"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "assistant", "content": None}],
+        [{"role": "assistant", "content": "Jetty run [0a1b2c3d0]"}],  # not an id
+        [{"role": "assistant", "content": "jetty run [0a1b2c3d]"}],  # not the marker
+        [{"role": "system", "content": "_Jetty run [0a1b2c3d](u)_"}],
+    ],
+)
+def test_no_marker_no_continuation(messages: list[Any]) -> None:
+    assert previous_run_id(messages) is None
+
+
+def test_home_round_trip_skips_caches(tmp_path: Path) -> None:
+    (tmp_path / ".claude" / "projects" / "-app").mkdir(parents=True)
+    (tmp_path / ".claude" / "projects" / "-app" / "s.jsonl").write_bytes(b'{"a":1}\n')
+    (tmp_path / ".claude.json").write_text("{}")
+    (tmp_path / ".cache" / "x").mkdir(parents=True)
+    (tmp_path / ".cache" / "x" / "big").write_bytes(b"0" * 1000)
+    files = unpack_home(pack_home(tmp_path))
+    assert files == {".claude/projects/-app/s.jsonl": b'{"a":1}\n', ".claude.json": b"{}"}
+
+
+def test_unpack_keeps_regular_files_only() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+        directory = tarfile.TarInfo("dir")
+        directory.type = tarfile.DIRTYPE
+        archive.addfile(directory)
+        data = tarfile.TarInfo("ok.txt")
+        data.size = 2
+        archive.addfile(data, io.BytesIO(b"ok"))
+    assert unpack_home(buffer.getvalue()) == {"ok.txt": b"ok"}
+
+
+def test_public_session_hides_the_blob_key() -> None:
+    assert public_session(None) is None
+    shown = public_session({"turn": 2, "home_blob": "ab" * 16, "agent_session_id": "s"})
+    assert shown == {"turn": 2, "agent_session_id": "s", "saved_home": True}
+
+
+class _FakeSandbox:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_kept_sandbox_is_taken_once_or_closed_when_idle() -> None:
+    taken, idle = _FakeSandbox(), _FakeSandbox()
+    async with anyio.create_task_group() as tg:
+        kept = KeptSandboxes(tg, idle_seconds=0.2)
+        assert kept.keep("run-a", taken, "img")  # type: ignore[arg-type]
+        assert kept.keep("run-b", idle, "img")  # type: ignore[arg-type]
+        assert not kept.keep("run-b", idle, "img")  # type: ignore[arg-type]
+        got = kept.take("run-a")
+        assert got is not None and got[0] is taken and got[1] == "img"  # type: ignore[comparison-overlap]
+        assert kept.take("run-a") is None
+        await anyio.sleep(0.5)
+        assert "run-b" not in kept
+        assert kept.take("run-b") is None
+    assert (taken.closed, idle.closed) == (0, 1)
+
+
+async def test_keeping_disabled_and_close_all() -> None:
+    sandbox = _FakeSandbox()
+    async with anyio.create_task_group() as tg:
+        assert not KeptSandboxes(tg, idle_seconds=0).keep("r", sandbox, "i")  # type: ignore[arg-type]
+        kept = KeptSandboxes(tg, idle_seconds=600)
+        assert kept.keep("r", sandbox, "i")  # type: ignore[arg-type]
+        await kept.close_all()
+        assert "r" not in kept
+    assert sandbox.closed == 1
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    the_store = make_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await the_store.migrate()
+    try:
+        yield the_store
+    finally:
+        await the_store.close()
+
+
+def _plan(messages: list[Mapping[str, Any]], agent: str = "claude-code") -> RunPlan:
+    block = parse_jetty_block({"runbook": True, "agent": agent, "image": "img:1"})
+    return resolve_plan("claude-sonnet-4-6", messages, block, "# Runbook", PlanDefaults(), {})
+
+
+def _history(run_id: str) -> list[Mapping[str, Any]]:
+    return [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": f"Done.{marker_line(run_id, 'u')}"},
+        {"role": "user", "content": "more"},
+    ]
+
+
+async def test_continuation_of_a_finished_run(store: Store) -> None:
+    first = await store.create_trajectory("acme", "chat", agent="claude-code")
+    await store.update_trajectory(
+        first.id,
+        status="completed",
+        session={"conversation": first.id, "turn": 1, "agent_session_id": "s1", "home_blob": "b"},
+    )
+    messages = _history(first.id)
+    continuation, plan = await _continuation(store, list(messages), "acme", _plan(messages))
+    assert isinstance(continuation, Continuation)
+    assert (continuation.turn, continuation.agent_session_id, continuation.home_blob) == (
+        2,
+        "s1",
+        "b",
+    )
+    assert continuation.session() == {"conversation": first.id, "turn": 2, "continues": first.id}
+    assert plan.instruction == "more"
+    assert plan.warnings == ()
+
+
+async def test_a_live_run_is_a_conflict(store: Store) -> None:
+    first = await store.create_trajectory("acme", "chat", agent="claude-code")
+    messages = _history(first.id)
+    with pytest.raises(Conflict, match="still running"):
+        await _continuation(store, list(messages), "acme", _plan(messages))
+
+
+@pytest.mark.parametrize(
+    ("collection", "agent", "why"),
+    [
+        ("other", "claude-code", "not a run of collection 'other'"),
+        ("acme", "codex", "it ran claude-code, and this turn runs codex"),
+    ],
+)
+async def test_runs_that_cannot_be_continued_start_fresh_with_a_warning(
+    store: Store, collection: str, agent: str, why: str
+) -> None:
+    first = await store.create_trajectory("acme", "chat", agent="claude-code", status="completed")
+    messages = _history(first.id)
+    continuation, plan = await _continuation(
+        store, list(messages), collection, _plan(messages, agent)
+    )
+    assert continuation is None
+    assert why in plan.warnings[-1]
+    unknown = _history("0f0f0f0f")
+    continuation, plan = await _continuation(store, list(unknown), "acme", _plan(unknown))
+    assert continuation is None
+    assert "not a run of collection 'acme'" in plan.warnings[-1]
