@@ -44,7 +44,7 @@ from proxy.jetty import (
     system_text,
 )
 from proxy.runs.credentials import select_credentials
-from proxy.runs.engine import RunLaunch
+from proxy.runs.engine import AgentSetup, RunLaunch
 from proxy.runs.followup import Continuation, previous_run_id
 from proxy.runs.live import LiveRun
 from proxy.runs.render import Aggregator, ChunkRenderer, finish_reason_for, usage_dict
@@ -102,13 +102,22 @@ async def start_run(
         plan.agent, plan.model_provider, runs.settings, collection, secrets
     )
     adapter = get_adapter(plan.agent)
-    forwarder_dir = None
-    try:
+
+    async def setup() -> AgentSetup:
         installed = await runs.agents.ensure(adapter)
+        forwarder_dir = None
         if adapter.relay_transport == "tcp":
             forwarder_dir = (await ensure_forwarder(runs.agents.root)).parent
-    except AgentInstallError as exc:
-        raise AgentUnavailable(f"The {plan.agent} CLI could not be installed: {exc}") from exc
+        return AgentSetup(installed, forwarder_dir)
+
+    ready: AgentSetup | None = None
+    if runs.agents.status(adapter).installed:
+        try:
+            ready = await setup()
+        except AgentInstallError as exc:
+            raise AgentUnavailable(f"The {plan.agent} CLI could not be installed: {exc}") from exc
+    # Else the first run of this agent installs it inside the run, where the stream (and its
+    # keepalives) has already started and shows the install as progress.
     trajectory = await store.create_trajectory(
         collection,
         task,
@@ -125,11 +134,11 @@ async def start_run(
             task=task,
             plan=plan,
             adapter=adapter,
-            installed=installed,
+            agent=ready,
+            setup=setup,
             image=image,
             inputs=inputs,
             base_url=base_url,
-            forwarder_dir=forwarder_dir,
             continuation=continuation,
             previous_inputs=previous_inputs,
             trajectory_url=(

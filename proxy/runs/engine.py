@@ -15,7 +15,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from proxy.agents import AgentAdapter, AgentSpec
 from proxy.agents.forwarder import FORWARDER_MOUNT_POINT, forwarder_argv
-from proxy.agents.install import InstalledAgent
+from proxy.agents.install import AgentInstallError, InstalledAgent
 from proxy.environments import EnvironmentFailed, Environments, resolve_environment
 from proxy.events import (
     AgentError,
@@ -56,8 +56,19 @@ _LIVE_STATUSES: tuple[TrajectoryStatus, ...] = ("pending", "running")
 _PENDING: tuple[TrajectoryStatus, ...] = ("pending",)
 # Inside the sandbox, not on the host: a writable home in any image.
 AGENT_HOME = "/tmp/jetty-home"  # noqa: S108
+# Key of a trajectory's environment naming the run whose (kept) sandbox the run used.
+SANDBOX_OF = "sandbox_of"
 # Bash (or sh) prepares the directories the runbook contract promises, then becomes the agent.
 _PRELUDE = 'mkdir -p /app/results /app/assets "$HOME" && cd /app && exec "$@"'
+
+
+@dataclass(frozen=True)
+class AgentSetup:
+    """The agent CLI on the host, ready to mount: its install and, for agents that only take
+    a URL, the directory of the loopback forwarder."""
+
+    installed: InstalledAgent
+    forwarder_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,13 @@ class RunLaunch:
     task: str
     plan: RunPlan
     adapter: AgentAdapter
-    installed: InstalledAgent
+    # The agent, when it was ready at the edge; else ``setup`` installs it inside the run.
+    agent: AgentSetup | None
     image: str
     inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
     # Absolute URL of this server as the client reached it, for links to result files.
     base_url: str = ""
-    # Host directory holding the loopback forwarder, for agents that only take a URL.
-    forwarder_dir: Path | None = None
+    setup: Callable[[], Awaitable[AgentSetup]] | None = None
     # Where this run's model calls go instead of the server's defaults (provider, collection key).
     credentials: ProviderCreds | None = None
     # A follow-up turn: the run it continues, and that run's input files (put back when the
@@ -132,19 +143,26 @@ class RunEngine:
     async def recover(self) -> list[str]:
         """Remove sandboxes left by an earlier process and mark their runs failed."""
         removed = await self._backend.remove_orphans(set(self.live), owner=self._config.owner)
-        for run_id in removed:
-            if not run_id:
-                continue
-            await self._store.transition(
+        gone = {run_id for run_id in removed if run_id}
+        # A follow-up turn that ran in its previous turn's kept sandbox: the sandbox carries
+        # the label of the run that created it, the turn names that run in its environment.
+        for trajectory in await self._store.live_trajectories():
+            sandbox_of = trajectory.environment.get(SANDBOX_OF)
+            if sandbox_of in gone and trajectory.id not in self.live:
+                gone.add(trajectory.id)
+        for run_id in sorted(gone):
+            # Only runs that were live: a kept sandbox's run had finished, and stays as it was.
+            failed = await self._store.transition(
                 run_id,
                 "failed",
                 allowed_from=_LIVE_STATUSES,
                 finished_at=datetime.now(UTC),
             )
-            with suppress(LookupError):
-                await self._store.update_trajectory(
-                    run_id, error="interrupted: the proxy stopped while the run was live"
-                )
+            if failed is not None:
+                with suppress(LookupError):
+                    await self._store.update_trajectory(
+                        run_id, error="interrupted: the proxy stopped while the run was live"
+                    )
         return removed
 
     def start(self, launch: RunLaunch) -> LiveRun:
@@ -184,6 +202,7 @@ class _Run:
         self.store = engine._store
         self.started = time.monotonic()
         self.sandbox: Sandbox | None = None
+        self.agent = launch.agent
         self.image = launch.image
         self.artifacts_collected = False
         self.kept = False
@@ -221,12 +240,14 @@ class _Run:
         try:
             for warning in plan.warnings:
                 await self.emit(WarningEvent(warning))
+            if self.agent is None and not await self._install_agent():
+                return
             self.sandbox = await self._kept_sandbox(token)
             if self.sandbox is None:
                 self.image = await self._environment()
                 await self.emit(
                     Progress(
-                        f"Starting {launch.adapter.name} {launch.installed.version} in "
+                        f"Starting {launch.adapter.name} {self.installed.version} in "
                         f"{self.image} ({self.engine.backend.name} sandbox, run {launch.run_id})"
                     )
                 )
@@ -250,6 +271,33 @@ class _Run:
                 self.engine._tokens.revoke(launch.run_id)
                 await self._cleanup()
 
+    async def _install_agent(self) -> bool:
+        """Install the agent CLI (its first run on this server); False when that failed."""
+        adapter, setup = self.launch.adapter, self.launch.setup
+        version = adapter.binary.version
+        await self.emit(
+            Progress(
+                f"Installing {adapter.name} {version}: the first run of this agent on this"
+                " server (later runs reuse it)"
+            )
+        )
+        try:
+            if setup is None:
+                raise AgentInstallError(adapter.binary.npm_package, version, "no installer")
+            self.agent = await setup()
+        except AgentInstallError as exc:
+            await self._fail(
+                f"The {adapter.name} CLI could not be installed: {exc}", "agent_unavailable"
+            )
+            return False
+        return True
+
+    @property
+    def installed(self) -> InstalledAgent:
+        if self.agent is None:
+            raise SandboxError("the agent CLI is not installed")
+        return self.agent.installed
+
     async def _kept_sandbox(self, token: str) -> Sandbox | None:
         """The previous turn's sandbox, ready for this turn, if it is still kept."""
         continuation = self.launch.continuation
@@ -260,6 +308,14 @@ class _Run:
         self.reusing = True
         spec = self._sandbox_spec(token, self.image)
         try:
+            await self.store.update_trajectory(
+                self.launch.run_id,
+                environment={
+                    "image": self.image,
+                    "backend": self.engine.backend.name,
+                    SANDBOX_OF: sandbox.run_id,
+                },
+            )
             await sandbox.rerun(spec.argv, spec.env)
         except SandboxError as exc:
             logger.warning(
@@ -272,7 +328,7 @@ class _Run:
         await self.emit(
             Progress(
                 f"Continuing run {continuation.previous.id} (turn {continuation.turn}) in its"
-                f" sandbox: {self.launch.adapter.name} {self.launch.installed.version} in"
+                f" sandbox: {self.launch.adapter.name} {self.installed.version} in"
                 f" {self.image}, run {self.launch.run_id}"
             )
         )
@@ -325,7 +381,7 @@ class _Run:
         launch, plan = self.launch, self.launch.plan
         socket = f"{RELAY_MOUNT}/{self.engine._config.relay_socket.name}"
         mounts = [
-            Mount(launch.installed.host_dir, launch.installed.mount_point),
+            Mount(self.installed.host_dir, self.installed.mount_point),
             Mount(self.engine._config.relay_socket.parent, RELAY_MOUNT),
         ]
         tcp = launch.adapter.relay_transport == "tcp"
@@ -348,13 +404,14 @@ class _Run:
             )
         )
         self._invocation_files = invocation.files
-        argv = [*launch.installed.argv, *invocation.argv[1:]]
+        argv = [*self.installed.argv, *invocation.argv[1:]]
         if tcp:
-            if launch.forwarder_dir is None:
+            forwarder_dir = self.agent.forwarder_dir if self.agent else None
+            if forwarder_dir is None:
                 raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
-            mounts.append(Mount(launch.forwarder_dir, FORWARDER_MOUNT_POINT))
+            mounts.append(Mount(forwarder_dir, FORWARDER_MOUNT_POINT))
             argv = forwarder_argv(argv, port=port, socket=socket)
-        env = {**invocation.env, "PATH": launch.installed.env_path()}
+        env = {**invocation.env, "PATH": self.installed.env_path()}
         return SandboxSpec(
             run_id=launch.run_id,
             collection=launch.collection,

@@ -140,6 +140,13 @@ class TrajectoryStore(Protocol):
     ) -> TrajectoryPage:
         """Newest first."""
 
+    async def live_trajectories(self) -> list[Trajectory]:
+        """Every trajectory still ``pending`` or ``running``, in every collection (oldest first).
+
+        For recovery after a restart; there are few of them.
+        """
+        ...
+
     async def set_label(
         self, trajectory_id: str, key: str, value: str, author: str | None
     ) -> Label:

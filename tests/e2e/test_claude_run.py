@@ -7,14 +7,18 @@ Anthropic server speaking the Messages SSE protocol, and the `openai` client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from typing import Any
 
+import anyio
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
+from proxy.agents.install import AgentCache, AgentInstallError, AgentStatus, InstalledAgent
 from tests.e2e.conftest import PROVIDER_KEY, TEST_IMAGE, ProxyFactory, trajectory
 from tests.support.openapi import validate_sse_chunks
 from tests.support.scripted_anthropic import ScriptedAnthropic
@@ -237,3 +241,62 @@ def test_artifacts_written_before_a_failure_are_kept(
         assert record["status"] == "failed"
         kept = {a["path"]: a["url"] for a in record["artifacts"]}
         assert httpx.get(kept["hello.txt"]).content == b"hello from the agent\n"
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["installs", "install-fails"])
+def test_an_agent_installed_by_its_first_run_is_installed_inside_the_stream(
+    make_proxy: ProxyFactory,
+    anthropic: tuple[ScriptedAnthropic, str],
+    monkeypatch: pytest.MonkeyPatch,
+    fails: bool,
+) -> None:
+    # The cache reports the CLI missing, and installing it takes a while (npm's download,
+    # stood in for by a delay in front of the real cache): the response must not wait for it.
+    installed_at: list[float] = []
+    real_ensure, real_status = AgentCache.ensure, AgentCache.status
+
+    def missing(self: AgentCache, adapter: Any) -> AgentStatus:
+        return dataclasses.replace(real_status(self, adapter), installed=False)
+
+    async def slow_ensure(self: AgentCache, adapter: Any) -> InstalledAgent:
+        await anyio.sleep(2)
+        installed_at.append(time.monotonic())
+        if fails:
+            raise AgentInstallError(adapter.binary.npm_package, "1", "npm failed", "E404")
+        return await real_ensure(self, adapter)
+
+    monkeypatch.setattr(AgentCache, "status", missing)
+    monkeypatch.setattr(AgentCache, "ensure", slow_ensure)
+    with make_proxy() as proxy:
+        storage_path = _upload(proxy)
+        body = {
+            "model": "claude-sonnet-4-6",
+            "messages": MESSAGES,
+            "stream": True,
+            "jetty": _jetty(storage_path),
+        }
+        with httpx.stream("POST", proxy + "/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            first_chunk_at = None
+            text = ""
+            for line in r.iter_lines():
+                if line.startswith("data:") and first_chunk_at is None:
+                    first_chunk_at = time.monotonic()
+                text += line + "\n"
+        record = trajectory(proxy, "acme", "analysis", r.headers["x-jetty-trajectory-id"])
+    assert first_chunk_at is not None and installed_at and first_chunk_at < installed_at[0]
+    chunks = validate_sse_chunks(text)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    assert "Installing claude-code 2.1.328" in reasoning
+    lines = [line for line in text.splitlines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    if fails:
+        error = json.loads(lines[-2][5:])["error"]
+        assert error["code"] == "agent_unavailable"
+        assert "could not be installed" in error["message"]
+        assert anthropic[0].calls == 0
+        assert record["status"] == "failed"
+    else:
+        assert "Done: wrote hello.txt" in "".join(d.get("content") or "" for d in deltas)
+        assert record["status"] == "completed"

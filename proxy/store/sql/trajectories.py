@@ -195,6 +195,12 @@ class TrajectoriesPart(SQLCore):
         total = int(count["n"]) if count else 0
         return TrajectoryPage(items=[trajectory_from_row(row) for row in rows], total=total)
 
+    async def live_trajectories(self) -> list[Trajectory]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM trajectories WHERE status IN ('pending', 'running') ORDER BY pk", ()
+        )
+        return [trajectory_from_row(row) for row in rows]
+
     async def set_label(
         self, trajectory_id: str, key: str, value: str, author: str | None
     ) -> Label:
