@@ -30,6 +30,7 @@ from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import EngineConfig, RunEngine
+from proxy.runs.followup import KeptSandboxes
 from proxy.sandbox import SandboxBackend, select_backend
 from proxy.settings import Settings
 from proxy.store import Store
@@ -128,43 +129,50 @@ async def run_service(
         timeout_sec=settings.run_timeout_sec,
     )
     environments = Environments.from_settings(settings) if images else None
-    async with (
-        serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
-        httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
-        anyio.create_task_group() as tg,
-    ):
-        engine = RunEngine(
-            store=store,
-            blobs=blobs,
-            backend=the_backend,
-            tokens=tokens,
-            config=EngineConfig(
-                relay_socket=socket_path,
-                results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
-                owner=sandbox_owner(settings),
-                keep_sandbox_seconds=settings.keep_sandbox_seconds,
-                session_max_bytes=settings.session_max_bytes,
-            ),
-            task_group=tg,
-            environments=environments,
-        )
-        removed = await engine.recover()
-        if removed:
-            logger.warning("removed %d sandboxes left by an earlier process", len(removed))
-        try:
-            yield RunService(
-                engine=engine,
-                agents=AgentCache.from_settings(settings),
-                defaults=defaults,
-                http=http,
-                keepalive_seconds=settings.keepalive_seconds,
-                settings=settings,
+    kept: KeptSandboxes | None = None
+    try:
+        async with (
+            serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
+            httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
+            anyio.create_task_group() as tg,
+        ):
+            engine = RunEngine(
+                store=store,
+                blobs=blobs,
+                backend=the_backend,
+                tokens=tokens,
+                config=EngineConfig(
+                    relay_socket=socket_path,
+                    results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
+                    owner=sandbox_owner(settings),
+                    keep_sandbox_seconds=settings.keep_sandbox_seconds,
+                    session_max_bytes=settings.session_max_bytes,
+                ),
+                task_group=tg,
                 environments=environments,
             )
-        finally:
-            # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
-            tg.cancel_scope.cancel()
-    await engine.kept.close_all()
+            kept = engine.kept
+            removed = await engine.recover()
+            if removed:
+                logger.warning("removed %d sandboxes left by an earlier process", len(removed))
+            try:
+                yield RunService(
+                    engine=engine,
+                    agents=AgentCache.from_settings(settings),
+                    defaults=defaults,
+                    http=http,
+                    keepalive_seconds=settings.keepalive_seconds,
+                    settings=settings,
+                    environments=environments,
+                )
+            finally:
+                # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
+                tg.cancel_scope.cancel()
+    finally:
+        # Sandboxes kept for follow-up turns die with the server (after the runs, which may
+        # still hand theirs over while they stop).
+        if kept is not None:
+            await kept.close_all()
     if environments is not None:
         await environments.aclose()
     await the_backend.aclose()

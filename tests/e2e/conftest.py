@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from proxy.app import create_app
+from proxy.runs.runtime import sandbox_owner
 from proxy.sandbox import DockerBackend
-from proxy.sandbox.base import LABEL_MANAGED
+from proxy.sandbox.base import LABEL_MANAGED, LABEL_OWNER
 from proxy.settings import Settings
 from tests.support.live import serve
 from tests.support.scripted_anthropic import ScriptedAnthropic
@@ -69,13 +70,23 @@ def managed_containers(docker_host: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def no_leftover_containers(docker_host: str) -> Iterator[None]:
-    """After the test, no container the proxy labelled may remain (within a few seconds)."""
+def no_leftover_containers(docker_host: str) -> Iterator[set[str]]:
+    """After the test, no container its proxies labelled may remain (within a few seconds).
+
+    Yields the set of sandbox owners to check (``make_proxy`` adds each proxy's): other
+    processes sharing the engine (a second test session, a benchmark) have other owners, so
+    their containers never fail this test.
+    """
+    owners: set[str] = set()
     before = {c["Id"] for c in managed_containers(docker_host)}
-    yield
+    yield owners
     deadline = time.monotonic() + 5
     while True:
-        left = [c for c in managed_containers(docker_host) if c["Id"] not in before]
+        left = [
+            c
+            for c in managed_containers(docker_host)
+            if c["Id"] not in before and (c.get("Labels") or {}).get(LABEL_OWNER) in owners
+        ]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -111,7 +122,7 @@ def make_proxy(
     anthropic: tuple[ScriptedAnthropic, str],
     responses: tuple[ScriptedResponses, str],
     gemini: tuple[ScriptedGemini, str],
-    no_leftover_containers: None,
+    no_leftover_containers: set[str],
 ) -> ProxyFactory:
     @contextmanager
     def start(**overrides: Any) -> Iterator[str]:
@@ -131,7 +142,9 @@ def make_proxy(
             "keepalive_seconds": 15.0,
         }
         fields.update(overrides)
-        with serve(create_app(Settings(**fields))) as url:
+        settings = Settings(**fields)
+        no_leftover_containers.add(sandbox_owner(settings))
+        with serve(create_app(settings)) as url:
             yield url
 
     return start
