@@ -14,6 +14,17 @@ Stream quirks the translator handles:
   The synthetic text is not part of the answer; the result becomes an ``AgentError``.
 * Lines with a non-null ``parent_tool_use_id`` come from a sub-agent: its text is shown as
   reasoning (it is working output, not the answer) and its tool activity carries ``parent_id``.
+* When a model stream breaks off (dropped connection, or an in-band ``error`` event such as the
+  relay's for a cut upstream), the CLI closes the open block and prints a ``message_stop`` whose
+  line carries ``abandoned_blocks: {api_message_id, from_block_index}``; the blocks from that
+  index on are dropped from the conversation, even with ``CLAUDE_CODE_MAX_RETRIES=0``, and the
+  CLI asks again: if nothing of the message survived, the same request without streaming (whole
+  ``assistant`` lines of a new message), otherwise a streamed continuation after a synthetic user
+  message ("Your response above was cut off mid-stream. Resume directly from where it stops").
+  Text already sent cannot be taken back, so the new message's first text (and thinking) block is
+  compared with what the cut message showed last: while it repeats that text nothing is sent, and
+  only what goes beyond it continues the old block. A retry that says something else follows
+  after a blank line, with a warning. Each cut is reported as a warning too.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from proxy.agents.base import (
     AgentSpec,
@@ -75,7 +86,6 @@ class ClaudeCodeAdapter:
         argv = [
             spec.executable or "claude",
             "-p",
-            spec.prompt,
             "--output-format",
             "stream-json",
             "--verbose",  # stream-json refuses to run without it
@@ -90,6 +100,9 @@ class ClaudeCodeAdapter:
             argv += ["--resume", spec.resume_session_id]
         if spec.max_turns is not None:
             argv += ["--max-turns", str(spec.max_turns)]
+        # The prompt is a positional argument: after "--", one starting with "-" (a Markdown
+        # list, say) is not taken for an option.
+        argv += ["--", spec.prompt]
         env = {
             **spec.extra_env,
             "HOME": spec.home,
@@ -114,6 +127,44 @@ class ClaudeCodeAdapter:
         return ClaudeCodeTranslator()
 
 
+# (message id, block index): one content block of one model call.
+_Key: TypeAlias = tuple[str, int]
+
+STREAM_CUT_WARNING = "the model's reply was cut off mid-stream; Claude Code asked again"
+RETRY_DIFFERS_WARNING = (
+    "the model's new reply does not repeat the cut-off text above; it follows after a blank line"
+)
+
+
+@dataclass
+class _Shown:
+    """The text a cut message last showed in one block, and the block it was shown under."""
+
+    text: str
+    join_key: _Key
+    # The block was abandoned (not kept by the CLI): a retry that differs gets a warning.
+    abandoned: bool
+
+
+@dataclass
+class _Cut:
+    """A cut message whose next attempt has not shown its first block of one kind yet."""
+
+    message_id: str
+    shown: _Shown
+    # The message that answers the cut (the first one after it in the same context).
+    retry_id: str | None = None
+
+
+@dataclass
+class _Resume:
+    """A block of the retry, held back while it repeats what the cut message showed."""
+
+    shown: _Shown
+    got: str = ""
+    repeating: bool = True
+
+
 @dataclass
 class _StreamedTool:
     id: str
@@ -133,9 +184,17 @@ class ClaudeCodeTranslator(TranslatorBase):
         # Message currently streaming, per parent_tool_use_id (sub-agents stream interleaved).
         self._open_message: dict[str | None, str] = {}
         # (message id, block index) -> text already emitted for that block from deltas.
-        self._streamed: dict[tuple[str, int], str] = {}
+        self._streamed: dict[_Key, str] = {}
         # Blocks emitted whole from an assistant line; later deltas for them are dropped.
-        self._whole: set[tuple[str, int]] = set()
+        self._whole: set[_Key] = set()
+        # Every text or thinking block: its raw text and whether it is thinking.
+        self._texts: dict[_Key, str] = {}
+        self._thinking: dict[_Key, bool] = {}
+        # Retries of cut-off text: pending per (context, thinking?), and the blocks checking.
+        self._cuts: dict[tuple[str | None, bool], _Cut] = {}
+        self._resumes: dict[_Key, _Resume] = {}
+        # A retry block that continues a cut one is joined to the cut block (no blank line).
+        self._join: dict[_Key, _Key] = {}
         # Number of blocks seen in assistant lines, per message id (gives each block its index).
         self._assistant_blocks: dict[str, int] = {}
         self._streamed_tools: dict[tuple[str, int], _StreamedTool] = {}
@@ -152,7 +211,13 @@ class ClaudeCodeTranslator(TranslatorBase):
             return self._system(data)
         if kind == "stream_event":
             event = data.get("event")
-            return self._stream_event(event, parent_id) if isinstance(event, dict) else []
+            if not isinstance(event, dict):
+                return []
+            events = self._stream_event(event, parent_id)
+            abandoned = data.get("abandoned_blocks")
+            if isinstance(abandoned, dict):
+                events += self._abandon(abandoned, parent_id)
+            return events
         if kind == "assistant":
             return self._assistant(data, parent_id)
         if kind == "user":
@@ -180,6 +245,7 @@ class ClaudeCodeTranslator(TranslatorBase):
             message = event.get("message")
             started = as_str(message.get("id")) if isinstance(message, dict) else ""
             self._open_message[parent_id] = started
+            self._bind_retry(started, parent_id)
             return []
         message_id = self._open_message.get(parent_id)
         index = event.get("index")
@@ -230,7 +296,7 @@ class ClaudeCodeTranslator(TranslatorBase):
         if not text:
             return []
         self._streamed[key] = self._streamed.get(key, "") + text
-        return [self._piece(key, text, thinking=thinking, parent_id=parent_id)]
+        return self._show(key, text, thinking=thinking, parent_id=parent_id)
 
     def _assistant(self, data: Mapping[str, Any], parent_id: str | None) -> list[Event]:
         message = data.get("message")
@@ -246,6 +312,7 @@ class ClaudeCodeTranslator(TranslatorBase):
             self.last_error = " ".join(t for t in texts if t) or None
             return []
         message_id = as_str(message.get("id"))
+        self._bind_retry(message_id, parent_id)
         first = self._assistant_blocks.get(message_id, 0)
         self._assistant_blocks[message_id] = first + len(content)
         events: list[Event] = []
@@ -275,20 +342,87 @@ class ClaudeCodeTranslator(TranslatorBase):
         streamed = self._streamed.get(key)
         if streamed is None:
             self._whole.add(key)
-            return [self._piece(key, text, thinking=thinking, parent_id=parent_id)] if text else []
+            return self._show(key, text, thinking=thinking, parent_id=parent_id) if text else []
         # Deltas already carried this block; emit only what they missed, if anything.
         rest = text[len(streamed) :] if text.startswith(streamed) else ""
         if not rest:
             return []
         self._streamed[key] = text
-        return [self._piece(key, rest, thinking=thinking, parent_id=parent_id)]
+        return self._show(key, rest, thinking=thinking, parent_id=parent_id)
 
-    def _piece(
-        self, key: tuple[str, int], text: str, *, thinking: bool, parent_id: str | None
-    ) -> Event:
+    def _show(self, key: _Key, text: str, *, thinking: bool, parent_id: str | None) -> list[Event]:
+        """Events for the next piece of a block, minus what a cut attempt already showed."""
+        if key not in self._texts:
+            self._thinking[key] = thinking
+            resume = self._claim_cut(key, thinking, parent_id)
+            if resume is not None:
+                self._resumes[key] = resume
+        self._texts[key] = self._texts.get(key, "") + text
+        resume = self._resumes.get(key)
+        if resume is None or not resume.repeating:
+            return [self._piece(self._join.get(key, key), text, thinking, parent_id)]
+        resume.got += text
+        shown = resume.shown
+        if shown.text.startswith(resume.got):
+            return []  # so far the retry repeats what is on screen
+        resume.repeating = False
+        if resume.got.startswith(shown.text):
+            # It goes on from there: continue the cut block.
+            self._join[key] = shown.join_key
+            rest = resume.got[len(shown.text) :]
+            return [self._piece(shown.join_key, rest, thinking, parent_id)]
+        events: list[Event] = [WarningEvent(RETRY_DIFFERS_WARNING)] if shown.abandoned else []
+        return [*events, self._piece(key, resume.got, thinking, parent_id)]
+
+    def _piece(self, key: _Key, text: str, thinking: bool, parent_id: str | None) -> Event:
         if thinking or parent_id is not None:
             return self._blocks.reasoning(key, text)
         return self._blocks.text(key, text)
+
+    def _abandon(self, abandoned: Mapping[str, Any], parent_id: str | None) -> list[Event]:
+        """A model call broke off: its blocks from ``from_block_index`` on are dropped."""
+        message_id = as_str(abandoned.get("api_message_id"))
+        start = abandoned.get("from_block_index")
+        if not message_id or not isinstance(start, int):
+            return []
+        for tool in [k for k in self._streamed_tools if k[0] == message_id and k[1] >= start]:
+            del self._streamed_tools[tool]  # a half-streamed call never ran
+        for thinking in (False, True):
+            blocks = sorted(
+                k for k, t in self._thinking.items() if k[0] == message_id and t == thinking
+            )
+            cut = [k for k in blocks if k[1] >= start]
+            # With no cut-off text, a retry may still recap the last kept text block.
+            key = cut[-1] if cut else (blocks[-1] if blocks and not thinking else None)
+            if key is None:
+                self._cuts.pop((parent_id, thinking), None)
+                continue
+            resume = self._resumes.get(key)
+            if resume is not None and resume.repeating:
+                # It was repeating an earlier cut block: the screen still shows that one.
+                shown = _Shown(resume.shown.text, resume.shown.join_key, abandoned=bool(cut))
+            else:
+                shown = _Shown(self._texts[key], self._join.get(key, key), abandoned=bool(cut))
+            self._cuts[(parent_id, thinking)] = _Cut(message_id, shown)
+        return [WarningEvent(STREAM_CUT_WARNING)]
+
+    def _bind_retry(self, message_id: str, parent_id: str | None) -> None:
+        """The first message after a cut answers it; a later one finds the cut stale."""
+        for thinking in (False, True):
+            cut = self._cuts.get((parent_id, thinking))
+            if cut is None or message_id == cut.message_id:
+                continue
+            if cut.retry_id is None:
+                cut.retry_id = message_id
+            elif cut.retry_id != message_id:
+                del self._cuts[(parent_id, thinking)]
+
+    def _claim_cut(self, key: _Key, thinking: bool, parent_id: str | None) -> _Resume | None:
+        cut = self._cuts.get((parent_id, thinking))
+        if cut is None or cut.retry_id != key[0]:
+            return None
+        del self._cuts[(parent_id, thinking)]
+        return _Resume(cut.shown)
 
     def _tool_call(
         self, tool_id: str, name: str, tool_input: dict[str, Any], parent_id: str | None

@@ -6,7 +6,12 @@ from typing import Any
 import pytest
 
 from proxy.agents import AgentSpec
-from proxy.agents.claude_code import ClaudeCodeAdapter, ClaudeCodeTranslator
+from proxy.agents.claude_code import (
+    RETRY_DIFFERS_WARNING,
+    STREAM_CUT_WARNING,
+    ClaudeCodeAdapter,
+    ClaudeCodeTranslator,
+)
 from proxy.events import (
     AgentError,
     Event,
@@ -26,6 +31,12 @@ BASH_INPUT = {"command": "echo hi > probe.txt", "description": "Create probe.txt
 NO_OUTPUT = "(Bash completed with no output)"
 DONE = "Done: probe.txt now contains hi."
 THOUGHT = "I should create the file with a shell command."
+# The claude_cut_* recordings: Claude Code 2.1.328 on the host, through the relay on a unix
+# socket, against tests/support/scripted_anthropic.py with cut_calls=1 (the relay turns the cut
+# upstream into an in-band error event), CLAUDE_CODE_MAX_RETRIES=0 as the adapter sets it; the
+# temporary directory was renamed /app afterwards.
+CUT_COMMAND = "mkdir -p /app/results && echo 'hello from the agent' > /app/results/hello.txt"
+CUT_INPUT = {"command": CUT_COMMAND, "description": "Write hello.txt"}
 
 
 def feed(*lines: dict[str, Any] | str, exit_code: int | None = None) -> list[Event]:
@@ -55,6 +66,9 @@ def test_every_recording_has_a_golden_test() -> None:
     assert fixture_names(AGENT) == [
         "claude1.jsonl",
         "claude2.jsonl",
+        "claude_cut_resume.jsonl",
+        "claude_cut_retry.jsonl",
+        "claude_cut_retry_differs.jsonl",
         "claude_default.jsonl",
         "claude_err401.jsonl",
         "claude_err500.jsonl",
@@ -163,6 +177,56 @@ def test_maxturns_is_a_failure_with_the_cli_reason() -> None:
     ]
 
 
+def _cut_tail(tool_id: str, cost: float, turns: int) -> list[Event]:
+    return [
+        ToolCall(tool_id, "Bash", CUT_INPUT, CUT_COMMAND),
+        ToolResult(tool_id, NO_OUTPUT, is_error=False),
+        TextDelta("\n\nDone: wrot"),
+        TextDelta("e hello.txt"),
+        Usage(69, 27, 15, 21, cost_usd=cost, reasoning_tokens=0),
+        Finished(ok=True, reason="success", result_text="Done: wrote hello.txt", num_turns=turns),
+    ]
+
+
+def test_cut_stream_retried_whole_sends_only_the_continuation() -> None:
+    # Cut after the first text delta: the CLI marks block 0 abandoned and asks again without
+    # streaming; the new message's text starts with what was shown, so only the rest follows.
+    events = replay(AGENT, "claude_cut_retry.jsonl")
+    assert events == [
+        SessionStarted("b045cd7f-347c-4c14-9c53-a8da036f89cd", "claude-sonnet-4-5"),
+        TextDelta("I will write "),
+        WarningEvent(STREAM_CUT_WARNING),
+        TextDelta("the file now."),
+        *_cut_tail("toolu_fc5f1772740b4a0980bd5f57", 0.0005115, 2),
+    ]
+    assert text(events) == "I will write the file now.\n\nDone: wrote hello.txt"
+
+
+def test_cut_stream_whose_retry_says_something_else_is_set_apart() -> None:
+    events = replay(AGENT, "claude_cut_retry_differs.jsonl")
+    assert events == [
+        SessionStarted("4b844d93-c9ee-431d-923e-215655396664", "claude-sonnet-4-5"),
+        TextDelta("Let me look at the re"),
+        WarningEvent(STREAM_CUT_WARNING),
+        WarningEvent(RETRY_DIFFERS_WARNING),
+        TextDelta("\n\nI will write the file now."),
+        *_cut_tail("toolu_300e75743bc9417aafae0fb2", 0.0005115, 2),
+    ]
+
+
+def test_cut_tool_call_continuation_does_not_recap_the_kept_text() -> None:
+    # Cut inside the tool call's JSON: the text block survives, the CLI asks the model to resume
+    # and the (scripted) model says the whole text again before the call.
+    events = replay(AGENT, "claude_cut_resume.jsonl")
+    assert events == [
+        SessionStarted("956e87f7-ab14-40a0-b687-6385b81dbe22", "claude-sonnet-4-5"),
+        TextDelta("I will write "),
+        TextDelta("the file now."),
+        WarningEvent(STREAM_CUT_WARNING),
+        *_cut_tail("toolu_27a837eb3eba4e5cbb4b7a36", 0.00058725, 3),
+    ]
+
+
 def test_plain_json_output_still_names_the_session() -> None:
     assert replay(AGENT, "claude_resume_output_format_json.json") == [
         SessionStarted("b7df3da9-58e9-4d43-ae9f-89368d2a0d12"),
@@ -207,6 +271,160 @@ def test_deltas_after_a_whole_block_are_dropped() -> None:
         _text_delta(0, "Hello"),
     )
     assert events == [TextDelta("Hello")]
+
+
+def _start(message_id: str, parent: str | None = None) -> dict[str, Any]:
+    return _stream({"type": "message_start", "message": {"id": message_id}}, parent)
+
+
+def _cut(message_id: str, from_index: int, parent: str | None = None) -> dict[str, Any]:
+    line = _stream({"type": "message_stop"}, parent)
+    return {
+        **line,
+        "abandoned_blocks": {"api_message_id": message_id, "from_block_index": from_index},
+    }
+
+
+def _thinking_delta(index: int, piece: str) -> dict[str, Any]:
+    delta = {"type": "thinking_delta", "thinking": piece}
+    return _stream({"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def test_streamed_retry_is_held_while_it_repeats_the_cut_text() -> None:
+    events = feed(
+        _start("m1"),
+        _text_delta(0, "Hello "),
+        _text_delta(0, "wor"),
+        _cut("m1", 0),
+        _start("m2"),
+        _text_delta(0, "Hel"),
+        _text_delta(0, "lo w"),
+        _text_delta(0, "orld"),
+        _text_delta(0, "!"),
+        _assistant("m2", [{"type": "text", "text": "Hello world!"}]),
+        _text_delta(0, " Bye."),
+    )
+    assert events == [
+        TextDelta("Hello "),
+        TextDelta("wor"),
+        WarningEvent(STREAM_CUT_WARNING),
+        TextDelta("ld"),
+        TextDelta("!"),
+        TextDelta(" Bye."),
+    ]
+
+
+def test_streamed_retry_that_diverges_late_shows_all_it_held() -> None:
+    events = feed(
+        _start("m1"),
+        _text_delta(0, "Hello world"),
+        _cut("m1", 0),
+        _start("m2"),
+        _text_delta(0, "Hello "),
+        _text_delta(0, "there"),
+    )
+    assert events == [
+        TextDelta("Hello world"),
+        WarningEvent(STREAM_CUT_WARNING),
+        WarningEvent(RETRY_DIFFERS_WARNING),
+        TextDelta("\n\nHello there"),
+    ]
+
+
+def test_cut_thinking_is_not_repeated_either() -> None:
+    events = feed(
+        _start("m1"),
+        _thinking_delta(0, "Let me"),
+        _cut("m1", 0),
+        _assistant(
+            "m2",
+            [{"type": "thinking", "thinking": "Let me check."}, {"type": "text", "text": "Hi"}],
+        ),
+    )
+    assert events == [
+        ReasoningDelta("Let me"),
+        WarningEvent(STREAM_CUT_WARNING),
+        ReasoningDelta(" check."),
+        TextDelta("Hi"),
+    ]
+
+
+def test_a_cut_only_concerns_the_next_message() -> None:
+    # The retry goes straight to a tool call; the answer after it is not compared with the
+    # cut text (no warning, no suppression).
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}
+    events = feed(
+        _start("m1"),
+        _text_delta(0, "I will"),
+        _cut("m1", 0),
+        _assistant("m2", [call]),
+        _start("m3"),
+        _text_delta(0, "I will not."),
+    )
+    assert events == [
+        TextDelta("I will"),
+        WarningEvent(STREAM_CUT_WARNING),
+        ToolCall("toolu_1", "Bash", {"command": "ls"}, "ls"),
+        TextDelta("\n\nI will not."),
+    ]
+
+
+def test_a_second_cut_compares_with_what_the_screen_shows() -> None:
+    events = feed(
+        _start("m1"),
+        _text_delta(0, "Hello wor"),
+        _cut("m1", 0),
+        _start("m2"),
+        _text_delta(0, "Hello"),  # held: the screen still shows "Hello wor"
+        _cut("m2", 0),
+        _start("m3"),
+        _text_delta(0, "Hello world"),
+    )
+    assert events == [
+        TextDelta("Hello wor"),
+        WarningEvent(STREAM_CUT_WARNING),
+        WarningEvent(STREAM_CUT_WARNING),
+        TextDelta("ld"),
+    ]
+
+
+def test_a_cut_in_a_sub_agent_does_not_touch_the_main_answer() -> None:
+    parent = "toolu_task"
+    events = feed(
+        _start("m1"),
+        _text_delta(0, "Main text"),
+        _start("s1", parent),
+        _stream(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Sub wor"},
+            },
+            parent,
+        ),
+        _cut("s1", 0, parent),
+        _assistant("s2", [{"type": "text", "text": "Sub work done."}], parent=parent),
+        _assistant("m1", [{"type": "text", "text": "Main text"}]),
+    )
+    assert events == [
+        TextDelta("Main text"),
+        ReasoningDelta("Sub wor"),
+        WarningEvent(STREAM_CUT_WARNING),
+        ReasoningDelta("k done."),
+    ]
+
+
+def test_abandoned_tool_call_is_never_reported() -> None:
+    block = {"type": "tool_use", "id": "toolu_9", "name": "Read", "input": {}}
+    half = {"type": "input_json_delta", "partial_json": '{"file_path": "/a'}
+    events = feed(
+        _start("m1"),
+        _stream({"type": "content_block_start", "index": 0, "content_block": block}),
+        _stream({"type": "content_block_delta", "index": 0, "delta": half}),
+        _cut("m1", 0),
+        _stream({"type": "content_block_stop", "index": 0}),
+    )
+    assert events == [WarningEvent(STREAM_CUT_WARNING)]
 
 
 def test_tool_call_streamed_only_as_json_deltas() -> None:
@@ -354,7 +572,6 @@ def test_build_uses_the_headless_stream_json_flags() -> None:
     assert invocation.argv == [
         "claude",
         "-p",
-        "Execute the runbook.",
         "--output-format",
         "stream-json",
         "--verbose",
@@ -362,6 +579,8 @@ def test_build_uses_the_headless_stream_json_flags() -> None:
         "--dangerously-skip-permissions",
         "--model",
         "claude-sonnet-4-6",
+        "--",
+        "Execute the runbook.",
     ]
     assert invocation.cwd == "/app"
     assert invocation.files == {}
@@ -390,13 +609,15 @@ def test_build_with_runbook_resume_and_turn_limit() -> None:
         )
     )
     assert invocation.argv[0] == "/opt/agents/node_modules/.bin/claude"
-    assert invocation.argv[-6:] == [
+    assert invocation.argv[-8:] == [
         "--append-system-prompt",
         "# Runbook\nDo things.",
         "--resume",
         "be2fab52",
         "--max-turns",
         "7",
+        "--",
+        "Execute the runbook.",
     ]
     assert invocation.env["HOME"] == "/root"
     assert invocation.cwd == "/srv/project"
