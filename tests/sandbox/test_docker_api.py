@@ -149,18 +149,18 @@ def test_container_name_is_valid() -> None:
 
 
 @pytest.mark.anyio
-async def test_missing_image_raises_and_never_creates_or_pulls(
+async def test_missing_image_raises_and_never_pulls(
     engine: ScriptedEngine, backend: Callable[[], DockerBackend]
 ) -> None:
-    @engine.route("GET", "/images/127.0.0.1:5000/jetty/testenv:bookworm/json")
+    @engine.route("POST", "/containers/create")
     async def missing(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, json={"message": "no such image"})
+        return httpx.Response(404, json={"message": "No such image: jetty/testenv:bookworm"})
 
     docker = backend()
     with pytest.raises(ImageNotFound, match="not pulled"):
         await docker.launch(_spec())
     await docker.aclose()
-    assert engine.calls() == ["GET /images/127.0.0.1:5000/jetty/testenv:bookworm/json"]
+    assert engine.calls() == ["POST /containers/create"]
 
 
 @pytest.mark.anyio
