@@ -20,6 +20,10 @@ has fewer, larger pieces to read than the upstream's own; on a machine where the
 competes for the cores, the proxied column can then beat the direct one. With a gap every
 event crosses the proxy on its own, which shows its cost per event.
 
+Each run starts once the upstream and the proxy are idle, and the CPU time of the process
+measured counts until it is idle again: the proxy writes its records of the completions
+after them (in batches), and that work belongs to its own run, not the next one.
+
 Figures depend on the machine and on what else runs on it; compare the two rows of one
 run, not runs. The proxy's CPU per chunk is the least sensitive to a busy machine.
 """
@@ -258,6 +262,20 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _wait_idle(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` has used no CPU for a while: a proxy writes the records of the
+    completions it relayed after them, and that work must neither be missed by its own
+    figures nor land on the next run's."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    last, quiet = _cpu_seconds(pid), 0
+    while quiet < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = _cpu_seconds(pid)
+        quiet = quiet + 1 if now - last <= tick else 0
+        last = now
+
+
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -266,9 +284,13 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def run_level(
-    url: str, concurrency: int, requests: int, clients: int, watched: int
+    url: str, concurrency: int, requests: int, clients: int, watched: int, idle: Sequence[int]
 ) -> tuple[list[Sample], float, float]:
-    """Samples, wall time and the CPU seconds ``watched`` spent, over ``clients`` processes."""
+    """Samples, wall time and the CPU seconds ``watched`` spent, over ``clients`` processes.
+
+    The run starts once the processes ``idle`` are idle; ``watched``'s CPU is counted
+    until it is idle again after the run.
+    """
     processes = min(clients, concurrency)
     drivers = []
     outputs = [Path(tempfile.mkstemp(suffix=".json")[1]) for _ in range(processes)]
@@ -288,6 +310,8 @@ def run_level(
             assert driver.stdout is not None
             if driver.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a load process failed to start against {url}")
+        for pid in idle:
+            _wait_idle(pid)
         cpu_before = _cpu_seconds(watched)
         for driver in drivers:
             assert driver.stdin is not None
@@ -296,6 +320,7 @@ def run_level(
         for driver in drivers:
             if driver.wait() != 0:
                 raise RuntimeError(f"a load process failed against {url}")
+        _wait_idle(watched)
         cpu = _cpu_seconds(watched) - cpu_before
         results = [json.loads(output.read_text()) for output in outputs]
     finally:
@@ -418,7 +443,9 @@ def main() -> int:
                     ("direct", direct_url, upstream.pid),
                     ("proxy", proxy_url, proxy.pid),
                 ):
-                    samples, wall, cpu = run_level(url, level, requests, args.clients, watched)
+                    samples, wall, cpu = run_level(
+                        url, level, requests, args.clients, watched, (upstream.pid, proxy.pid)
+                    )
                     bad = [s for s in samples if s.status != 200 or s.chunks != args.chunks]
                     if bad:
                         raise RuntimeError(f"{name}: {len(bad)} responses failed or lost chunks")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -24,7 +25,8 @@ from proxy.api import (
     trajectory_events,
 )
 from proxy.api.context import Services
-from proxy.api.middleware import RequestContextMiddleware
+from proxy.api.middleware import DirectRoute, RequestContextMiddleware
+from proxy.api.recording import ChatRecorder, FirstBytes
 from proxy.api.responses import handle_http_exception, handle_proxy_error, handle_unexpected
 from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
@@ -36,6 +38,7 @@ from proxy.sandbox import SandboxBackend
 from proxy.settings import Settings
 from proxy.store import Store, open_store
 from proxy.store.blobs import LocalBlobStore
+from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
 
 logger = logging.getLogger("proxy")
@@ -45,23 +48,37 @@ class ProxyApp(Starlette):
     """Starlette with the request-context middleware outside everything else.
 
     It must wrap even the 500 handler so that every response carries
-    ``x-request-id`` and is counted.
+    ``x-request-id`` and is counted. The ``direct`` route (chat completions, the hot
+    path) is served right inside it, around Starlette's own router and middleware.
     """
 
-    def __init__(self, *, metrics: Metrics, settings: Settings, **kwargs: object):
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        settings: Settings,
+        first_bytes: FirstBytes,
+        direct: Route,
+        **kwargs: object,
+    ):
         self._metrics = metrics
         self._settings = settings
+        self._first_bytes = first_bytes
+        self._direct = direct
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContextMiddleware(
-            super().build_middleware_stack(),
+            DirectRoute(
+                super().build_middleware_stack(), self._direct, self.exception_handlers, self.router
+            ),
             self._metrics,
             body_limit=lambda path: (
                 upload_body_limit(self._settings.upload_max_bytes)
                 if path in UPLOAD_PATHS
                 else self._settings.max_body_bytes
             ),
+            first_bytes=self._first_bytes,
         )
 
 
@@ -75,6 +92,7 @@ def create_app(
 ) -> Starlette:
     """Build the ASGI app. The keyword arguments replace real parts in tests."""
     metrics = Metrics()
+    first_bytes = FirstBytes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -86,10 +104,19 @@ def create_app(
         await the_store.migrate()
         upstreams = Upstreams(settings, transport=upstream_transport)
         blobs = LocalBlobStore(settings.blobs)
+        recorder = ChatRecorder(functools.partial(record_chats, the_store), first_bytes)
         try:
-            async with run_service(
-                settings, the_store, blobs, backend=sandbox_backend, relay_transport=relay_transport
-            ) as runs:
+            async with (
+                run_service(
+                    settings,
+                    the_store,
+                    blobs,
+                    backend=sandbox_backend,
+                    relay_transport=relay_transport,
+                ) as runs,
+                # Records still queued are written before the store closes.
+                recorder.running(),
+            ):
                 yield {
                     "services": Services(
                         settings=settings,
@@ -101,14 +128,16 @@ def create_app(
                         metrics=metrics,
                         blobs=blobs,
                         runs=runs,
+                        recorder=recorder,
                     )
                 }
         finally:
             await upstreams.aclose()
             await the_store.close()
 
+    chat_route = Route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
     routes = [
-        Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        chat_route,
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -172,6 +201,8 @@ def create_app(
     return ProxyApp(
         metrics=metrics,
         settings=settings,
+        first_bytes=first_bytes,
+        direct=chat_route,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={

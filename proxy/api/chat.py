@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.api.context import Services, authenticate, services_of
+from proxy.api.context import Services, services_of
 from proxy.api.params import check_name
 from proxy.api.recording import RECORD_OVERHEAD
 from proxy.api.runs import start_run
@@ -28,7 +29,7 @@ from proxy.presets import Preset, is_background_request, preset_name, preset_req
 from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
 from proxy.relay.summary import StreamContent, summarize_chat_stream
 from proxy.relay.upstream import UpstreamResponse
-from proxy.store.chat import record_chat
+from proxy.store.chat import ChatRecord
 
 
 class ChatRequest(BaseModel):
@@ -62,8 +63,8 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
 
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
-    principal = await authenticate(request)
-    body = await request.body()
+    principal = await services.authenticator.authenticate(request.headers)
+    body = await _read_body(request)
     chat, raw = parse_chat_request(body)
     preset = _preset(services, principal, chat.model)
     if preset is not None:
@@ -119,6 +120,18 @@ async def chat_completions(request: Request) -> Response:
     return _relay(services, chat, body, record)
 
 
+async def _read_body(request: Request) -> bytes:
+    """``await request.body()``, for the hot path: without its async generator."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _preset(services: Services, principal: Principal, model: str) -> Preset | None:
     """The preset a ``jetty/NAME`` model names; 404 when the caller may not see it."""
     name = preset_name(model)
@@ -163,16 +176,19 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
         return await services.upstreams.send(chat.model, "/chat/completions", body)
 
     async def on_finish(outcome: RelayOutcome) -> None:
-        # Summarised now, so that the response's buffers go with it; the write waits its turn.
-        summary = summarize_chat_stream(outcome.head, outcome.tail if stream else b"")
-        text = content.text if content is not None else summary.content
+        # Only queued now, right after the last byte, when the client may already be sending
+        # its next request: the summary is made when the writer's turn comes. The record
+        # holds the outcome's head and tail (a few KiB), not the response's buffers.
+        head, tail = outcome.head, outcome.tail if stream else b""
+        streamed = content.text if content is not None else None
         status, status_code, error = outcome.status, outcome.status_code, outcome.error
         duration, first_byte = outcome.duration_seconds, outcome.first_byte_seconds
         model, messages = chat.model, chat.messages if keep_content else None
+        ended = datetime.now(UTC)
 
-        async def write() -> None:
-            await record_chat(
-                services.store,
+        def make() -> ChatRecord:
+            summary = summarize_chat_stream(head, tail)
+            return ChatRecord(
                 collection=record.collection,
                 task=record.task,
                 jetty=record.jetty,
@@ -188,12 +204,13 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
                 finish_reason=summary.finish_reason,
                 usage=summary.usage,
                 messages=messages,
-                content=text,
+                content=streamed if stream else summary.content,
                 keep_content=keep_content,
+                ended=ended,
             )
 
-        size = RECORD_OVERHEAD + len(text or "") + (len(body) if keep_content else 0)
-        await services.recorder.submit(write, size)
+        size = RECORD_OVERHEAD + len(head) + len(tail) + len(streamed or "")
+        await services.recorder.submit(make, size + (len(body) if keep_content else 0))
 
     relay: RelayStreamResponse | RelayJSONResponse
     if stream:
@@ -202,7 +219,6 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
             keepalive=services.settings.keepalive_seconds,
             on_finish=on_finish,
             on_block=content.feed if content is not None else None,
-            on_first_byte=services.recorder.first_byte,
         )
     else:
         relay = RelayJSONResponse(open_upstream, on_finish=on_finish)

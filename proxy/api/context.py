@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -14,6 +14,7 @@ from proxy.runs.runtime import RunService
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
+from proxy.store.chat import ChatRecord
 
 
 @dataclass
@@ -26,8 +27,8 @@ class Services:
     upstreams: Upstreams
     metrics: Metrics
     blobs: BlobStore
+    recorder: ChatRecorder[ChatRecord]
     runs: RunService | None = None
-    recorder: ChatRecorder = field(default_factory=ChatRecorder)
 
 
 def services_of(request: Request) -> Services:

@@ -1,37 +1,78 @@
-"""Writing the records of relayed completions once their responses are out."""
+"""Writing the records of relayed completions in batches, away from anyone's first byte."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
 
 import anyio
 
 logger = logging.getLogger("proxy.api")
 
-Write = Callable[[], Awaitable[object]]
+R = TypeVar("R")
 
 #: Roughly what a queued record holds besides its request and answer.
 RECORD_OVERHEAD = 2048
-#: With few records queued, a write waits for the next first byte for at most this long.
-QUIET_SECONDS = 0.005
+#: A batch is written once it has this many records (a few: making them ready for the
+#: database blocks the event loop for a while too)…
+BATCH = 8
+#: … or its first record has waited this long,
+MAX_DELAY_SECONDS = 0.25
+#: at the next quiet moment (see FirstBytes), waiting at most this long for one; unless
+#: twice as many are queued: a writer that falls behind takes no pauses.
+QUIET_WAIT_SECONDS = 0.05
+#: The most records written in one go.
+MAX_BATCH = 256
 
 
-class ChatRecorder:
-    """Runs record writes one at a time, in the order they were submitted.
+class FirstBytes:
+    """Counts the responses that have not sent their first byte yet.
 
-    Every write is a database round trip (for SQLite, a worker thread): hundreds at once
-    pile up threads that fight the event loop for the interpreter, and would keep each
-    finished response alive while they wait. Queued writes are small closures instead. The
-    first caller to find the recorder idle writes out the queue (its own response long
-    sent); the others return at once. A failed write is logged, never raised: recording
-    must not reach a client.
+    The request middleware calls :meth:`begin` as a request comes in and :meth:`sent` once
+    its response has sent a byte of its body (or ended without one). :meth:`quiet` returns
+    at the next moment when a response has just sent its first byte and no other waits for
+    one: the moment to do work that can wait. (Not when a response has just ended: a
+    client often sends its next request right then.)
+    """
 
-    Writes are timed not to delay anyone's first byte: with only a record or two queued,
-    the writer waits until a response has just started (:meth:`first_byte`) or
-    ``QUIET_SECONDS`` have passed. A client that sends its next request as soon as one
-    ends would otherwise find the proxy busy writing the last one down.
+    def __init__(self) -> None:
+        self.waiting = 0
+        self._quiet: anyio.Event | None = None
+
+    def begin(self) -> None:
+        self.waiting += 1
+
+    def sent(self) -> None:
+        self.waiting -= 1
+        if not self.waiting and self._quiet is not None:
+            self._quiet.set()
+            self._quiet = None
+
+    async def quiet(self) -> None:
+        """Return at the next moment when no response waits for its first byte any more."""
+        if self._quiet is None:
+            self._quiet = anyio.Event()
+        await self._quiet.wait()
+
+
+class ChatRecorder(Generic[R]):
+    """Writes records with ``flush(records)`` in batches, in order, from one task.
+
+    :meth:`submit` only queues a function that makes the record (summarising a completion
+    is left to the writer too). The writer task, kept by :meth:`running` (the app's
+    lifespan), writes a batch once it holds ``batch`` records or its oldest has waited
+    ``max_delay``; then at the next quiet moment (see :class:`FirstBytes`), waiting at most
+    ``quiet_wait`` for one, unless it has fallen behind. Each write is a database round
+    trip (for SQLite, a worker thread that competes with the event loop for the
+    interpreter): one per batch costs a fraction of one per record, and a client that sends
+    its next request as soon as one ends does not find the proxy busy writing the last one
+    down. A failed batch is logged, never raised: recording must not reach a client. When
+    :meth:`running` ends, the queue is written out before it returns; without a running
+    writer, :meth:`submit` writes at once.
 
     A burst of completions faster than the database can take is absorbed by the queue.
     Once it holds ``limit_bytes`` (as the callers estimate their records), :meth:`admit`
@@ -39,19 +80,30 @@ class ChatRecorder:
     completions than it can record, nor grow without bound.
     """
 
-    def __init__(self, limit_bytes: int = 32 * 1024 * 1024):
+    def __init__(
+        self,
+        flush: Callable[[list[R]], Awaitable[object]],
+        first_bytes: FirstBytes | None = None,
+        *,
+        limit_bytes: int = 8 * 1024 * 1024,
+        batch: int = BATCH,
+        max_delay: float = MAX_DELAY_SECONDS,
+        quiet_wait: float = QUIET_WAIT_SECONDS,
+    ):
+        self._flush = flush
+        self._first_bytes = first_bytes
         self._limit = limit_bytes
-        self._queue: deque[tuple[Write, int]] = deque()
+        self._batch = batch
+        self._max_delay = max_delay
+        self._quiet_wait = quiet_wait
+        # (make the record, its size, when it was queued)
+        self._queue: deque[tuple[Callable[[], R], int, float]] = deque()
         self._queued = 0
-        self._writing = False
+        self._running = False
+        self._closing = False
+        self._work: anyio.Event | None = None
         self._room: anyio.Event | None = None
-        self._moment: anyio.Event | None = None
-
-    def first_byte(self) -> None:
-        """A response has just sent its first byte: a good moment to write records."""
-        if self._moment is not None:
-            self._moment.set()
-            self._moment = None
+        self._pause: anyio.CancelScope | None = None
 
     async def admit(self) -> None:
         """Return once there is room for another record; call before relaying."""
@@ -60,33 +112,89 @@ class ChatRecorder:
                 self._room = anyio.Event()
             await self._room.wait()
 
-    async def submit(self, write: Write, size: int = RECORD_OVERHEAD) -> None:
-        """Queue ``write``, which holds about ``size`` bytes, and run the queue unless
-        another caller already is."""
-        self._queue.append((write, size))
-        self._queued += size
-        if self._writing:
-            return
-        self._writing = True
-        try:
-            # Shielded: a record that was accepted is written, even if its caller goes away.
-            with anyio.CancelScope(shield=True):
-                while self._queue:
-                    await self._run(*self._queue.popleft())
-        finally:
-            self._writing = False
+    async def submit(self, make: Callable[[], R], size: int = RECORD_OVERHEAD) -> None:
+        """Queue the record ``make()`` returns, which holds about ``size`` bytes until written.
 
-    async def _run(self, write: Write, size: int) -> None:
-        if len(self._queue) < 2:
-            # Under load there is a backlog, and first bytes come all the time anyway.
-            self._moment = self._moment or anyio.Event()
-            with anyio.move_on_after(QUIET_SECONDS):
-                await self._moment.wait()
+        Without a running writer the record is written now, shielded from cancellation.
+        """
+        if not self._running:
+            with anyio.CancelScope(shield=True):
+                await self._write([(make, 0, 0.0)])
+            return
+        self._queue.append((make, size, time.monotonic()))
+        self._queued += size
+        # The writer wakes for the first record (to time it) and for a full batch only.
+        if len(self._queue) in (1, self._batch):
+            self._wake()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Keep the writer task for as long as the context lasts; write out the queue at its end."""
+        async with anyio.create_task_group() as tg:
+            self._running, self._closing = True, False
+            tg.start_soon(self._write_all)
+            try:
+                yield
+            finally:
+                self._closing = True
+                if self._pause is not None:
+                    self._pause.cancel()
+                self._wake()
+
+    def _wake(self) -> None:
+        if self._work is not None:
+            self._work.set()
+            self._work = None
+
+    async def _write_all(self) -> None:
         try:
-            await write()
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._work = anyio.Event()
+                    await self._work.wait()
+                    continue
+                await self._due()
+                if len(self._queue) < 2 * self._batch:
+                    await self._quiet()
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                # Shielded: a record that was accepted is written, even at shutdown.
+                with anyio.CancelScope(shield=True):
+                    await self._write(batch)
+        finally:
+            self._running = False
+
+    async def _due(self) -> None:
+        """Wait until a batch is full or its oldest record has waited long enough."""
+        while len(self._queue) < self._batch and not self._closing:
+            delay = self._queue[0][2] + self._max_delay - time.monotonic()
+            if delay <= 0:
+                return
+            self._work = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._work.wait()
+
+    async def _quiet(self) -> None:
+        if self._first_bytes is None or self._closing:
+            return
+        with anyio.move_on_after(self._quiet_wait) as self._pause:
+            await self._first_bytes.quiet()
+        self._pause = None
+
+    async def _write(self, batch: list[tuple[Callable[[], R], int, float]]) -> None:
+        records = []
+        for make, _, _ in batch:
+            try:
+                records.append(make())
+            except Exception:
+                logger.exception("recording a relayed completion failed")
+        try:
+            if records:
+                await self._flush(records)
         except Exception:
             logger.exception("recording a relayed completion failed")
-        self._queued -= size
+        self._queued -= sum(size for _, size, _ in batch)
         if self._room is not None and self._queued < self._limit:
             self._room.set()
             self._room = None

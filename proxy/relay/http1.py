@@ -94,6 +94,8 @@ class ConnectionPool:
         self._idle: dict[Origin, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._closed = False
+        # What _split makes of each URL: a few base URLs and paths, asked for every request.
+        self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}
 
     async def request(
         self, method: str, url: str, headers: Sequence[tuple[str, str]], content: bytes
@@ -103,7 +105,12 @@ class ConnectionPool:
         The body is left to read from the returned :class:`Response`, which the caller
         must ``aclose()``.
         """
-        origin, authority, target = _split(url)
+        split = self._targets.get(url)
+        if split is None:
+            if len(self._targets) >= 1024:
+                self._targets.clear()
+            split = self._targets[url] = _split(url)
+        origin, authority, target = split
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, authority)]
         head.append(
             b"accept: */*\r\naccept-encoding: identity\r\nuser-agent: %s\r\n" % self._user_agent
@@ -171,14 +178,31 @@ class ConnectionPool:
 
 
 class Response:
-    """A response whose status and headers are in; the body may still be arriving."""
+    """A response whose status and headers are in; the body may still be arriving.
 
-    def __init__(self, connection: _Connection, status_code: int, headers: httpx.Headers):
+    ``raw_headers`` are the headers as received; :attr:`headers` makes them httpx's
+    :class:`httpx.Headers` when first asked.
+    """
+
+    def __init__(
+        self,
+        connection: _Connection,
+        status_code: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        content_encoding: str,
+    ):
         self.status_code = status_code
-        self.headers = headers
+        self.raw_headers = raw_headers
+        self._headers: httpx.Headers | None = None
         self._connection = connection
-        self._decoder = _decoder(headers.get("content-encoding", "identity"))
+        self._decoder = _decoder(content_encoding)
         self._closed = False
+
+    @property
+    def headers(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = httpx.Headers(self.raw_headers)
+        return self._headers
 
     @property
     def complete(self) -> bool:
@@ -252,6 +276,7 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._status = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._content_encoding = "identity"
         self._headers_complete = False
         self.message_complete = False
         self._keep_alive = False
@@ -321,7 +346,7 @@ class _Connection(asyncio.Protocol):
         await self._drain()
         while not self._headers_complete:
             await self.wait()
-        return Response(self, self._status, httpx.Headers(self._raw_headers))
+        return Response(self, self._status, self._raw_headers, self._content_encoding)
 
     # -- the reader's side
 
@@ -462,12 +487,20 @@ class _Connection(asyncio.Protocol):
         self._status = status
         self._headers_complete = True
         # Without a length or chunked framing, the body ends when the connection does.
-        framed = status in (204, 304) or any(
-            name.lower() == b"content-length"
-            or (name.lower() == b"transfer-encoding" and b"chunked" in value.lower())
-            for name, value in self._raw_headers
-        )
+        framed = status in (204, 304)
+        encodings = []
+        for name, value in self._raw_headers:
+            name = name.lower()
+            if name == b"content-length" or (
+                name == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                framed = True
+            elif name == b"content-encoding":
+                encodings.append(value.decode("latin-1"))
         self._until_eof = not framed
+        if encodings:
+            # As httpx.Headers.get would have it: repeated headers joined.
+            self._content_encoding = ", ".join(encodings)
 
     def on_message_complete(self) -> None:
         if self._headers_complete:

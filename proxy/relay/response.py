@@ -217,7 +217,7 @@ class RelayStreamResponse(_Relay):
     that it goes in-band (for OpenAI ``data: {"error": …}`` followed by ``data: [DONE]``).
     Whatever the upstream sent in one go goes out in one piece, cut after its last
     complete event. ``on_block`` sees every block of upstream events as it is relayed,
-    e.g. to read usage; ``on_first_byte`` is told when the first one has gone out.
+    e.g. to read usage.
     """
 
     def __init__(
@@ -227,18 +227,17 @@ class RelayStreamResponse(_Relay):
         on_finish: OnFinish | None,
         dialect: Dialect = OPENAI,
         on_block: OnBlock | None = None,
-        on_first_byte: Callable[[], None] | None = None,
     ):
         super().__init__(open_upstream, on_finish, dialect)
         self._on_block = on_block
-        self._on_first_byte = on_first_byte
         self._keepalive = keepalive
         self._started = False
         self._finished = False
         self._last_sent = time.monotonic()
         # Pings go out from their own task. The messages that must not cross one (the
-        # status line, the last message) take this lock; relayed blocks need not.
-        self._lock = anyio.Lock(fast_acquire=True)
+        # status line, the last message) take this lock; relayed blocks need not. (An
+        # asyncio lock: a third of the cost of anyio's, and the relay runs on asyncio.)
+        self._lock = asyncio.Lock()
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pinger: asyncio.Task[None] | None = None
         # The latest blocks, at least TAIL_BYTES of them once there are that many.
@@ -322,8 +321,6 @@ class RelayStreamResponse(_Relay):
             await self._end(send, block)
         else:
             await send({"type": "http.response.body", "body": block, "more_body": True})
-        if first and self._on_first_byte is not None:
-            self._on_first_byte()
 
     async def _end(self, send: Send, body: bytes) -> None:
         """Send the response's last message."""

@@ -63,6 +63,17 @@ def passed_headers(headers: httpx.Headers) -> dict[str, str]:
     return {name: value for name, value in headers.items() if name in _PASSED_RESPONSE_HEADERS}
 
 
+def _passed_raw_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """:func:`passed_headers` of headers as received, without making an httpx.Headers."""
+    passed: dict[str, str] = {}
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1").lower()
+        if name in _PASSED_RESPONSE_HEADERS:
+            value = raw_value.decode("latin-1")
+            passed[name] = f"{passed[name]}, {value}" if name in passed else value
+    return passed
+
+
 @dataclass
 class UpstreamResponse:
     """An open upstream response whose status was a success; the body may still be streaming.
@@ -81,7 +92,10 @@ class UpstreamResponse:
 
     @property
     def headers(self) -> dict[str, str]:
-        return self.select_headers(self.response.headers)
+        response = self.response
+        if self.select_headers is passed_headers and isinstance(response, http1.Response):
+            return _passed_raw_headers(response.raw_headers)
+        return self.select_headers(response.headers)
 
     @property
     def complete(self) -> bool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import openai
 import pytest
@@ -16,12 +20,15 @@ from openai.types.chat import ChatCompletionMessageParam
 from proxy.app import create_app
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
+from proxy.store.chat import ChatRecord, record_chat, record_chats
 from proxy.store.records import Trajectory
 from proxy.store.sqlite import SQLiteStore
 from tests.api.conftest import ProxyFactory
 from tests.support.live import serve
 from tests.support.scripted_openai import ScriptedUpstream
-from tests.support.stores import create_key
+from tests.support.stores import create_key, database_url_fixture, make_store
+
+__all__ = ["database_url_fixture"]
 
 Upstream = tuple[ScriptedUpstream, str]
 MESSAGES: list[ChatCompletionMessageParam] = [
@@ -238,3 +245,71 @@ def test_a_failed_recording_never_reaches_the_client(
             time.sleep(0.02)
     assert "recording a relayed completion failed" in caplog.text
     assert "the disk is full" in caplog.text
+
+
+def test_a_burst_of_completions_is_all_recorded(proxy: str) -> None:
+    def complete(_: int) -> None:
+        response = httpx.post(
+            proxy + "/v1/chat/completions",
+            json={"model": "echo", "messages": MESSAGES, "stream": True},
+        )
+        assert response.status_code == 200
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(complete, range(40)))
+    deadline = time.monotonic() + 5
+    listing = f"{proxy}/api/v1/db/trajectories/default/_chat"
+    while httpx.get(listing).json()["total"] < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(listing).json()["total"] == 40
+
+
+def test_a_batch_is_stored_as_one_by_one(database_url: str) -> None:
+    """record_chats writes its rows itself on SQL stores: they must read back as
+    record_chat's (through create_trajectory) do, secrets redacted alike."""
+    record = ChatRecord(
+        collection="alpha",
+        task="support",
+        model="gpt-4o",
+        status="failed",
+        duration_seconds=0.75,
+        stream=True,
+        upstream_id="chatcmpl-1",
+        upstream_model="gpt-4o-2024-08-06",
+        finish_reason="stop",
+        usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        first_byte_seconds=0.25,
+        status_code=200,
+        error="upstream said sk-hidden-value",
+        messages=[{"role": "user", "content": "my key is sk-hidden-value"}],
+        content="hello",
+        keep_content=True,
+        jetty={"collection": "alpha", "task": "support", "api_key": "anything"},
+        ended=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+    )
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    del fields["ended"]
+
+    async def work() -> tuple[Trajectory, list[Trajectory]]:
+        store = make_store(database_url)
+        try:
+            await store.migrate()
+            await store.update_environment("alpha", secrets={"KEY": "sk-hidden-value"})
+            one = await record_chat(store, **fields)
+            ended = one.finished_at or record.ended
+            await record_chats(store, [dataclasses.replace(record, ended=ended)] * 3)
+            page = await store.list_trajectories("alpha", "support")
+            return one, [t for t in page.items if t.id != one.id]
+        finally:
+            await store.close()
+
+    one, batch = anyio.run(work)
+    assert len(batch) == 3 and len({t.id for t in batch}) == 3
+    assert "sk-hidden-value" not in repr(one)
+    for trajectory in batch:
+        assert (
+            dataclasses.replace(
+                trajectory, id=one.id, created_at=one.created_at, updated_at=one.updated_at
+            )
+            == one
+        )

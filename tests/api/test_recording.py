@@ -1,74 +1,147 @@
-"""The recorder writes one record at a time, in order, never raises, and bounds its queue."""
+"""The recorder writes records in batches, in order, at quiet moments; never raises; bounds
+its queue; and writes out what it holds when it stops."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import anyio
 import pytest
 
-from proxy.api.recording import ChatRecorder
+from proxy.api.recording import ChatRecorder, FirstBytes
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_writes_run_one_at_a_time_in_order(caplog: pytest.LogCaptureFixture) -> None:
-    recorder = ChatRecorder()
-    written: list[int] = []
-    running = 0
-    most = 0
+class Flushes:
+    """A ``flush`` that keeps every batch it was given."""
 
-    def writer(n: int) -> Callable[[], Awaitable[None]]:
-        async def write() -> None:
-            nonlocal running, most
-            running += 1
-            most = max(most, running)
-            await anyio.sleep(0.001)
-            running -= 1
-            if n == 3:
-                raise RuntimeError("the disk is full")
-            written.append(n)
+    def __init__(self, delay: float = 0.0, fail_on: int | None = None):
+        self.batches: list[list[int]] = []
+        self.running = 0
+        self.most = 0
+        self._delay = delay
+        self._fail_on = fail_on
 
-        return write
+    async def __call__(self, records: list[int]) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await anyio.sleep(self._delay)
+        self.running -= 1
+        if self._fail_on in records:
+            raise RuntimeError("the disk is full")
+        self.batches.append(records)
 
-    returned: list[int] = []
+    @property
+    def written(self) -> list[int]:
+        return [record for batch in self.batches for record in batch]
 
-    async def submit(n: int) -> None:
-        await recorder.submit(writer(n))
-        returned.append(n)
+
+def record(n: int) -> Callable[[], int]:
+    return lambda: n
+
+
+async def test_batches_are_written_one_at_a_time_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flushes = Flushes(delay=0.01, fail_on=3)
+    recorder = ChatRecorder(flushes, batch=2, max_delay=0.01)
+
+    def broken() -> int:
+        raise ValueError("no summary")
 
     with caplog.at_level(logging.ERROR, "proxy.api"):
-        async with anyio.create_task_group() as tg:
-            for n in range(6):
-                tg.start_soon(submit, n)
-    assert written == [0, 1, 2, 4, 5]
-    assert most == 1
-    # The first caller wrote everything; the others were back at once.
-    assert returned[-1] == 0
-    assert "the disk is full" in caplog.text
+        async with recorder.running():
+            for n in range(0, 6, 2):
+                # Queued, not written: submitting returns at once.
+                with anyio.fail_after(0.0005):
+                    await recorder.submit(record(n))
+                    await recorder.submit(record(n + 1))
+                await anyio.sleep(0.005)  # the next pair comes while this one is written
+            await recorder.submit(broken)
+            await anyio.sleep(0.2)
+    assert flushes.batches == [[0, 1], [4, 5]]  # [2, 3] failed as a whole; broken, alone
+    assert flushes.most == 1
+    assert "the disk is full" in caplog.text and "no summary" in caplog.text
+
+
+async def test_a_writer_that_falls_behind_writes_all_it_has() -> None:
+    flushes = Flushes()
+    recorder = ChatRecorder(flushes, FirstBytes(), batch=2, max_delay=60, quiet_wait=60)
+    async with recorder.running():
+        for n in range(5):
+            await recorder.submit(record(n))
+        await anyio.sleep(0.01)
+        # Twice a batch queued: no waiting for a quiet moment, and all of it in one go.
+        assert flushes.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_a_batch_waits_for_a_quiet_moment_but_not_too_long() -> None:
+    first_bytes = FirstBytes()
+    flushes = Flushes()
+    recorder = ChatRecorder(flushes, first_bytes, batch=3, max_delay=0.05, quiet_wait=0.2)
+
+    async with recorder.running():
+        await recorder.submit(record(0))
+        await anyio.sleep(0.1)
+        assert flushes.written == []  # due, but nothing has happened: not a moment to take
+        first_bytes.begin()  # a response comes in…
+        await anyio.sleep(0.01)
+        assert flushes.written == []
+        first_bytes.sent()  # … and has sent its first byte
+        await anyio.sleep(0.01)
+        assert flushes.written == [0]
+
+        await recorder.submit(record(1))
+        await anyio.sleep(0.1)
+        assert flushes.written == [0]
+        await anyio.sleep(0.2)  # waited its longest for a quiet moment
+        assert flushes.written == [0, 1]
+
+        for n in (2, 3, 4):  # a full batch does not wait for its oldest
+            await recorder.submit(record(n))
+        await anyio.sleep(0.01)
+        first_bytes.begin()
+        first_bytes.sent()
+        await anyio.sleep(0.01)
+        assert flushes.batches[-1] == [2, 3, 4]
+
+
+async def test_what_is_queued_is_written_when_the_recorder_stops() -> None:
+    flushes = Flushes(delay=0.001)
+    recorder = ChatRecorder(flushes, FirstBytes(), batch=2, max_delay=60)
+
+    with anyio.fail_after(1):
+        async with recorder.running():
+            for n in range(3):
+                await recorder.submit(record(n))
+            await anyio.sleep(0.01)
+            assert flushes.written == []  # a full batch, but no quiet moment yet
+    assert flushes.written == [0, 1, 2]
+    # Stopped: a record now is written at once.
+    await recorder.submit(record(3))
+    assert flushes.written == [0, 1, 2, 3]
 
 
 async def test_a_full_queue_holds_new_requests_back() -> None:
-    recorder = ChatRecorder(limit_bytes=100)
     gate = anyio.Event()
-    admitted = anyio.Event()
 
-    async def slow() -> None:
+    async def flush(records: list[int]) -> None:
         await gate.wait()
 
-    async def quick() -> None:
-        pass
+    recorder = ChatRecorder(flush, limit_bytes=100, batch=1, max_delay=0)
+    admitted = anyio.Event()
 
     async def request() -> None:
         await recorder.admit()
         admitted.set()
 
-    async with anyio.create_task_group() as tg:
+    async with recorder.running(), anyio.create_task_group() as tg:
         await recorder.admit()  # an empty queue has room
-        tg.start_soon(recorder.submit, slow, 60)
+        await recorder.submit(record(0), 60)
         await anyio.sleep(0.01)
-        await recorder.submit(quick, 60)  # queued behind the slow one: 120 bytes held
+        await recorder.submit(record(1), 60)  # 120 bytes held
         tg.start_soon(request)
         await anyio.sleep(0.01)
         assert not admitted.is_set()
@@ -76,14 +149,10 @@ async def test_a_full_queue_holds_new_requests_back() -> None:
     assert admitted.is_set()
 
 
-async def test_an_accepted_write_survives_its_caller_being_cancelled() -> None:
-    recorder = ChatRecorder()
-    done = anyio.Event()
-
-    async def write() -> None:
-        await anyio.sleep(0.05)
-        done.set()
+async def test_an_accepted_record_survives_its_caller_being_cancelled() -> None:
+    flushes = Flushes(delay=0.05)
+    recorder = ChatRecorder(flushes)
 
     with anyio.move_on_after(0.01):
-        await recorder.submit(write)
-    assert done.is_set()
+        await recorder.submit(record(0))
+    assert flushes.written == [0]
