@@ -9,7 +9,7 @@ Errors, drawn as a tree::
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from proxy.store.records import (
     BlobInfo,
     CollectionEnvironment,
     Label,
+    NewTrajectory,
     Step,
     StoredEvent,
     StoredFile,
@@ -95,6 +96,11 @@ class TrajectoryStore(Protocol):
 
         ``jetty``, ``steps`` and ``error`` are redacted with the collection's secrets.
         """
+
+    async def add_trajectories(self, items: Sequence[NewTrajectory]) -> None:
+        """Insert many trajectories in one transaction (all or none), without reading them
+        back: for records written in bulk, like relayed completions."""
+        ...
 
     async def get_trajectory(self, trajectory_id: str) -> Trajectory | None: ...
 

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from proxy.store.base import Store, StoreError
-from proxy.store.records import Step, Trajectory
-from proxy.store.redact import redact, redact_value
-from proxy.store.sql import SQLStore
-from proxy.store.sql.database import DuplicateKey, Json, Statement, placeholders, utcnow
+from proxy.store.base import Store
+from proxy.store.records import NewTrajectory, Step, Trajectory
 
 logger = logging.getLogger("proxy.store")
 
 CHAT_TASK = "_chat"
 CHAT_STEP = "chat"
-_ID_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -78,6 +73,21 @@ class ChatRecord:
             duration_seconds=self.duration_seconds,
         )
 
+    def new_trajectory(self) -> NewTrajectory:
+        return NewTrajectory(
+            self.collection,
+            self.task or CHAT_TASK,
+            kind="chat",
+            status=self.status,
+            model=self.model,
+            jetty=self.jetty,
+            steps={CHAT_STEP: self.step()},
+            usage=normalise_usage(self.usage),
+            error=self.error,
+            started_at=self.started,
+            finished_at=self.ended,
+        )
+
 
 async def record_chat(
     store: Store,
@@ -129,21 +139,17 @@ async def record_chat(
 async def record_chats(store: Store, records: Sequence[ChatRecord]) -> None:
     """Store many relayed completions, as :func:`record_chat` would store each.
 
-    On the SQL store they go in one transaction: for SQLite one trip to its worker thread
-    instead of one per record, and no rows read back. (A stopgap for a bulk insert in the
-    store itself: this writes the columns that ``create_trajectory`` writes.) Should that
-    fail, or on any other store, they are stored one by one; the first error is raised
-    once all were tried.
+    They go in one transaction (for SQLite one trip to its worker thread instead of one per
+    record, and no rows read back). Should that fail, they are stored one by one; the first
+    error is raised once all were tried.
     """
     if not records:
         return
-    if _batches(store):
-        assert isinstance(store, SQLStore)
-        try:
-            await _insert(store, records)
-            return
-        except Exception:
-            logger.warning("a batch of chat records failed; storing them one by one", exc_info=True)
+    try:
+        await store.add_trajectories([record.new_trajectory() for record in records])
+        return
+    except Exception:
+        logger.warning("a batch of chat records failed; storing them one by one", exc_info=True)
     failure: Exception | None = None
     for record in records:
         try:
@@ -174,104 +180,17 @@ def _int(value: Any) -> int:
 
 
 async def _create(store: Store, record: ChatRecord) -> Trajectory:
+    new = record.new_trajectory()
     return await store.create_trajectory(
-        record.collection,
-        record.task or CHAT_TASK,
-        model=record.model,
-        kind="chat",
-        status=record.status,
-        jetty=record.jetty,
-        steps={CHAT_STEP: record.step()},
-        usage=normalise_usage(record.usage),
-        error=record.error,
-        started_at=record.started,
-        finished_at=record.ended,
+        new.collection,
+        new.task,
+        model=new.model,
+        kind=new.kind,
+        status=new.status,
+        jetty=new.jetty,
+        steps=new.steps,
+        usage=new.usage,
+        error=new.error,
+        started_at=new.started_at,
+        finished_at=new.finished_at,
     )
-
-
-def _batches(store: Store) -> bool:
-    """Whether :func:`_insert` writes what the store's own ``create_trajectory`` would."""
-    return (
-        isinstance(store, SQLStore)
-        and type(store).create_trajectory is SQLStore.create_trajectory  # not replaced
-    )
-
-
-@dataclass(frozen=True)
-class _Serialised(Json):
-    """A JSON parameter serialised on the event loop, so that SQLite's worker thread, which
-    holds the interpreter while it binds parameters, only has to pass the text on."""
-
-    text: str = ""
-
-    def dumps(self) -> str:
-        return self.text
-
-
-def _json(value: Any) -> Json:
-    return _EMPTY if value == {} else _Serialised(value, Json(value).dumps())
-
-
-_EMPTY = _Serialised({}, "{}")
-
-
-_COLUMNS = (
-    "collection",
-    "task",
-    "kind",
-    "status",
-    "model",
-    "jetty",
-    "environment",
-    "steps",
-    "usage",
-    "error",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-)
-_INSERT = (
-    f"INSERT INTO trajectories (id, {', '.join(_COLUMNS)})"  # noqa: S608
-    f" VALUES ({placeholders(len(_COLUMNS) + 1)})"
-)
-
-
-async def _insert(store: SQLStore, records: Sequence[ChatRecord]) -> None:
-    hidden = {
-        collection: await store._redaction_secrets(collection)
-        for collection in {record.collection for record in records}
-    }
-    now = utcnow()
-    rows = []
-    for record in records:
-        secrets_ = hidden[record.collection]
-        usage = normalise_usage(record.usage)
-        step = redact_value(record.step().to_dict(), secrets_, credential_fields=True)
-        rows.append(
-            (
-                record.collection,
-                record.task or CHAT_TASK,
-                "chat",
-                record.status,
-                record.model,
-                _json(redact_value(dict(record.jetty or {}), secrets_)),
-                _json({}),
-                _json({CHAT_STEP: step}),
-                None if usage is None else _json(usage),
-                None if record.error is None else redact(record.error, secrets_),
-                now,
-                now,
-                record.started,
-                record.ended,
-            )
-        )
-    for _ in range(_ID_ATTEMPTS):
-        # Fresh ids for every attempt: a collision (rare: 32 random bits) fails them all.
-        statements: list[Statement] = [(_INSERT, (secrets.token_hex(4), *row)) for row in rows]
-        try:
-            await store._db.atomic(statements)
-            return
-        except DuplicateKey:
-            continue
-    raise StoreError("could not find free trajectory ids")

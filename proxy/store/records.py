@@ -106,6 +106,28 @@ class Trajectory:
 
 
 @dataclass(frozen=True)
+class NewTrajectory:
+    """A trajectory to insert in bulk (see ``Store.add_trajectories``); fields as in
+    ``Store.create_trajectory``."""
+
+    collection: str
+    task: str
+    kind: TrajectoryKind = "run"
+    status: TrajectoryStatus = "pending"
+    model: str | None = None
+    agent: str | None = None
+    jetty: Mapping[str, Any] | None = None
+    environment: Mapping[str, Any] | None = None
+    steps: Mapping[str, Step] | None = None
+    usage: Mapping[str, Any] | None = None
+    cost_usd: float | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    session: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class TrajectoryPage:
     """One page of a trajectory listing and the total count across all pages."""
 

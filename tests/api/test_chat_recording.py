@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from proxy.app import create_app
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
 from proxy.store.chat import ChatRecord, record_chat, record_chats
-from proxy.store.records import Trajectory
+from proxy.store.records import NewTrajectory, Trajectory
 from proxy.store.sqlite import SQLiteStore
 from tests.api.conftest import ProxyFactory
 from tests.support.live import serve
@@ -220,6 +221,9 @@ class _BrokenStore(SQLiteStore):
     async def create_trajectory(self, *args: Any, **kwargs: Any) -> Trajectory:
         raise StoreError("the disk is full")
 
+    async def add_trajectories(self, items: Sequence[NewTrajectory]) -> None:
+        raise StoreError("the disk is full")
+
 
 def test_a_failed_recording_never_reaches_the_client(
     tmp_path: Path, upstream: Upstream, caplog: pytest.LogCaptureFixture
@@ -265,7 +269,7 @@ def test_a_burst_of_completions_is_all_recorded(proxy: str) -> None:
 
 
 def test_a_batch_is_stored_as_one_by_one(database_url: str) -> None:
-    """record_chats writes its rows itself on SQL stores: they must read back as
+    """record_chats stores a batch with add_trajectories: the rows must read back as
     record_chat's (through create_trajectory) do, secrets redacted alike."""
     record = ChatRecord(
         collection="alpha",

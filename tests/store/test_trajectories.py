@@ -9,6 +9,7 @@ import pytest
 
 from proxy.store import RecordNotFound, Step, Store
 from proxy.store.chat import record_chat
+from proxy.store.records import NewTrajectory
 
 pytestmark = pytest.mark.anyio
 
@@ -178,3 +179,36 @@ async def test_session_is_stored_and_updated(store: Store) -> None:
     # Leaving it out of an update keeps it.
     kept = await store.update_trajectory(second.id, error="x")
     assert kept.session == saved
+
+
+async def test_add_trajectories_in_bulk(store: Store) -> None:
+    await store.update_environment("acme", secrets={"TOKEN": "s3cr3t-value"})
+    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    items = [
+        NewTrajectory(
+            "acme",
+            "_chat",
+            kind="chat",
+            status="completed",
+            model="gpt-4o",
+            jetty={"note": "uses s3cr3t-value"},
+            steps={"chat": Step(inputs={"n": n})},
+            usage={"input_tokens": n},
+            error="leaked s3cr3t-value" if n == 2 else None,
+            started_at=started,
+            finished_at=started,
+            session={"turn": n},
+        )
+        for n in range(3)
+    ]
+    await store.add_trajectories(items)
+    await store.add_trajectories([])
+    page = await store.list_trajectories("acme", "_chat")
+    assert page.total == 3
+    stored = sorted(page.items, key=lambda t: t.steps["chat"].inputs["n"])
+    assert [t.usage for t in stored] == [{"input_tokens": n} for n in range(3)]
+    assert [t.session for t in stored] == [{"turn": n} for n in range(3)]
+    assert stored[0].kind == "chat" and stored[0].started_at == started
+    assert "s3cr3t-value" not in str(stored[0].jetty)
+    assert stored[2].error is not None and "s3cr3t-value" not in stored[2].error
+    assert len({t.id for t in stored}) == 3

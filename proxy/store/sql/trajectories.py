@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from proxy.store.base import RecordNotFound, StoreError
 from proxy.store.records import (
     Label,
+    NewTrajectory,
     Step,
     Trajectory,
     TrajectoryKind,
@@ -22,6 +24,7 @@ from proxy.store.sql.database import (
     DuplicateKey,
     Json,
     Row,
+    Statement,
     as_datetime,
     as_json,
     as_optional_datetime,
@@ -52,27 +55,24 @@ class TrajectoriesPart(SQLCore):
         finished_at: datetime | None = None,
         session: Mapping[str, Any] | None = None,
     ) -> Trajectory:
-        hidden = await self._redaction_secrets(collection)
-        now = utcnow()
-        values = {
-            "collection": collection,
-            "task": task,
-            "kind": kind,
-            "status": status,
-            "model": model,
-            "agent": agent,
-            "jetty": Json(redact_value(dict(jetty or {}), hidden)),
-            "environment": Json(dict(environment or {})),
-            "steps": Json(_steps_json(steps or {}, hidden)),
-            "usage": None if usage is None else Json(dict(usage)),
-            "cost_usd": cost_usd,
-            "error": None if error is None else redact(error, hidden),
-            "created_at": now,
-            "updated_at": now,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "session": None if session is None else Json(dict(session)),
-        }
+        new = NewTrajectory(
+            collection,
+            task,
+            kind=kind,
+            status=status,
+            model=model,
+            agent=agent,
+            jetty=jetty,
+            environment=environment,
+            steps=steps,
+            usage=usage,
+            cost_usd=cost_usd,
+            error=error,
+            started_at=started_at,
+            finished_at=finished_at,
+            session=session,
+        )
+        values = _row(new, await self._redaction_secrets(collection), utcnow(), Json)
         columns = ", ".join(["id", *values])
         sql = (
             f"INSERT INTO trajectories ({columns}) VALUES ({placeholders(len(values) + 1)})"  # noqa: S608
@@ -89,6 +89,31 @@ class TrajectoriesPart(SQLCore):
             self._remember_collection(trajectory_id, collection)
             return trajectory_from_row(row)
         raise StoreError("could not find a free trajectory id")
+
+    async def add_trajectories(self, items: Sequence[NewTrajectory]) -> None:
+        if not items:
+            return
+        hidden = {
+            collection: await self._redaction_secrets(collection)
+            for collection in {item.collection for item in items}
+        }
+        now = utcnow()
+        # JSON is serialised here, on the event loop: SQLite's worker thread holds the
+        # interpreter while it binds parameters, and then only passes the text on.
+        rows = [_row(item, hidden[item.collection], now, _serialised) for item in items]
+        columns = ", ".join(["id", *rows[0]])
+        sql = f"INSERT INTO trajectories ({columns}) VALUES ({placeholders(len(rows[0]) + 1)})"  # noqa: S608
+        for _ in range(_ID_ATTEMPTS):
+            # Fresh ids for every attempt: a collision (rare: 32 random bits) fails them all.
+            statements: list[Statement] = [
+                (sql, (secrets.token_hex(4), *row.values())) for row in rows
+            ]
+            try:
+                await self._db.atomic(statements)
+                return
+            except DuplicateKey:
+                continue
+        raise StoreError("could not find free trajectory ids")
 
     async def get_trajectory(self, trajectory_id: str) -> Trajectory | None:
         row = await self._db.fetchone("SELECT * FROM trajectories WHERE id = ?", (trajectory_id,))
@@ -261,3 +286,45 @@ def _label_from_row(row: Row) -> Label:
         author=row["author"],
         created_at=as_datetime(row["created_at"]),
     )
+
+
+def _row(
+    new: NewTrajectory,
+    hidden: Mapping[str, str],
+    now: datetime,
+    json_value: Callable[[Any], Json],
+) -> dict[str, object]:
+    """The column values of a new trajectory, its collection's secrets redacted."""
+    return {
+        "collection": new.collection,
+        "task": new.task,
+        "kind": new.kind,
+        "status": new.status,
+        "model": new.model,
+        "agent": new.agent,
+        "jetty": json_value(redact_value(dict(new.jetty or {}), hidden)),
+        "environment": json_value(dict(new.environment or {})),
+        "steps": json_value(_steps_json(new.steps or {}, hidden)),
+        "usage": None if new.usage is None else json_value(dict(new.usage)),
+        "cost_usd": new.cost_usd,
+        "error": None if new.error is None else redact(new.error, hidden),
+        "created_at": now,
+        "updated_at": now,
+        "started_at": new.started_at,
+        "finished_at": new.finished_at,
+        "session": None if new.session is None else json_value(dict(new.session)),
+    }
+
+
+@dataclass(frozen=True)
+class _Serialised(Json):
+    """A JSON parameter whose text was made in advance."""
+
+    text: str = ""
+
+    def dumps(self) -> str:
+        return self.text
+
+
+def _serialised(value: Any) -> Json:
+    return _Serialised(value, Json(value).dumps())
