@@ -110,9 +110,9 @@ class RunLifecycle:
                 await self.emit(WarningEvent(warning))
             if self.agent is None and not await self._install_agent():
                 return
+            self.image = await self._environment()
             self.sandbox = await self._kept_sandbox(token)
             if self.sandbox is None:
-                self.image = await self._environment()
                 await self.emit(
                     Progress(
                         f"Starting {launch.adapter.name} {self.installed.version} in "
@@ -172,7 +172,17 @@ class RunLifecycle:
         taken = self.engine.kept.take(continuation.previous.id) if continuation else None
         if continuation is None or taken is None:
             return None
-        sandbox, self.image = taken
+        sandbox, kept_image = taken
+        if kept_image != self.image:
+            await self.emit(
+                Progress(
+                    f"Run {continuation.previous.id} ran in {kept_image}, and this turn asks for"
+                    f" {self.image}: continuing in a new sandbox"
+                )
+            )
+            with anyio.CancelScope(shield=True):
+                await sandbox.close()
+            return None
         self.reusing = True
         spec = self._sandbox_spec(token, self.image)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from typing import Any
 
 import httpx
@@ -178,6 +179,43 @@ def _check_resumed(second_calls: list[Any]) -> None:
     assert second_calls
     earlier = json.dumps(second_calls[0])
     assert TURNS[0][1] in earlier and "Add a second line." in earlier
+
+
+def test_a_turn_asking_for_another_image_continues_in_a_new_sandbox(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], docker_host: str
+) -> None:
+    # The same image under a second name: a different environment as far as the run knows.
+    alias = "jetty-test/followup-alias:" + uuid.uuid4().hex[:8]
+    repository, tag = alias.split(":")
+    engine = httpx.Client(transport=httpx.HTTPTransport(uds=docker_host.removeprefix("unix://")))
+    tagged = engine.post(
+        f"http://docker/images/{TEST_IMAGE}/tag", params={"repo": repository, "tag": tag}
+    )
+    assert tagged.status_code == 201, tagged.text
+    scripted = anthropic[0]
+    scripted.turns = TURNS
+    try:
+        with make_proxy(presets=PRESETS) as proxy:
+            first_id, first_answer, _ = _turn(proxy, FIRST)
+            body = {
+                "model": "jetty/notes",
+                "stream": True,
+                "messages": _second(first_answer),
+                "jetty": {"image": alias},
+            }
+            second_id, _, reasoning = _send(proxy, body)
+            assert (
+                f"Run {first_id} ran in {TEST_IMAGE}, and this turn asks for {alias}" in reasoning
+            )
+            assert "in a new sandbox; restored: agent session" in reasoning
+            record = trajectory(proxy, "acme", "chat", second_id)
+            assert record["status"] == "completed"
+            assert record["environment"]["image"] == alias
+            paths = {a["path"]: a for a in record["artifacts"]}
+            assert httpx.get(paths["notes.txt"]["url"]).content == b"first\nsecond\n"
+    finally:
+        engine.delete(f"http://docker/images/{alias}")
+        engine.close()
 
 
 def test_a_turn_naming_a_live_run_is_a_conflict(
