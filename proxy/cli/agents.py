@@ -1,0 +1,90 @@
+"""``jetty-proxy agents install|list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import anyio
+
+from proxy.agents import AgentAdapter, UnknownAgentError, agent_names, get_adapter
+from proxy.agents.install import AgentCache, AgentInstallError
+from proxy.cli.common import Subcommands, megabytes
+from proxy.settings import Settings
+
+
+def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    agents = commands.add_parser("agents", help="manage the pinned agent CLIs")
+    agent_commands = agents.add_subparsers(title="agents commands", required=True)
+    install = agent_commands.add_parser(
+        "install", parents=[common], help="install pinned agent CLIs into the cache"
+    )
+    install.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"agents to install (default: all of {', '.join(agent_names())})",
+    )
+    install.set_defaults(handler=_agents_install)
+    agent_list = agent_commands.add_parser(
+        "list", parents=[common], help="show the pinned agent CLIs and whether they are installed"
+    )
+    agent_list.set_defaults(handler=_agents_list)
+
+
+def _agents_install(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        adapters = [get_adapter(name) for name in dict.fromkeys(args.names or agent_names())]
+    except UnknownAgentError as exc:
+        print(f"jetty-proxy: {exc}", file=sys.stderr)
+        return 2
+    cache = AgentCache.from_settings(settings)
+
+    async def install(adapter: AgentAdapter) -> bool:
+        label = f"{adapter.name} {adapter.binary.version}"
+        if cache.status(adapter).installed:
+            print(f"{label}: already installed", file=sys.stderr)
+            return True
+        package = f"{adapter.binary.npm_package}@{adapter.binary.version}"
+        print(f"{label}: installing {package} ...", file=sys.stderr)
+        started = time.monotonic()
+        try:
+            agent = await cache.ensure(adapter)
+        except AgentInstallError as exc:
+            print(f"jetty-proxy: {exc}", file=sys.stderr)
+            return False
+        elapsed = time.monotonic() - started
+        print(
+            f"{label}: installed in {elapsed:.1f} s ({megabytes(agent.size_bytes)})",
+            file=sys.stderr,
+        )
+        return True
+
+    async def install_all() -> list[str]:
+        return [adapter.name for adapter in adapters if not await install(adapter)]
+
+    failed = anyio.run(install_all)
+    if failed:
+        print(
+            f"jetty-proxy: {len(failed)} of {len(adapters)} agent CLIs failed to install:"
+            f" {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{len(adapters)} agent CLIs ready in {cache.root}", file=sys.stderr)
+    return 0
+
+
+def _agents_list(args: argparse.Namespace, settings: Settings) -> int:
+    cache = AgentCache.from_settings(settings)
+    print(f"{'NAME':<13}{'VERSION':<10}{'RUNTIME':<14}{'INSTALLED':<11}{'SIZE':<9}PATH")
+    for status in cache.list():
+        runtime = f"node {status.node_version}" if status.node_version else "-"
+        installed = "yes" if status.installed else "no"
+        size = "-" if status.size_bytes is None else megabytes(status.size_bytes)
+        print(
+            f"{status.name:<13}{status.version:<10}{runtime:<14}{installed:<11}{size:<9}"
+            f"{status.path}"
+        )
+    return 0

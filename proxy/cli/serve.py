@@ -1,0 +1,65 @@
+"""``jetty-proxy serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from proxy import __version__
+from proxy.cli.common import Subcommands, with_store
+from proxy.settings import Settings
+
+
+def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback bind with no API keys configured (anyone can use it)",
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    has_keys = with_store(settings, lambda store: store.has_keys())
+    if not has_keys and not settings.is_loopback and not settings.insecure_no_auth:
+        print(
+            f"jetty-proxy: refusing to serve on {settings.host} with no API keys: anyone who can"
+            " reach it could use your upstream credentials.\n"
+            "  Create a key first:  jetty-proxy keys create --collection NAME\n"
+            "  or bind to loopback: --host 127.0.0.1\n"
+            "  or, knowingly:       --insecure-no-auth",
+            file=sys.stderr,
+        )
+        return 2
+    auth = "API keys required" if has_keys else "no API keys configured: auth is off"
+    print(
+        f"jetty-proxy {__version__} on http://{settings.host}:{settings.port}"
+        f" (data in {settings.data_dir}; {auth})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        server_header=False,
+        # uvicorn's default is 5 s, the same as the idle expiry of httpx's pools (so of the
+        # OpenAI SDKs): a request sent just as the server closes the idle connection fails
+        # with a reset. Outlast clients' pools and load balancers (60 s) instead, so that
+        # idle connections are closed by the client side.
+        timeout_keep_alive=75,
+    )
+    return 0
