@@ -51,7 +51,7 @@ from proxy.runs.render import Aggregator, ChunkRenderer, finish_reason_for, usag
 from proxy.runs.runtime import RunService
 from proxy.sandbox import ImageNotFound, SandboxError
 from proxy.store import Store
-from proxy.store.blobs import BlobStore, LocalBlobStore, read_all
+from proxy.store.blobs import BlobStore, file_source
 
 DEFAULT_TASK = "default"
 RUNBOOK_URL_MAX_BYTES = 1024 * 1024
@@ -209,10 +209,7 @@ async def _previous_inputs(
             records.append((record.filename, record))
     found: dict[str, bytes | Path] = {}
     for name, record in records:
-        if isinstance(blobs, LocalBlobStore):
-            found[name] = blobs.path(record.blob_key)
-        else:
-            found[name] = await read_all(blobs, record.blob_key)
+        found[name] = await file_source(blobs, record.blob_key)
     return found
 
 
@@ -269,10 +266,7 @@ async def _inputs(
             raise NotFound(f"No file with id '{file_id}'.", param=f"jetty.files[{index}]")
         records.append((record.filename, record))
     for name, record in records:
-        if isinstance(blobs, LocalBlobStore):
-            inputs[name] = blobs.path(record.blob_key)
-        else:
-            inputs[name] = await read_all(blobs, record.blob_key)
+        inputs[name] = await file_source(blobs, record.blob_key)
     return inputs
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,11 +23,10 @@ from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
 
 from proxy.errors import BadRequest, ProxyError, UpstreamError
 from proxy.relay.context import RelayContext, read_body, relay_context
-from proxy.relay.provider import authenticate
+from proxy.relay.provider import AsResponse, authenticate, json_object, sse_events
 from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
 from proxy.relay.tokens import ModelUsage, RunGrant, attributed, token_from_headers
 from proxy.relay.upstream import UpstreamResponse, send_streaming
@@ -63,7 +61,6 @@ _ERROR_TYPES = {
     529: "overloaded_error",
 }
 _STREAM_END = re.compile(rb"^event: ?(?:message_stop|error)\r?$", re.MULTILINE)
-_EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 
 
 def routes() -> list[BaseRoute]:
@@ -154,7 +151,7 @@ async def _forward(request: Request, *, count_usage: bool) -> Response:
         )
     else:
         relay = RelayJSONResponse(open_upstream, on_finish=on_finish, dialect=AnthropicDialect())
-    return _AsResponse(relay)
+    return AsResponse(relay)
 
 
 class _TooLarge(ProxyError):
@@ -269,14 +266,13 @@ class UsageReader:
 
     def feed_sse(self, block: bytes) -> None:
         """Read the events in ``block`` (complete SSE events, as relayed)."""
-        for event in _EVENT_SPLIT.split(block):
-            name, data = _event_parts(event)
+        for name, data in sse_events(block):
             if name in (b"message_start", b"message_delta") or (not name and b'"message_' in data):
-                self._read(_json_object(data))
+                self._read(json_object(data))
 
     def feed_json(self, body: bytes) -> None:
         """Read a whole (non-streaming) Messages response."""
-        message = _json_object(body)
+        message = json_object(body)
         if message is not None:
             self._read({"type": "message_start", "message": message})
 
@@ -305,35 +301,3 @@ class UsageReader:
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 self._counts[name] = value
-
-
-def _event_parts(event: bytes) -> tuple[bytes, bytes]:
-    """An SSE event's name and its data lines joined (both empty when absent)."""
-    name = b""
-    data: list[bytes] = []
-    for line in event.splitlines():
-        field, _, value = line.partition(b":")
-        value = value[1:] if value.startswith(b" ") else value
-        if field == b"event":
-            name = value
-        elif field == b"data":
-            data.append(value)
-    return name, b"\n".join(data)
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-class _AsResponse(Response):
-    """Lets an ASGI callable stand where Starlette expects a Response."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)

@@ -172,7 +172,7 @@ def relay_call(context: RelayContext, call: Call, wire: Wire) -> Response:
         )
     else:
         relay = RelayJSONResponse(open_upstream, on_finish=on_finish, dialect=wire.dialect)
-    return _AsResponse(relay)
+    return AsResponse(relay)
 
 
 async def _open(client: httpx.AsyncClient, request: httpx.Request, wire: Wire) -> UpstreamResponse:
@@ -226,7 +226,7 @@ def upstream_message(status_code: int, raw: bytes) -> str:
     return f"upstream returned HTTP {status_code}" + (f": {text}" if text else "")
 
 
-class _AsResponse(Response):
+class AsResponse(Response):
     """Lets an ASGI callable stand where Starlette expects a Response."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from proxy.sandbox import Sandbox
+from proxy.store import Store
+from proxy.store.blobs import BlobStore, file_source, read_all
 from proxy.store.records import Trajectory
 
 MARKER_WORDS = "Jetty run"
@@ -131,6 +134,59 @@ def unpack_home(data: bytes) -> dict[str, bytes]:
             if extracted is not None:
                 files[member.name] = extracted.read()
     return files
+
+
+async def restore(
+    sandbox: Sandbox,
+    continuation: Continuation,
+    *,
+    store: Store,
+    blobs: BlobStore,
+    home: str,
+    inputs: Mapping[str, bytes | Path],
+) -> list[str]:
+    """Put back what the continued run left into a new sandbox: its saved ``home``, its result
+    files and its ``inputs``; what was restored, for the stream."""
+    restored: list[str] = []
+    if continuation.home_blob:
+        files = unpack_home(await read_all(blobs, continuation.home_blob))
+        if files:
+            await sandbox.put_files(home, files)
+            restored.append("agent session")
+    results = {
+        artifact.path: await file_source(blobs, artifact.blob_key)
+        for artifact in await store.list_artifacts(continuation.previous.id)
+    }
+    if results:
+        await sandbox.put_files("/app/results", results)
+        restored.append(f"{len(results)} result files")
+    if inputs:
+        await sandbox.put_files("/app/assets", inputs)
+        restored.append(f"{len(inputs)} input files")
+    return restored
+
+
+@dataclass(frozen=True)
+class SavedHome:
+    blob_key: str
+    size: int
+    # Files left out for the caps.
+    skipped: int
+
+
+async def save_home(
+    sandbox: Sandbox, *, blobs: BlobStore, home: str, max_bytes: int, max_files: int
+) -> SavedHome:
+    """Archive the sandbox's ``home`` (the agent's session files) into a blob."""
+    with tempfile.TemporaryDirectory(prefix="jetty-home-") as scratch:
+        report = await sandbox.copy_out(home, Path(scratch), max_bytes, max_files)
+        data = await anyio.to_thread.run_sync(pack_home, Path(scratch))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    blob = await blobs.put(chunks())
+    return SavedHome(blob.key, len(data), len(report.skipped))
 
 
 @dataclass

@@ -12,12 +12,10 @@ import logging
 import posixpath
 import secrets
 import shlex
-import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -38,12 +36,11 @@ from proxy.events import (
 from proxy.events import Warning as WarningEvent
 from proxy.relay.tokens import ModelUsage
 from proxy.runs.artifacts import collect_results, results_markdown
-from proxy.runs.followup import Continuation, marker_line, pack_home, unpack_home
+from proxy.runs.followup import Continuation, marker_line, restore, save_home
 from proxy.runs.launch import AGENT_HOME, RELAY_MOUNT, SANDBOX_OF, RunLaunch
 from proxy.runs.live import LiveRun
 from proxy.sandbox import ExitStatus, Mount, Sandbox, SandboxError, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER
-from proxy.store.blobs import LocalBlobStore, read_all
 from proxy.store.records import TrajectoryStatus
 
 if TYPE_CHECKING:
@@ -214,30 +211,19 @@ class RunLifecycle:
 
     async def _restore(self, sandbox: Sandbox, continuation: Continuation) -> None:
         """Put back what the previous turn left: its agent HOME, results and input files."""
-        previous, blobs = continuation.previous, self.engine._blobs
-        restored: list[str] = []
-        if continuation.home_blob:
-            home = unpack_home(await read_all(blobs, continuation.home_blob))
-            if home:
-                await sandbox.put_files(AGENT_HOME, home)
-                restored.append("agent session")
-        results: dict[str, bytes | Path] = {}
-        for artifact in await self.store.list_artifacts(previous.id):
-            if isinstance(blobs, LocalBlobStore):
-                results[artifact.path] = blobs.path(artifact.blob_key)
-            else:
-                results[artifact.path] = await read_all(blobs, artifact.blob_key)
-        if results:
-            await sandbox.put_files("/app/results", results)
-            restored.append(f"{len(results)} result files")
-        if self.launch.previous_inputs:
-            await sandbox.put_files("/app/assets", self.launch.previous_inputs)
-            restored.append(f"{len(self.launch.previous_inputs)} input files")
+        restored = await restore(
+            sandbox,
+            continuation,
+            store=self.store,
+            blobs=self.engine._blobs,
+            home=AGENT_HOME,
+            inputs=self.launch.previous_inputs,
+        )
         what = ", ".join(restored) or "nothing was saved"
         await self.emit(
             Progress(
-                f"Continuing run {previous.id} (turn {continuation.turn}) in a new sandbox;"
-                f" restored: {what}"
+                f"Continuing run {continuation.previous.id} (turn {continuation.turn}) in a new"
+                f" sandbox; restored: {what}"
             )
         )
 
@@ -414,31 +400,25 @@ class RunLifecycle:
         if started:
             session["agent_session_id"] = started[-1].session_id
         try:
-            with tempfile.TemporaryDirectory(prefix="jetty-home-") as scratch:
-                report = await sandbox.copy_out(
-                    AGENT_HOME,
-                    Path(scratch),
-                    max_bytes=config.session_max_bytes,
-                    max_files=config.session_max_files,
-                )
-                data = await anyio.to_thread.run_sync(pack_home, Path(scratch))
-            if report.skipped:
-                await self.emit(
-                    WarningEvent(
-                        f"The agent's session was saved without {len(report.skipped)} files"
-                        " (over the size or file caps); a follow-up may miss them."
-                    )
-                )
-
-            async def chunks() -> AsyncIterator[bytes]:
-                yield data
-
-            blob = await self.engine._blobs.put(chunks())
+            saved = await save_home(
+                sandbox,
+                blobs=self.engine._blobs,
+                home=AGENT_HOME,
+                max_bytes=config.session_max_bytes,
+                max_files=config.session_max_files,
+            )
         except Exception:
             logger.exception("saving the agent session of run %s", launch.run_id)
             return session
-        session["home_blob"] = blob.key
-        session["home_bytes"] = len(data)
+        if saved.skipped:
+            await self.emit(
+                WarningEvent(
+                    f"The agent's session was saved without {saved.skipped} files"
+                    " (over the size or file caps); a follow-up may miss them."
+                )
+            )
+        session["home_blob"] = saved.blob_key
+        session["home_bytes"] = saved.size
         return session
 
     async def _collect(self, sandbox: Sandbox) -> list[dict[str, object]]:

@@ -122,6 +122,14 @@ async def read_all(blobs: BlobStore, key: str) -> bytes:
     return b"".join(parts)
 
 
+async def file_source(blobs: BlobStore, key: str) -> bytes | Path:
+    """A blob as `Sandbox.put_files` takes it: its file on a local store (nothing read), else
+    its content."""
+    if isinstance(blobs, LocalBlobStore):
+        return blobs.path(key)
+    return await read_all(blobs, key)
+
+
 async def _disk(fn: Callable[[*Args], T], *args: *Args) -> T:
     """Run a blocking file operation in a worker thread; its OS errors become StoreErrors."""
     try:
