@@ -42,9 +42,9 @@ from proxy.relay.tokens import RunTokens
 from proxy.sandbox.base import ExitStatus, Mount, SandboxSpec
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
 from proxy.settings import Settings
-from tests.relay.conftest import REAL_KEY, serve_unix
+from tests.relay.conftest import REAL_KEY
 from tests.sandbox.conftest import BUSYBOX, TESTENV, configured_docker_host, engine_client
-from tests.support.live import free_port, serve
+from tests.support.live import free_port, serve, serve_unix
 from tests.support.scripted_anthropic import Seen
 from tests.support.scripted_responses import ScriptedResponses
 from tests.support.watched import WatchedStream

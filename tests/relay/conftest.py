@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from starlette.types import ASGIApp
 
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import ModelUsage, RunTokens
@@ -80,32 +75,3 @@ def make_relay(
 def relay(make_relay: RelayFactory) -> Iterator[str]:
     with make_relay() as url:
         yield url
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test runner owns signals
-        pass
-
-
-@contextmanager
-def serve_unix(app: ASGIApp) -> Iterator[Path]:
-    """Run ``app`` on a unix socket until the block ends; yields the socket's path."""
-    # Socket paths are limited to ~100 bytes, too few for pytest's tmp_path.
-    with tempfile.TemporaryDirectory(prefix="relay-") as directory:
-        path = Path(directory) / "relay.sock"
-        config = uvicorn.Config(
-            app, uds=str(path), log_level="warning", lifespan="on", loop="asyncio"
-        )
-        server = _Server(config)
-        thread = threading.Thread(target=server.run, name="uvicorn-uds", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server on a unix socket did not start")
-            time.sleep(0.005)
-        try:
-            yield path
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)

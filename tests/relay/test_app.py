@@ -10,7 +10,8 @@ import pytest
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.settings import Settings
-from tests.relay.conftest import REAL_KEY, serve_unix
+from tests.relay.conftest import REAL_KEY
+from tests.support.live import serve_unix
 from tests.support.scripted_anthropic import ScriptedAnthropic
 
 Upstream = tuple[ScriptedAnthropic, str]

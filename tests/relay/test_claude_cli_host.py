@@ -22,8 +22,8 @@ from proxy.events import Event, Finished, TextDelta, ToolCall, ToolResult, Usage
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.settings import Settings
-from tests.relay.conftest import REAL_KEY, serve_unix
-from tests.support.live import serve
+from tests.relay.conftest import REAL_KEY
+from tests.support.live import serve, serve_unix
 from tests.support.scripted_anthropic import ScriptedAnthropic
 
 pytestmark = pytest.mark.agents

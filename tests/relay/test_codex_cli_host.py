@@ -7,26 +7,20 @@ relay's socket, which relays to a scripted Responses API upstream with the real 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from proxy.agents import AgentSpec
 from proxy.agents.install import InstalledAgent
 from proxy.events import AgentError, Finished, TextDelta, ToolCall, ToolResult, Usage
-from proxy.relay.app import create_relay_app
-from proxy.relay.tokens import ModelUsage, RunTokens
 from proxy.settings import Settings
-from tests.relay.conftest import REAL_KEY, serve_unix
+from tests.relay.conftest import REAL_KEY
 from tests.support.host_cli import (
-    Recorder,
+    HostRun,
     installed_agent,
-    loopback_url,
-    run_under_forwarder,
+    run_through_relay,
     translate,
 )
-from tests.support.live import serve
 from tests.support.scripted_responses import USAGE, ScriptedResponses
 
 pytestmark = pytest.mark.agents
@@ -37,34 +31,17 @@ def codex() -> InstalledAgent:
     return installed_agent("codex")
 
 
-def run_codex(
-    codex: InstalledAgent, tmp_path: Path, upstream: ScriptedResponses
-) -> tuple[Recorder, str, list[ModelUsage], subprocess.CompletedProcess[str]]:
-    tokens = RunTokens()
-    usage: list[ModelUsage] = []
-
-    async def record(run_id: str, found: ModelUsage) -> None:
-        usage.append(found)
-
-    token = tokens.issue("run-codex", "coll")
-    with serve(upstream.app()) as upstream_url:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            openai_base_url=upstream_url + "/v1",
-            openai_api_key=REAL_KEY,
-        )
-        recorder = Recorder(create_relay_app(tokens, settings, on_usage=record), b"authorization")
-        with serve_unix(recorder) as socket_path:
-            spec = AgentSpec(
-                prompt="Write hello.txt into the results directory.",
-                model="gpt-5.5",  # a model Codex 0.169 has metadata for
-                relay_base_url=loopback_url(),
-                relay_token=token,
-                workdir=str(tmp_path / "app"),
-                home=str(tmp_path / "home"),
-            )
-            process = run_under_forwarder(codex, spec, socket_path, tmp_path / "tools")
-    return recorder, token, usage, process
+def run_codex(codex: InstalledAgent, tmp_path: Path, upstream: ScriptedResponses) -> HostRun:
+    return run_through_relay(
+        codex,
+        upstream.app(),
+        tmp_path,
+        model="gpt-5.5",  # a model Codex 0.169 has metadata for
+        key_header=b"authorization",
+        settings=lambda url: Settings(
+            data_dir=tmp_path / "data", openai_base_url=url + "/v1", openai_api_key=REAL_KEY
+        ),
+    )
 
 
 def test_codex_completes_a_tool_call_through_the_forwarder(

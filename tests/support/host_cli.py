@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import anyio
 import pytest
@@ -21,7 +23,10 @@ from proxy.agents import AgentSpec, get_adapter
 from proxy.agents.forwarder import ensure_forwarder, forwarder_argv
 from proxy.agents.install import AgentCache, InstalledAgent
 from proxy.events import Event
-from tests.support.live import free_port
+from proxy.relay.app import create_relay_app
+from proxy.relay.tokens import ModelUsage, RunTokens
+from proxy.settings import Settings
+from tests.support.live import free_port, serve, serve_unix
 
 
 def installed_agent(name: str) -> InstalledAgent:
@@ -95,3 +100,44 @@ def translate(agent_name: str, process: subprocess.CompletedProcess[str]) -> lis
         events += translator.feed(line)
     events += translator.finish(process.returncode)
     return events
+
+
+HostRun: TypeAlias = tuple[Recorder, str, list[ModelUsage], subprocess.CompletedProcess[str]]
+
+
+def run_through_relay(
+    agent: InstalledAgent,
+    upstream: ASGIApp,
+    tmp_path: Path,
+    *,
+    model: str,
+    key_header: bytes,
+    settings: Callable[[str], Settings],
+) -> HostRun:
+    """Run ``agent`` on one task under the forwarder, through a relay on a unix socket, to
+    ``upstream`` (a scripted provider); ``settings(upstream_url)`` points the relay at it.
+
+    Returns the relay requests seen (path and ``key_header``), the run's token, the usage the
+    relay reported, and the finished process.
+    """
+    tokens = RunTokens()
+    usage: list[ModelUsage] = []
+
+    async def record(run_id: str, found: ModelUsage) -> None:
+        usage.append(found)
+
+    token = tokens.issue(f"run-{agent.name}", "coll")
+    with serve(upstream) as upstream_url:
+        relay = create_relay_app(tokens, settings(upstream_url), on_usage=record)
+        recorder = Recorder(relay, key_header)
+        with serve_unix(recorder) as socket_path:
+            spec = AgentSpec(
+                prompt="Write hello.txt into the results directory.",
+                model=model,
+                relay_base_url=loopback_url(),
+                relay_token=token,
+                workdir=str(tmp_path / "app"),
+                home=str(tmp_path / "home"),
+            )
+            process = run_under_forwarder(agent, spec, socket_path, tmp_path / "tools")
+    return recorder, token, usage, process

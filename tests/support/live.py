@@ -7,10 +7,12 @@ Streaming and disconnect behaviour can only be tested over a real socket
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -35,16 +37,35 @@ def serve(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
     )
+    with _running(config, f"port {port}"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def serve_unix(app: ASGIApp) -> Iterator[Path]:
+    """Run ``app`` on a unix socket until the block ends; yields the socket's path."""
+    # Socket paths are limited to ~100 bytes, too few for pytest's tmp_path.
+    with tempfile.TemporaryDirectory(prefix="relay-") as directory:
+        path = Path(directory) / "relay.sock"
+        config = uvicorn.Config(
+            app, uds=str(path), log_level="warning", lifespan="on", loop="asyncio"
+        )
+        with _running(config, "a unix socket"):
+            yield path
+
+
+@contextmanager
+def _running(config: uvicorn.Config, where: str) -> Iterator[None]:
     server = _Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"uvicorn {where}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"test server on port {port} did not start")
+            raise RuntimeError(f"test server on {where} did not start")
         time.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=10)

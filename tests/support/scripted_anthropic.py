@@ -43,6 +43,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.support.turns import current_turn
+
 DEFAULT_COMMAND = "mkdir -p /app/results && echo 'hello from the agent' > /app/results/hello.txt"
 # The usage every scripted call reports: distinct numbers so tests can tell fields apart.
 USAGE = {
@@ -143,11 +145,9 @@ class ScriptedAnthropic:
         return seen
 
     def _answer(self, messages: list[Any]) -> list[dict[str, Any]]:
-        prompts = [i for i, m in enumerate(messages) if _is_prompt(m)]
-        command, final_text = self.command, self.final_text
-        if 0 < len(prompts) <= len(self.turns):
-            command, final_text = self.turns[len(prompts) - 1]
-        since = messages[prompts[-1] + 1 :] if prompts else messages
+        (command, final_text), since = current_turn(
+            messages, _is_prompt, self.turns, (self.command, self.final_text)
+        )
         if not any(_has_tool_result(m) for m in since):
             return [
                 {"type": "text", "text": "I will write the file now."},

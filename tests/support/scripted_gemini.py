@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.support.scripted_anthropic import DEFAULT_COMMAND, Mode, Seen
+from tests.support.turns import current_turn
 from tests.support.watched import WatchedStream
 
 # Distinct numbers so tests can tell fields apart; the prompt count includes the cached one,
@@ -113,11 +114,9 @@ class ScriptedGemini:
 
     def _answer(self, contents: object, model: str) -> list[dict[str, Any]]:
         history = contents if isinstance(contents, list) else []
-        prompts = [i for i, content in enumerate(history) if _is_prompt(content)]
-        command, final_text = self.command, self.final_text
-        if 0 < len(prompts) <= len(self.turns):
-            command, final_text = self.turns[len(prompts) - 1]
-        since = history[prompts[-1] + 1 :] if prompts else history
+        (command, final_text), since = current_turn(
+            history, _is_prompt, self.turns, (self.command, self.final_text)
+        )
         if not any(_has_function_response(content) for content in since):
             parts: list[list[dict[str, Any]]] = [
                 [{"text": "I will write the file now."}],

@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.support.scripted_anthropic import DEFAULT_COMMAND, Mode, Seen
+from tests.support.turns import current_turn
 from tests.support.watched import WatchedStream
 
 # Distinct numbers so tests can tell fields apart; input includes cached, output reasoning.
@@ -103,11 +104,9 @@ class ScriptedResponses:
 
     def _answer(self, input_items: object) -> list[dict[str, Any]]:
         items = input_items if isinstance(input_items, list) else []
-        prompts = [i for i, item in enumerate(items) if _is_prompt(item)]
-        command, final_text = self.command, self.final_text
-        if 0 < len(prompts) <= len(self.turns):
-            command, final_text = self.turns[len(prompts) - 1]
-        since = items[prompts[-1] + 1 :] if prompts else items
+        (command, final_text), since = current_turn(
+            items, _is_prompt, self.turns, (self.command, self.final_text)
+        )
         if not any(_is_tool_output(item) for item in since):
             return [
                 {
