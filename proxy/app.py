@@ -69,9 +69,7 @@ class ProxyApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContextMiddleware(
-            DirectRoute(
-                super().build_middleware_stack(), self._direct, self.exception_handlers, self.router
-            ),
+            super().build_middleware_stack(),
             self._metrics,
             body_limit=lambda path: (
                 upload_body_limit(self._settings.upload_max_bytes)
@@ -79,6 +77,7 @@ class ProxyApp(Starlette):
                 else self._settings.max_body_bytes
             ),
             first_bytes=self._first_bytes,
+            direct=DirectRoute(self._direct, self.exception_handlers, self.router),
         )
 
 

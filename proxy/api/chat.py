@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -28,19 +27,38 @@ from proxy.errors import BadRequest, InvalidField, NotFound, NotImplementedYet
 from proxy.presets import Preset, is_background_request, preset_name, preset_request
 from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
 from proxy.relay.summary import StreamContent, summarize_chat_stream
-from proxy.relay.upstream import UpstreamResponse
 from proxy.store.chat import ChatRecord
 
 
-class ChatRequest(BaseModel):
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
     """The few fields the proxy itself reads; everything else is forwarded untouched."""
-
-    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[Any]
-    stream: StrictBool | None = None
+    stream: bool | None = None
     jetty: dict[str, Any] | None = None
+
+    @classmethod
+    def from_body(cls, raw: dict[str, Any]) -> ChatRequest:
+        """Check the fields in order; the first bad one is named. (By hand rather than with
+        a pydantic model: this runs before every relayed first byte, at a fifth of the cost.)"""
+        for name, kind, label, required in _FIELDS:
+            value = raw.get(name, _MISSING)
+            if type(value) is kind or (not required and (value is None or value is _MISSING)):
+                continue
+            problem = "Field required" if value is _MISSING else f"Input should be {label}"
+            raise InvalidField(name, f"Invalid value for '{name}': {problem}")
+        return cls(raw["model"], raw["messages"], raw.get("stream"), raw.get("jetty"))
+
+
+_MISSING = object()
+_FIELDS: tuple[tuple[str, type, str, bool], ...] = (
+    ("model", str, "a valid string", True),
+    ("messages", list, "a valid list", True),
+    ("stream", bool, "a valid boolean", False),
+    ("jetty", dict, "a valid dictionary", False),
+)
 
 
 def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
@@ -51,14 +69,7 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         raise BadRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(raw, dict):
         raise BadRequest("Request body must be a JSON object.", code="invalid_json")
-    try:
-        parsed = ChatRequest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        message = f"Invalid value for '{param}': {first['msg']}" if param else first["msg"]
-        raise InvalidField(param or "body", message) from exc
-    return parsed, raw
+    return ChatRequest.from_body(raw), raw
 
 
 async def chat_completions(request: Request) -> Response:
@@ -76,7 +87,7 @@ async def chat_completions(request: Request) -> Response:
         else:
             messages, block = preset_request(preset, chat.messages, chat.jetty)
             raw = {**raw, "model": preset.model, "messages": messages, "jetty": block}
-        chat = ChatRequest.model_validate(raw)
+        chat = ChatRequest.from_body(raw)
     jetty = chat.jetty or {}
 
     collection = jetty.get("collection")
@@ -172,8 +183,8 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
     # Streams only carry their text in pieces: gather it while relaying, if it is kept.
     content = StreamContent() if stream and keep_content else None
 
-    async def open_upstream() -> UpstreamResponse:
-        return await services.upstreams.send(chat.model, "/chat/completions", body)
+    # Sent now, before the relay is made ready: the upstream has the request meanwhile.
+    pending = services.upstreams.begin(chat.model, "/chat/completions", body)
 
     async def on_finish(outcome: RelayOutcome) -> None:
         # Only queued now, right after the last byte, when the client may already be sending
@@ -215,13 +226,14 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
     relay: RelayStreamResponse | RelayJSONResponse
     if stream:
         relay = RelayStreamResponse(
-            open_upstream,
+            pending.open,
             keepalive=services.settings.keepalive_seconds,
             on_finish=on_finish,
             on_block=content.feed if content is not None else None,
+            abandon=pending.abandon,
         )
     else:
-        relay = RelayJSONResponse(open_upstream, on_finish=on_finish)
+        relay = RelayJSONResponse(pending.open, on_finish=on_finish, abandon=pending.abandon)
     return _AsResponse(relay)
 
 

@@ -32,7 +32,8 @@ class Services:
 
 
 def services_of(request: Request) -> Services:
-    services = request.state.services
+    # Straight from the lifespan state in the scope: request.state wraps it in an object.
+    services = request.scope["state"]["services"]
     assert isinstance(services, Services)
     return services
 

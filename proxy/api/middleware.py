@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import re
 import time
@@ -11,7 +12,7 @@ from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 from starlette.types import (
     ASGIApp,
     ExceptionHandler,
@@ -28,6 +29,14 @@ from proxy.errors import PayloadTooLarge
 from proxy.metrics import Metrics
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids: this process's random prefix and a counter. Unique, cheap (no system call
+# per request), and not secrets: clients may send their own.
+_ID_PREFIX = "req_" + os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class RequestContextMiddleware:
@@ -41,6 +50,8 @@ class RequestContextMiddleware:
       ends a wait has gone out, never before it.
     * ``first_bytes``, when given, learns when a request comes in and when its response
       has sent its first byte.
+    * ``direct``, when given, serves its route without going through ``app`` (see
+      :class:`DirectRoute`).
     """
 
     def __init__(
@@ -49,8 +60,10 @@ class RequestContextMiddleware:
         metrics: Metrics,
         body_limit: Callable[[str], int],
         first_bytes: FirstBytes | None = None,
+        direct: DirectRoute | None = None,
     ):
         self.app = app
+        self.direct = direct
         self.metrics = metrics
         self.body_limit = body_limit
         self.first_bytes = first_bytes or FirstBytes()
@@ -67,9 +80,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = (
-            incoming if _CLIENT_REQUEST_ID.match(incoming) else "req_" + os.urandom(16).hex()
-        )
+        request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else _new_id()
         request_id_header = (b"x-request-id", request_id.encode())
         scope.setdefault("state", {})["request_id"] = request_id
         limit = self.body_limit(scope["path"])
@@ -150,7 +161,11 @@ class RequestContextMiddleware:
                         raise self._too_large(limit)
                 return message
 
-            await self.app(scope, receive_wrapper, send_wrapper)
+            direct = self.direct
+            if direct is not None and direct.matches(scope):
+                await direct(scope, receive_wrapper, send_wrapper, lambda: stage > 0)
+            else:
+                await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             # Counted at the last byte: what the app does after it (recording a completion)
             # is not part of the request. Here only when the response never ended.
@@ -188,8 +203,9 @@ class DirectRoute:
     """Serves one route from its endpoint, around Starlette's router and exception middlewares.
 
     For the hot route (``POST /v1/chat/completions``) these cost tens of microseconds
-    before the first byte and three wrapper calls on every message of a stream. Requests
-    that the route does not match in full go on to ``app``, the rest of the application.
+    before the first byte and three wrapper calls on every message of a stream. The
+    request middleware asks :meth:`matches` and serves the requests that the route takes
+    in full here; the rest go on through the application.
 
     Errors are answered as Starlette would answer them, by the app's ``handlers`` (looked up
     along the exception's class hierarchy). An error that only the handler for
@@ -197,44 +213,33 @@ class DirectRoute:
     started is always re-raised, so that the server logs it (and drops the connection).
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        route: Route,
-        handlers: Mapping[Any, ExceptionHandler],
-        router: ASGIApp,
-    ):
-        self.app = app
+    def __init__(self, route: Route, handlers: Mapping[Any, ExceptionHandler], router: ASGIApp):
         self.route = route
         self.handlers = handlers
         self.router = router
         self._endpoint = cast(Callable[[Request], Awaitable[Response]], route.endpoint)
+        self._methods = route.methods or set()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        match, child_scope = self.route.matches(scope)
-        if match is not Match.FULL:
-            await self.app(scope, receive, send)
-            return
-        scope.update(child_scope)
+    def matches(self, scope: Scope) -> bool:
+        # The path compared as Starlette would (without a root path), the method as sent.
+        return scope["path"] == self.route.path and scope["method"] in self._methods
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]
+    ) -> None:
+        """Serve a request that :meth:`matches`; ``started`` tells whether its response has
+        begun (after which an error can no longer be answered)."""
+        scope["endpoint"] = self._endpoint
+        scope["path_params"] = {}
         scope["route"] = self.route
         scope.setdefault("router", self.router)
         request = Request(scope, receive, send)
-        started = False
-
-        async def sender(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
             response = await self._endpoint(request)
-            await response(scope, receive, sender)
+            await response(scope, receive, send)
         except Exception as exc:
             handler = self._handler(exc)
-            if handler is None or started:
+            if handler is None or started():
                 raise
             answer = handler(request, exc)
             if inspect.isawaitable(answer):

@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.server import server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
@@ -49,17 +50,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         f" (data in {settings.data_dir}; {auth})",
         file=sys.stderr,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
-        # uvicorn's default is 5 s, the same as the idle expiry of httpx's pools (so of the
-        # OpenAI SDKs): a request sent just as the server closes the idle connection fails
-        # with a reset. Outlast clients' pools and load balancers (60 s) instead, so that
-        # idle connections are closed by the client side.
-        timeout_keep_alive=75,
+    config = server_config(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn has logged why it could not start (the port is taken, say).
+    return 0 if server.started else 3

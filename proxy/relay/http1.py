@@ -105,6 +105,14 @@ class ConnectionPool:
         The body is left to read from the returned :class:`Response`, which the caller
         must ``aclose()``.
         """
+        return await self.begin(method, url, headers, content).response()
+
+    def begin(
+        self, method: str, url: str, headers: Sequence[tuple[str, str]], content: bytes
+    ) -> Exchange:
+        """Start a request: on an idle connection it is written before this returns, so
+        that the upstream works on it while the caller gets ready for the answer. Await
+        :meth:`Exchange.response` next (or :meth:`Exchange.abandon` it)."""
         split = self._targets.get(url)
         if split is None:
             if len(self._targets) >= 1024:
@@ -117,12 +125,14 @@ class ConnectionPool:
         )
         head += [b"%s: %s\r\n" % (_header(name), _header(value)) for name, value in headers]
         head.append(b"content-length: %d\r\n\r\n" % len(content))
-        connection = await self._acquire(origin)
-        try:
-            return await connection.send(b"".join(head), content)
-        except BaseException:
-            connection.close()
-            raise
+        exchange = Exchange(self, origin, b"".join(head), content)
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if connection.reuse():
+                exchange.start(connection)
+                break
+        return exchange
 
     async def aclose(self) -> None:
         """Close every connection, idle or in use."""
@@ -130,14 +140,6 @@ class ConnectionPool:
         for connection in list(self._open):
             connection.close()
         self._idle.clear()
-
-    async def _acquire(self, origin: Origin) -> _Connection:
-        idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()
-            if connection.reuse():
-                return connection
-        return await self._connect(origin)
 
     async def _connect(self, origin: Origin) -> _Connection:
         if self._closed:
@@ -175,6 +177,43 @@ class ConnectionPool:
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:
             idle.remove(connection)
+
+
+class Exchange:
+    """One request on its way: written on a connection already, or once one is open."""
+
+    def __init__(self, pool: ConnectionPool, origin: Origin, head: bytes, content: bytes):
+        self._pool = pool
+        self._origin = origin
+        self._head = head
+        self._content = content
+        self._connection: _Connection | None = None
+        self._done = False
+
+    def start(self, connection: _Connection) -> None:
+        self._connection = connection
+        connection.start(self._head, self._content)
+
+    async def response(self) -> Response:
+        """The response, once its status and headers are in (see :meth:`ConnectionPool.request`)."""
+        self._done = True
+        connection = self._connection
+        try:
+            if connection is None:
+                connection = self._connection = await self._pool._connect(self._origin)
+                connection.start(self._head, self._content)
+            return await connection.response()
+        except BaseException:
+            if connection is not None:
+                connection.close()
+            raise
+
+    def abandon(self) -> None:
+        """Give up a request whose response was never asked for: its connection is closed."""
+        if not self._done:
+            self._done = True
+            if self._connection is not None:
+                self._connection.close()
 
 
 class Response:
@@ -332,7 +371,8 @@ class _Connection(asyncio.Protocol):
         else:
             self.close()
 
-    async def send(self, head: bytes, content: bytes) -> Response:
+    def start(self, head: bytes, content: bytes) -> None:
+        """Write a request; :meth:`response` waits for the answer."""
         transport = self._transport
         assert transport is not None
         self._reset()
@@ -343,6 +383,8 @@ class _Connection(asyncio.Protocol):
         else:
             transport.write(head)
             transport.write(content)
+
+    async def response(self) -> Response:
         await self._drain()
         while not self._headers_complete:
             await self.wait()

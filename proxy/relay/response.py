@@ -22,8 +22,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import anyio
-from anyio import CancelScope
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import ProxyError
@@ -108,54 +106,75 @@ class _Relay:
 
     ``on_finish`` runs once the response is complete (or failed, or the client went
     away), after its last byte was sent; its failures are logged, never sent.
+    ``abandon``, when given, is called at the end: it releases an upstream request that
+    was sent ahead and never opened (the relay opens it first thing, so only if it
+    failed before that).
     """
 
     def __init__(
-        self, open_upstream: OpenUpstream, on_finish: OnFinish | None, dialect: Dialect = OPENAI
+        self,
+        open_upstream: OpenUpstream,
+        on_finish: OnFinish | None,
+        dialect: Dialect = OPENAI,
+        abandon: Callable[[], None] | None = None,
     ):
         self._open_upstream = open_upstream
+        self._abandon = abandon
         self._on_finish = on_finish
         self._dialect = dialect
         self.outcome = RelayOutcome()
         self._started_at = time.perf_counter()
         # Set once the response's last message has gone out.
         self._ended = False
+        # While the upstream is being relayed; and whether the client went away meanwhile.
+        self._relaying = False
+        self._client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The watcher is a bare asyncio task rather than one in an anyio task group, which
-        # costs several times as much per request; it needs no more structure than being
-        # cancelled when the relay is over, which the finally below sees to.
-        watcher: asyncio.Task[None] | None = None
+        # The relay runs on asyncio (uvicorn's loop), and its cancellation is plain asyncio:
+        # a bare watcher task that cancels this one when the client goes away, rather than
+        # anyio cancel scopes and a task group, which cost several times as much per request.
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive, task))
         try:
-            with anyio.CancelScope() as relay:
-                watcher = asyncio.get_running_loop().create_task(self._watch(receive, relay))
-                try:
-                    await self._relay(send)
-                except OSError:
-                    # The client's socket went away mid-send.
-                    self.outcome.status = "cancelled"
+            self._relaying = True
+            try:
+                await self._relay(send)
+            except OSError:
+                # The client's socket went away mid-send.
+                self.outcome.status = "cancelled"
+            except asyncio.CancelledError:
+                # Ours (the client went away: the outcome stays "cancelled") or the server's.
+                if not self._client_gone or task.uncancel() > 0:
+                    raise
+            finally:
+                self._relaying = False
         finally:
-            if watcher is not None:
+            if self._abandon is not None:
+                self._abandon()
+            if not self._ended:
                 watcher.cancel()
+            # Else the watcher ends by itself: a server reports a disconnect once the
+            # response is complete.
             self._finish()
             self.outcome.duration_seconds = time.perf_counter() - self._started_at
             if self._on_finish is not None:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._on_finish(self.outcome)
-                    except Exception:
-                        logger.exception("recording a relayed completion failed")
+                # A cancellation has been delivered by now; nothing here is cancelled again.
+                try:
+                    await self._on_finish(self.outcome)
+                except Exception:
+                    logger.exception("recording a relayed completion failed")
 
-    async def _watch(self, receive: Receive, relay: CancelScope) -> None:
+    async def _watch(self, receive: Receive, relay: asyncio.Task[Any]) -> None:
         """Cancel the relay when the client disconnects."""
         try:
             while (await receive())["type"] != "http.disconnect":
                 pass
         except Exception:
             logger.exception("watching for the client to go away failed")
-        # Servers report a disconnect once a response is complete, too: that one changes
-        # nothing. Otherwise the status stays "cancelled".
-        if not self._ended:
+        if self._relaying and not self._ended:
+            self._client_gone = True
             relay.cancel()
 
     async def _relay(self, send: Send) -> None:
@@ -194,8 +213,7 @@ class RelayJSONResponse(_Relay):
             await self._fail(send, exc)
             return
         finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
+            await upstream.aclose()
         self._mark_first_byte()
         self.outcome.status, self.outcome.status_code = "completed", upstream.status_code
         self.outcome.head = body
@@ -227,8 +245,9 @@ class RelayStreamResponse(_Relay):
         on_finish: OnFinish | None,
         dialect: Dialect = OPENAI,
         on_block: OnBlock | None = None,
+        abandon: Callable[[], None] | None = None,
     ):
-        super().__init__(open_upstream, on_finish, dialect)
+        super().__init__(open_upstream, on_finish, dialect, abandon)
         self._on_block = on_block
         self._keepalive = keepalive
         self._started = False
@@ -259,8 +278,7 @@ class RelayStreamResponse(_Relay):
                 await self._start(send, upstream.headers)
                 await self._pump(send, upstream)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await upstream.aclose()
+                await upstream.aclose()
         finally:
             self._finished = True
             self._ping_timer.cancel()

@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -197,28 +197,19 @@ class Upstreams:
         The response is returned unread so a stream can be relayed as it arrives;
         the caller must ``aclose()`` it.
         """
+        return await self.begin(model, path, body).open()
+
+    def begin(self, model: str, path: str, body: bytes) -> PendingUpstream:
+        """Like :meth:`send`, in two steps: the request goes out now when it can (on an idle
+        connection), so that the upstream works on it while the caller gets ready to relay
+        the answer; :meth:`PendingUpstream.open` then waits for that answer."""
         base_url, key = self._settings.route_for(model)
-        response: httpx.Response | http1.Response
+        url = base_url + path
         if self._pool is not None and self._is_direct(base_url):
-            response = await _send_direct(self._pool, base_url + path, key, body)
-        else:
-            request = self._client.build_request(
-                "POST", base_url + path, content=body, headers=_auth_headers(key)
-            )
-            response = await self._send(request)
-        if response.status_code >= 400:
-            try:
-                raw = await response.aread()
-            except (httpx.HTTPError, http1.HTTPError):
-                raw = b""
-            finally:
-                await response.aclose()
-            raise UpstreamError(
-                response.status_code,
-                normalise_error_body(response.status_code, raw),
-                passed_headers(response.headers),
-            )
-        return UpstreamResponse(response)
+            exchange = self._pool.begin("POST", url, list(_auth_headers(key).items()), body)
+            return PendingUpstream(lambda: _response_of(exchange, url), exchange.abandon)
+        request = self._client.build_request("POST", url, content=body, headers=_auth_headers(key))
+        return PendingUpstream(lambda: self._send(request), lambda: None)
 
     def _is_direct(self, base_url: str) -> bool:
         """Whether :mod:`proxy.relay.http1` can serve ``base_url`` as httpx would."""
@@ -291,17 +282,44 @@ async def send_streaming(client: httpx.AsyncClient, request: httpx.Request) -> h
         ) from exc
 
 
-async def _send_direct(
-    pool: http1.ConnectionPool, url: str, key: SecretStr | None, body: bytes
-) -> http1.Response:
+async def _response_of(exchange: http1.Exchange, url: str) -> http1.Response:
     try:
-        return await pool.request("POST", url, list(_auth_headers(key).items()), body)
+        return await exchange.response()
     except (http1.ConnectTimeout, http1.TransferTimeout) as exc:
         raise UpstreamTimeout(f"Upstream did not answer in time ({_host(url)}).") from exc
     except http1.HTTPError as exc:
         raise UpstreamUnavailable(
             f"Upstream unreachable ({_host(url)}): {type(exc).__name__}."
         ) from exc
+
+
+class PendingUpstream:
+    """A request to the upstream, sent or about to be: :meth:`open` it, or :meth:`abandon` it."""
+
+    def __init__(
+        self,
+        answer: Callable[[], Awaitable[httpx.Response | http1.Response]],
+        abandon: Callable[[], None],
+    ):
+        self._answer = answer
+        self.abandon = abandon
+
+    async def open(self) -> UpstreamResponse:
+        """The upstream's answer, unread; an error status raises :class:`UpstreamError`."""
+        response = await self._answer()
+        if response.status_code >= 400:
+            try:
+                raw = await response.aread()
+            except (httpx.HTTPError, http1.HTTPError):
+                raw = b""
+            finally:
+                await response.aclose()
+            raise UpstreamError(
+                response.status_code,
+                normalise_error_body(response.status_code, raw),
+                passed_headers(response.headers),
+            )
+        return UpstreamResponse(response)
 
 
 def _host(url: str) -> str:

@@ -32,6 +32,7 @@ from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import EngineConfig, RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.sandbox import SandboxBackend, select_backend
+from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
@@ -81,7 +82,7 @@ async def serve_relay_socket(
     os.chmod(directory, 0o755)  # noqa: S103
     socket_path = directory / RELAY_SOCKET_NAME
     app = create_relay_app(tokens, settings, transport=transport)
-    config = uvicorn.Config(
+    config = server_config(
         app, uds=str(socket_path), log_level="warning", lifespan="on", access_log=False
     )
     server = _QuietServer(config)

@@ -246,3 +246,57 @@ async def test_tls_with_the_given_trust(tmp_path: Path) -> None:
 
         with pytest.raises(http1.ConnectError):
             await pool().request("POST", url + "/", [], b"")
+
+
+async def test_begin_writes_on_an_idle_connection_before_the_answer_is_awaited() -> None:
+    async def quick(writer: asyncio.StreamWriter, seen: Seen, index: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async with serving(quick) as (server, url):
+        client = pool()
+        first = await client.request("POST", url + "/", [], b"one")
+        assert await first.aread() == b"ok"
+        await first.aclose()
+        # The idle connection takes the next request at once: the server has it before
+        # anyone waits for the answer.
+        exchange = client.begin("POST", url + "/", [], b"two")
+        for _ in range(100):
+            if len(server.seen) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [seen.body for seen in server.seen] == [b"one", b"two"]
+        second = await exchange.response()
+        assert await second.aread() == b"ok"
+        await second.aclose()
+        await client.aclose()
+    assert server.connections == 1
+
+
+async def test_an_abandoned_exchange_closes_its_connection() -> None:
+    async def quick(writer: asyncio.StreamWriter, seen: Seen, index: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async with serving(quick) as (server, url):
+        client = pool()
+        # Without an idle connection nothing is sent until the answer is asked for.
+        client.begin("POST", url + "/", [], b"never").abandon()
+        await asyncio.sleep(0.05)
+        assert server.connections == 0
+        first = await client.request("POST", url + "/", [], b"one")
+        await first.aread()
+        await first.aclose()
+        sent = client.begin("POST", url + "/", [], b"two")
+        sent.abandon()
+        sent.abandon()  # once is enough; twice is harmless
+        for _ in range(100):
+            if server.closed == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert server.closed == 1  # not reused: its answer was never read
+        third = await client.request("POST", url + "/", [], b"three")
+        assert await third.aread() == b"ok"
+        await third.aclose()
+        await client.aclose()
+    assert server.connections == 2

@@ -17,6 +17,8 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from proxy.server import server_config
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -34,7 +36,7 @@ class _Server(uvicorn.Server):
 def serve(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
     """Run ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
     port = port or free_port()
-    config = uvicorn.Config(
+    config = server_config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
     )
     with _running(config, f"port {port}"):
@@ -47,7 +49,7 @@ def serve_unix(app: ASGIApp) -> Iterator[Path]:
     # Socket paths are limited to ~100 bytes, too few for pytest's tmp_path.
     with tempfile.TemporaryDirectory(prefix="relay-") as directory:
         path = Path(directory) / "relay.sock"
-        config = uvicorn.Config(
+        config = server_config(
             app, uds=str(path), log_level="warning", lifespan="on", loop="asyncio"
         )
         with _running(config, "a unix socket"):
