@@ -108,15 +108,33 @@ def _from_completion(body: dict[str, Any]) -> ChatSummary:
 
 def _chunks(raw: bytes, *, newest_first: bool = False) -> Iterator[dict[str, Any]]:
     """The JSON objects of the SSE events in ``raw``, parsed one by one as they are asked for."""
-    # The regular expression tries every offset; a plain split is many times faster.
-    blocks = _BLOCK_SEPARATOR.split(raw) if b"\r" in raw else raw.split(b"\n\n")
-    for block in reversed(blocks) if newest_first else blocks:
+    for block in _blocks(raw, newest_first):
         data = b"\n".join(
             line[5:].lstrip(b" ") for line in block.splitlines() if line.startswith(b"data:")
         )
         chunk = _json_object(data)
         if chunk is not None:
             yield chunk
+
+
+def _blocks(raw: bytes, newest_first: bool) -> Iterator[bytes]:
+    """The SSE events of ``raw``, found one at a time: a summary reads a few of many."""
+    if b"\r" in raw:
+        # The regular expression tries every offset: only for the rare CRLF stream.
+        blocks = _BLOCK_SEPARATOR.split(raw)
+        yield from reversed(blocks) if newest_first else blocks
+    elif newest_first:
+        end = len(raw)
+        while (start := raw.rfind(b"\n\n", 0, end)) >= 0:
+            yield raw[start + 2 : end]
+            end = start
+        yield raw[:end]
+    else:
+        start = 0
+        while (end := raw.find(b"\n\n", start)) >= 0:
+            yield raw[start:end]
+            start = end + 2
+        yield raw[start:]
 
 
 def _choices(chunk: dict[str, Any]) -> list[dict[str, Any]]:

@@ -40,8 +40,13 @@ def redact_value(value: Any, secrets: Mapping[str, str], *, credential_fields: b
         copied: dict[str, Any] = {}
         for key, item in value.items():
             name = redact(str(key), secrets) if secrets else str(key)
-            if credential_fields and isinstance(item, str) and _CREDENTIAL_FIELD.search(name):
-                copied[name] = REDACTED if item else item
+            if isinstance(item, str):
+                if credential_fields and _CREDENTIAL_FIELD.search(name):
+                    copied[name] = REDACTED if item else item
+                else:
+                    copied[name] = redact(item, secrets) if secrets else item
+            elif item is None or isinstance(item, int | float):
+                copied[name] = item  # numbers and booleans hold no secret: no call for them
             else:
                 copied[name] = redact_value(item, secrets, credential_fields=credential_fields)
         return copied
