@@ -51,7 +51,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     config = server_config(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # A line per request at info and below; above, not even the work of making one.
+        access_log=settings.log_level.lower() in ("trace", "debug", "info"),
     )
     server = uvicorn.Server(config)
     server.run()

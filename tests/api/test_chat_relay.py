@@ -96,7 +96,11 @@ def test_runbook_requests_never_reach_the_upstream(proxy: str, upstream: Upstrea
         (b"{not json", None),
         (b"[1, 2]", None),
         (b'{"messages": []}', "model"),
+        (b'{"model": null, "messages": []}', "model"),
+        (b'{"model": 7, "messages": []}', "model"),
+        (b'{"model": "echo"}', "messages"),
         (b'{"model": "echo", "messages": "hi"}', "messages"),
+        (b'{"model": "echo", "messages": [], "stream": 1}', "stream"),
         (b'{"model": "echo", "messages": [], "stream": "yes"}', "stream"),
         (b'{"model": "echo", "messages": [], "jetty": "x"}', "jetty"),
         (b'{"model": "echo", "messages": [], "jetty": {"collection": ""}}', "jetty.collection"),
@@ -110,6 +114,8 @@ def test_bad_requests_are_400_naming_the_field(
     body = response.json()
     validate("ErrorResponse", body)
     assert body["error"]["param"] == param
+    if param is not None and "." not in param:
+        assert body["error"]["message"].startswith(f"Invalid value for '{param}': ")
     assert response.headers["x-should-retry"] == "false"
     assert upstream[0].seen == []
 
