@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -64,8 +65,8 @@ _FIELDS: tuple[tuple[str, type, str, bool], ...] = (
 def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     """Parse once at the edge; errors name the offending field."""
     try:
-        raw = json.loads(body)
-    except ValueError as exc:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(raw, dict):
         raise BadRequest("Request body must be a JSON object.", code="invalid_json")

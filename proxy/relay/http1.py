@@ -29,6 +29,7 @@ import select
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -113,6 +114,11 @@ class ConnectionPool:
         """Start a request: on an idle connection it is written before this returns, so
         that the upstream works on it while the caller gets ready for the answer. Await
         :meth:`Exchange.response` next (or :meth:`Exchange.abandon` it)."""
+        return self.begin_to(self.target(method, url, headers), content)
+
+    def target(self, method: str, url: str, headers: Sequence[tuple[str, str]]) -> Target:
+        """Where and how to send requests that differ only in their body: worth keeping
+        when many do (see :meth:`begin_to`)."""
         split = self._targets.get(url)
         if split is None:
             if len(self._targets) >= 1024:
@@ -124,9 +130,13 @@ class ConnectionPool:
             b"accept: */*\r\naccept-encoding: identity\r\nuser-agent: %s\r\n" % self._user_agent
         )
         head += [b"%s: %s\r\n" % (_header(name), _header(value)) for name, value in headers]
-        head.append(b"content-length: %d\r\n\r\n" % len(content))
-        exchange = Exchange(self, origin, b"".join(head), content)
-        idle = self._idle.get(origin)
+        return Target(origin, b"".join(head))
+
+    def begin_to(self, target: Target, content: bytes) -> Exchange:
+        """:meth:`begin` a request to a :meth:`target` with ``content`` as its body."""
+        head = b"%scontent-length: %d\r\n\r\n" % (target.head, len(content))
+        exchange = Exchange(self, target.origin, head, content)
+        idle = self._idle.get(target.origin)
         while idle:
             connection = idle.pop()
             if connection.reuse():
@@ -177,6 +187,14 @@ class ConnectionPool:
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:
             idle.remove(connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An origin, and the head of a request to it up to its ``content-length``."""
+
+    origin: Origin
+    head: bytes
 
 
 class Exchange:

@@ -7,12 +7,13 @@ model from the first chunk, the finish reason and usage from the last ones.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
+
+import orjson
 
 _BLOCK_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 
@@ -148,7 +149,7 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     if not raw.startswith(b"{"):
         return None
     try:
-        parsed = json.loads(raw)
-    except ValueError:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None

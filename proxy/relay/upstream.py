@@ -184,6 +184,8 @@ class Upstreams:
         )
         self._env_proxies = urllib.request.getproxies_environment()
         self._direct: dict[str, bool] = {}
+        # The head of a POST to each URL with its key, up to the body's length.
+        self._targets: dict[str, tuple[SecretStr | None, http1.Target]] = {}
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     async def aclose(self) -> None:
@@ -206,7 +208,13 @@ class Upstreams:
         base_url, key = self._settings.route_for(model)
         url = base_url + path
         if self._pool is not None and self._is_direct(base_url):
-            exchange = self._pool.begin("POST", url, list(_auth_headers(key).items()), body)
+            cached = self._targets.get(url)
+            if cached is None or cached[0] is not key:
+                if len(self._targets) >= 1024:
+                    self._targets.clear()
+                headers = list(_auth_headers(key).items())
+                cached = self._targets[url] = (key, self._pool.target("POST", url, headers))
+            exchange = self._pool.begin_to(cached[1], body)
             return PendingUpstream(lambda: _response_of(exchange, url), exchange.abandon)
         request = self._client.build_request("POST", url, content=body, headers=_auth_headers(key))
         return PendingUpstream(lambda: self._send(request), lambda: None)
