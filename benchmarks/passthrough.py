@@ -7,7 +7,7 @@ and prints what the proxy adds: time to first byte p50/p99, per-request latency,
 chunks per second, the proxy's CPU time per relayed chunk and its peak RSS.
 
     python benchmarks/passthrough.py [--chunks 200] [--levels 1,32,128] [--requests N]
-                                     [--clients 2] [--gap-ms 0]
+                                     [--clients 2] [--gap-ms 0] [--bare]
 
 The load comes from ``--clients`` separate processes (one at concurrency 1), each a
 minimal HTTP/1.1 client on uvloop and httptools holding one keep-alive connection per
@@ -24,8 +24,15 @@ Each run starts once the upstream and the proxy are idle, and the CPU time of th
 measured counts until it is idle again: the proxy writes its records of the completions
 after them (in batches), and that work belongs to its own run, not the next one.
 
-Figures depend on the machine and on what else runs on it; compare the two rows of one
-run, not runs. The proxy's CPU per chunk is the least sensitive to a busy machine.
+With ``--bare`` a third path runs too: a bare relay (a few lines on uvloop and httptools
+that pass each read of the upstream's body on as one chunk, and do nothing else). It is
+what any relay in the middle costs on this machine, before it does any work: where the
+client, the relay and the upstream share a few cores, the client waits for a core more
+often than when it talks to the upstream directly (at concurrency 1 mostly while the
+upstream writes out its burst), and that shows in the TTFB p99 of every relay.
+
+Figures depend on the machine and on what else runs on it; compare the rows of one run,
+not runs. The proxy's CPU per chunk is the least sensitive to a busy machine.
 """
 
 from __future__ import annotations
@@ -128,6 +135,99 @@ def serve_upstream(port: int, chunks: int, gap: float) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: _Upstream(frames, gap), "127.0.0.1", port, backlog=4096
+        )
+        await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+class _BareOut(asyncio.Protocol):
+    """The bare relay's connection to the upstream: every read goes out as one chunk."""
+
+    def __init__(self, client: _BareIn):
+        self._client = client
+        self._parser = httptools.HttpResponseParser(self)
+        self._pieces: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+        if self._pieces:
+            body = b"".join(self._pieces)
+            self._pieces.clear()
+            self._client.write(b"%x\r\n%s\r\n" % (len(body), body))
+
+    def on_headers_complete(self) -> None:
+        self._client.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._pieces:
+            body = b"".join(self._pieces)
+            self._pieces.clear()
+            self._client.write(b"%x\r\n%s\r\n" % (len(body), body))
+        self._client.write(b"0\r\n\r\n")
+        self._parser = httptools.HttpResponseParser(self)
+
+
+class _BareIn(asyncio.Protocol):
+    """One client connection of the bare relay, with its own upstream connection."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self._upstream = upstream
+        self._parser = httptools.HttpRequestParser(self)
+        self._body: list[bytes] = []
+        self._out: _BareOut | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self._body)
+        self._body.clear()
+        if self._parser.get_method() != b"POST":
+            self.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            return
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: upstream\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        if self._out is not None and self._out.transport is not None:
+            self._out.transport.write(request)
+            return
+        asyncio.get_running_loop().create_task(self._connect(request))
+
+    async def _connect(self, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        _, self._out = await loop.create_connection(lambda: _BareOut(self), *self._upstream)
+        assert self._out.transport is not None
+        self._out.transport.write(request)
+
+
+def serve_bare(port: int, upstream_port: int) -> None:
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _BareIn(("127.0.0.1", upstream_port)), "127.0.0.1", port, backlog=4096
         )
         await server.serve_forever()
 
@@ -349,14 +449,16 @@ def _print_row(level: int, name: str, samples: list[Sample], wall: float, cpu: f
     )
 
 
-def _print_added(level: int, direct: list[Sample], proxied: list[Sample]) -> None:
+def _print_added(
+    level: int, direct: list[Sample], proxied: list[Sample], name: str = "added"
+) -> None:
     def added(field: str, q: float) -> float:
         mine = _pct([getattr(s, field) for s in proxied], q)
         theirs = _pct([getattr(s, field) for s in direct], q)
         return (mine - theirs) * 1000
 
     print(
-        f"{level:>5}   added  TTFB p50 {added('ttfb', 0.5):+.2f} ms,"
+        f"{level:>5} {name:>7}  TTFB p50 {added('ttfb', 0.5):+.2f} ms,"
         f" p99 {added('ttfb', 0.99):+.2f} ms; latency p50 {added('total', 0.5):+.2f} ms"
     )
 
@@ -388,18 +490,27 @@ def main() -> int:
         default=0.0,
         help="time between the upstream's events (default 0: each response in one burst)",
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="also run each level through a bare relay: what any relay costs on this machine",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--drive", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream, args.chunks, args.gap_ms / 1000)
+        return 0
+    if args.serve_bare:
+        serve_bare(*args.serve_bare)
         return 0
     if args.drive:
         url, concurrency, requests, output = args.drive
         drive(url, int(concurrency), int(requests), Path(output))
         return 0
 
-    up_port, proxy_port = _free_port(), _free_port()
+    up_port, proxy_port, bare_port = _free_port(), _free_port(), _free_port()
     upstream = subprocess.Popen(
         [
             sys.executable,
@@ -407,6 +518,11 @@ def main() -> int:
             *("--serve-upstream", str(up_port), "--chunks", str(args.chunks)),
             *("--gap-ms", str(args.gap_ms)),
         ]
+    )
+    bare = (
+        subprocess.Popen([sys.executable, __file__, "--serve-bare", str(bare_port), str(up_port)])
+        if args.bare
+        else None
     )
     with tempfile.TemporaryDirectory() as data_dir:
         env = {
@@ -426,6 +542,12 @@ def main() -> int:
             _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
             direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
             proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+            paths = [("direct", direct_url, upstream.pid), ("proxy", proxy_url, proxy.pid)]
+            if bare is not None:
+                _wait_http(f"http://127.0.0.1:{bare_port}/", bare)
+                bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+                paths.append(("bare", bare_url, bare.pid))
+            idle = tuple(pid for _, _, pid in paths)
             pace = f"{args.gap_ms:g} ms apart" if args.gap_ms else "each response in one burst"
             print(
                 f"{args.chunks}-chunk streaming completions ({pace}); one proxy worker;"
@@ -439,12 +561,9 @@ def main() -> int:
             for level in (int(x) for x in args.levels.split(",")):
                 requests = args.requests or max(200, 20 * level)
                 results: dict[str, list[Sample]] = {}
-                for name, url, watched in (
-                    ("direct", direct_url, upstream.pid),
-                    ("proxy", proxy_url, proxy.pid),
-                ):
+                for name, url, watched in paths:
                     samples, wall, cpu = run_level(
-                        url, level, requests, args.clients, watched, (upstream.pid, proxy.pid)
+                        url, level, requests, args.clients, watched, idle
                     )
                     bad = [s for s in samples if s.status != 200 or s.chunks != args.chunks]
                     if bad:
@@ -452,11 +571,18 @@ def main() -> int:
                     results[name] = samples
                     _print_row(level, name, samples, wall, cpu)
                 _print_added(level, results["direct"], results["proxy"])
+                if "bare" in results:
+                    _print_added(level, results["direct"], results["bare"], "bare +")
             print(f"proxy peak RSS: {_peak_rss_mib(proxy.pid):.1f} MiB")
-            print("CPU/chunk: the upstream's CPU time (direct) or the proxy's (proxy) per chunk")
+            print(
+                "CPU/chunk: the upstream's CPU time (direct) or the relay's (proxy, bare) per chunk"
+            )
         finally:
             proxy.terminate()
             upstream.terminate()
+            if bare is not None:
+                bare.terminate()
+                bare.wait(timeout=10)
             # The proxy finishes writing its records of the completions before it exits.
             proxy.wait(timeout=120)
             upstream.wait(timeout=10)

@@ -42,7 +42,7 @@ class _HeadHoldingTransport:
         if held is not None:
             self._release()
             self._transport.writelines((held, data))
-        elif data[:9] == _HEAD:
+        elif data.startswith(_HEAD):
             self._held = data
             self._flush = self._loop.call_soon(self.flush)
         else:

@@ -95,6 +95,8 @@ def test_runbook_requests_never_reach_the_upstream(proxy: str, upstream: Upstrea
     [
         (b"{not json", None),
         (b"[1, 2]", None),
+        # Strict JSON: what the json module would let through is not passed on.
+        (b'{"model": "echo", "messages": [], "temperature": NaN}', None),
         (b'{"messages": []}', "model"),
         (b'{"model": null, "messages": []}', "model"),
         (b'{"model": 7, "messages": []}', "model"),
