@@ -38,6 +38,7 @@ from proxy.sandbox import Sandbox
 from proxy.store import Store
 from proxy.store.blobs import BlobStore, file_source, read_all
 from proxy.store.records import Trajectory
+from proxy.store.redact import redact_bytes
 
 MARKER_WORDS = "Jetty run"
 _MARKER = re.compile(r"Jetty run \[?`?([0-9a-f]{8})\b")
@@ -112,14 +113,20 @@ def public_session(session: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return shown
 
 
-def pack_home(root: Path) -> bytes:
-    """The files under ``root`` (copied out of the sandbox, so regular files only) as tar.gz."""
+def pack_home(root: Path, secrets: Mapping[str, str] | None = None) -> bytes:
+    """The files under ``root`` (copied out of the sandbox, so regular files only) as tar.gz,
+    every occurrence of a value of ``secrets`` (``{name: value}``) replaced by its
+    placeholder: an agent that printed one (its environment, say) must not leave it in a
+    session that is kept."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=3) as archive:
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(root)
             if path.is_file() and not path.is_symlink() and not _SKIP_PARTS & set(relative.parts):
-                archive.add(path, arcname=relative.as_posix(), recursive=False)
+                data = redact_bytes(path.read_bytes(), secrets or {})
+                info = archive.gettarinfo(path, arcname=relative.as_posix())
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -175,12 +182,19 @@ class SavedHome:
 
 
 async def save_home(
-    sandbox: Sandbox, *, blobs: BlobStore, home: str, max_bytes: int, max_files: int
+    sandbox: Sandbox,
+    *,
+    blobs: BlobStore,
+    home: str,
+    max_bytes: int,
+    max_files: int,
+    secrets: Mapping[str, str] | None = None,
 ) -> SavedHome:
-    """Archive the sandbox's ``home`` (the agent's session files) into a blob."""
+    """Archive the sandbox's ``home`` (the agent's session files) into a blob, with the
+    values of ``secrets`` (the run's collection secrets) redacted."""
     with tempfile.TemporaryDirectory(prefix="jetty-home-") as scratch:
         report = await sandbox.copy_out(home, Path(scratch), max_bytes, max_files)
-        data = await anyio.to_thread.run_sync(pack_home, Path(scratch))
+        data = await anyio.to_thread.run_sync(pack_home, Path(scratch), secrets)
 
     async def chunks() -> AsyncIterator[bytes]:
         yield data

@@ -406,6 +406,7 @@ class RunLifecycle:
                 home=AGENT_HOME,
                 max_bytes=config.session_max_bytes,
                 max_files=config.session_max_files,
+                secrets=launch.plan.secret_env,
             )
         except Exception:
             logger.exception("saving the agent session of run %s", launch.run_id)

@@ -28,6 +28,15 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
     return text
 
 
+def redact_bytes(data: bytes, secrets: Mapping[str, str]) -> bytes:
+    """:func:`redact` for bytes (a file's content): each secret's UTF-8 encoding is replaced."""
+    for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
+        raw = value.encode()
+        if len(value) >= MIN_SECRET_LENGTH and raw in data:
+            data = data.replace(raw, f"[redacted:{name}]".encode())
+    return data
+
+
 def redact_value(value: Any, secrets: Mapping[str, str], *, credential_fields: bool = True) -> Any:
     """A copy of a JSON-like value with secrets redacted in every string, keys included.
 

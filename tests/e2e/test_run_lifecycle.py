@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,12 @@ def test_detached_run_survives_the_client(
 
 
 def test_collection_secrets_reach_the_run_and_stay_out_of_the_record(
-    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str]
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], tmp_path: Path
 ) -> None:
     scripted, _ = anthropic
     secret = "s3cret-value-9f8e7d"
-    scripted.command = 'mkdir -p /app/results && echo "pw=$DB_PASSWORD" > /app/results/pw.txt'
+    # Printed too: the agent's session (kept for a follow-up) has the tool's output.
+    scripted.command = 'mkdir -p /app/results && echo "pw=$DB_PASSWORD" | tee /app/results/pw.txt'
     runbook = (
         "---\nsecrets:\n  DB_PASSWORD:\n    env: DB_PASSWORD\n    required: true\n---\n# Use it"
     )
@@ -151,6 +153,28 @@ def test_collection_secrets_reach_the_run_and_stay_out_of_the_record(
         events = httpx.get(f"{proxy}/api/v1/trajectory/acme/life/{run_id}/events").text
         assert secret not in json.dumps(record)
         assert secret not in events
+    # The saved agent session (a tar.gz blob) has the secret's placeholder, never its value.
+    sessions = [_members(blob) for blob in (tmp_path / "data").rglob("*") if _is_gzip(blob)]
+    assert len(sessions) == 1
+    saved = b"".join(sessions[0].values())
+    assert b"[redacted:DB_PASSWORD]" in saved
+    assert secret.encode() not in saved
+
+
+def _is_gzip(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return file.read(2) == b"\x1f\x8b"
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path, mode="r:gz") as archive:
+        return {
+            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
+            for m in archive
+            if m.isfile()
+        }
 
 
 def test_start_removes_its_own_stale_containers_and_no_one_elses(

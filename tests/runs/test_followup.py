@@ -88,6 +88,16 @@ def test_home_round_trip_skips_caches(tmp_path: Path) -> None:
     assert files == {".claude/projects/-app/s.jsonl": b'{"a":1}\n', ".claude.json": b"{}"}
 
 
+def test_saved_home_has_the_collection_secrets_redacted(tmp_path: Path) -> None:
+    (tmp_path / ".codex" / "sessions").mkdir(parents=True)
+    transcript = b'{"output":"DEPLOY_TOKEN=tok-123456 HOST=db.example"}\n'
+    (tmp_path / ".codex" / "sessions" / "s.jsonl").write_bytes(transcript)
+    (tmp_path / "notes.txt").write_bytes(b"no secret here")
+    files = unpack_home(pack_home(tmp_path, {"DEPLOY_TOKEN": "tok-123456", "SHORT": "abc"}))
+    redacted = b'{"output":"DEPLOY_TOKEN=[redacted:DEPLOY_TOKEN] HOST=db.example"}\n'
+    assert files == {".codex/sessions/s.jsonl": redacted, "notes.txt": b"no secret here"}
+
+
 def test_unpack_keeps_regular_files_only() -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
