@@ -287,8 +287,6 @@ class RelayStreamResponse(_Relay):
 
     async def _pump(self, send: Send, upstream: UpstreamResponse) -> None:
         pending = b""
-        saw_end = False
-        is_end = self._dialect.is_end
         try:
             while piece := await upstream.receive():
                 if pending:
@@ -300,8 +298,7 @@ class RelayStreamResponse(_Relay):
                     block, pending = piece[:cut], piece[cut:]
                     if not block:
                         continue
-                saw_end = saw_end or is_end(block)
-                if saw_end and not pending and upstream.complete:
+                if not pending and upstream.complete and self._ended_with(block):
                     # The last piece: it leaves with the end of the response, in one write.
                     self.outcome.status = "completed"
                     await self._send_block(send, block, last=True)
@@ -312,15 +309,19 @@ class RelayStreamResponse(_Relay):
             return
         if pending.strip():
             # Forward a final event the upstream did not terminate.
-            block = pending.rstrip(b"\r\n") + b"\n\n"
-            saw_end = saw_end or is_end(block)
-            await self._send_block(send, block)
-        if not saw_end:
+            await self._send_block(send, pending.rstrip(b"\r\n") + b"\n\n")
+        if not self._ended_with(b""):
             incomplete = StreamIncomplete("The upstream closed the stream before it was complete.")
             await self._fail(send, 502, self._dialect.error_body(incomplete), {})
             return
         self.outcome.status = "completed"
         await self._end(send, b"")
+
+    def _ended_with(self, block: bytes) -> bool:
+        """Whether the stream's last event is in ``block`` or the kept tail before it. Asked
+        once the upstream has sent everything, not of every block: the marker is in its last
+        events, and looking for it costs a scan of each block."""
+        return self._dialect.is_end(b"".join(self._tail) + block)
 
     async def _send_block(self, send: Send, block: bytes, *, last: bool = False) -> None:
         first = self.outcome.first_byte_seconds is None
