@@ -53,7 +53,8 @@ class _HeadHoldingTransport:
         held = self._held
         if held is not None:
             self._release()
-            self._transport.write(held)
+            if not self._transport.is_closing():  # the client may be gone already
+                self._transport.write(held)
 
     def close(self) -> None:
         self.flush()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
+import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.support.live import serve
@@ -71,3 +73,21 @@ def test_a_head_without_a_body_yet_is_not_held_back() -> None:
             while b"0\r\n\r\n" not in rest:
                 rest += conn.recv(65536)
     assert rest == b"4\r\nlate\r\n0\r\n\r\n"
+
+
+def test_a_client_gone_before_the_head_left_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    async def head_then_wait(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.3)
+
+    with serve(head_then_wait) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(5):
+            conn = socket.create_connection((host, int(port)), timeout=5)
+            conn.sendall(REQUEST)
+            conn.close()  # at times before the held head went out
+        # The server still answers, and nothing failed on its loop.
+        assert _read_pieces(url, b"\r\n\r\n")[0].startswith(b"HTTP/1.1 200")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
