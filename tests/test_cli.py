@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -85,3 +86,21 @@ def test_python_dash_m_serve_runs_the_server(tmp_path: Path) -> None:
         process.terminate()
         _, err = process.communicate(timeout=10)
     assert f"127.0.0.1:{port}" in err and "auth is off" in err
+
+
+def test_serve_on_a_taken_port_fails_with_a_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "JETTY_PROXY_DATA_DIR": str(tmp_path / "data")}
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 3
+    assert "address already in use" in result.stderr
