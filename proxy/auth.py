@@ -72,20 +72,15 @@ class Authenticator:
         self._keys_exist: tuple[float, bool] = (0.0, False)
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
-    async def auth_required(self) -> bool:
-        """Authentication is on as soon as one live key exists."""
-        checked_at, exists = self._keys_exist
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        # Authentication is on as soon as one live key exists; known from the cache, the
+        # answer costs no await (the hot path of a local install).
+        checked_at, keys_exist = self._keys_exist
         now = time.monotonic()
         if now - checked_at >= self._ttl:
-            exists = await self._store.has_keys()
-            self._keys_exist = (now, exists)
-        return exists
-
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        checked_at, exists = self._keys_exist
-        if not exists and time.monotonic() - checked_at < self._ttl:
-            return LOCAL_PRINCIPAL  # known to need no key: the hot path of a local install
-        if not await self.auth_required():
+            keys_exist = await self._store.has_keys()
+            self._keys_exist = (now, keys_exist)
+        if not keys_exist:
             return LOCAL_PRINCIPAL
         token = bearer_token(headers)
         if not token:

@@ -29,12 +29,12 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
 
 
 def redact_bytes(data: bytes, secrets: Mapping[str, str]) -> bytes:
-    """:func:`redact` for bytes (a file's content): each secret's UTF-8 encoding is replaced."""
-    for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
-        raw = value.encode()
-        if len(value) >= MIN_SECRET_LENGTH and raw in data:
-            data = data.replace(raw, f"[redacted:{name}]".encode())
-    return data
+    """:func:`redact` for a file's content, text or not: bytes that are no UTF-8 pass as
+    they are (``surrogateescape`` gives them back unchanged)."""
+    if not secrets:
+        return data
+    text = data.decode("utf-8", "surrogateescape")
+    return redact(text, secrets).encode("utf-8", "surrogateescape")
 
 
 def redact_value(value: Any, secrets: Mapping[str, str], *, credential_fields: bool = True) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from proxy.runs.followup import (
     unpack_home,
 )
 from proxy.store import Store
-from tests.support.stores import make_store
 
 pytestmark = pytest.mark.anyio
 
@@ -93,9 +92,14 @@ def test_saved_home_has_the_collection_secrets_redacted(tmp_path: Path) -> None:
     transcript = b'{"output":"DEPLOY_TOKEN=tok-123456 HOST=db.example"}\n'
     (tmp_path / ".codex" / "sessions" / "s.jsonl").write_bytes(transcript)
     (tmp_path / "notes.txt").write_bytes(b"no secret here")
+    (tmp_path / "state.bin").write_bytes(b"\xff\x00tok-123456\xfe")  # not UTF-8
     files = unpack_home(pack_home(tmp_path, {"DEPLOY_TOKEN": "tok-123456", "SHORT": "abc"}))
     redacted = b'{"output":"DEPLOY_TOKEN=[redacted:DEPLOY_TOKEN] HOST=db.example"}\n'
-    assert files == {".codex/sessions/s.jsonl": redacted, "notes.txt": b"no secret here"}
+    assert files == {
+        ".codex/sessions/s.jsonl": redacted,
+        "notes.txt": b"no secret here",
+        "state.bin": b"\xff\x00[redacted:DEPLOY_TOKEN]\xfe",
+    }
 
 
 def test_unpack_keeps_regular_files_only() -> None:
@@ -152,16 +156,6 @@ async def test_keeping_disabled_and_close_all() -> None:
         await kept.close_all()
         assert "r" not in kept
     assert sandbox.closed == 1
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    the_store = make_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    await the_store.migrate()
-    try:
-        yield the_store
-    finally:
-        await the_store.close()
 
 
 def _plan(messages: list[Mapping[str, Any]], agent: str = "claude-code") -> RunPlan:

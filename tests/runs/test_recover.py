@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,7 +12,6 @@ from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import SANDBOX_OF, EngineConfig, RunEngine
 from proxy.store import Store
 from proxy.store.blobs import LocalBlobStore
-from tests.support.stores import make_store
 
 pytestmark = pytest.mark.anyio
 
@@ -30,16 +28,6 @@ class _Leftovers:
     async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
         self.owner = owner
         return [run_id for run_id in self.labelled if run_id not in keep_run_ids]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    the_store = make_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    await the_store.migrate()
-    try:
-        yield the_store
-    finally:
-        await the_store.close()
 
 
 async def test_a_follow_up_in_a_kept_sandbox_is_recovered_through_its_label(
