@@ -24,12 +24,21 @@ Each run starts once the upstream and the proxy are idle, and the CPU time of th
 measured counts until it is idle again: the proxy writes its records of the completions
 after them (in batches), and that work belongs to its own run, not the next one.
 
+The upstream stands in for a provider on another machine, whose CPU use would take
+nothing from the client's or the relay's. At concurrency 1 there is a spare core, and the
+upstream runs at idle priority (``SCHED_IDLE``), so that it uses only CPU the others leave:
+run as a normal process, its 200 writes of a burst hold the core a woken client needs for
+the rest of its time slice (up to ~2 ms), and that wait, not the relay, would decide every
+relay's TTFB p99. At 32 and 128 every core is busy and an idle-priority upstream would
+starve, so there it runs as a normal process. ``--upstream-cpu shared`` (or ``spare``)
+sets one policy for all levels.
+
 With ``--bare`` a third path runs too: a bare relay (a few lines on uvloop and httptools
 that pass each read of the upstream's body on as one chunk, and do nothing else). It is
 what any relay in the middle costs on this machine, before it does any work: where the
 client, the relay and the upstream share a few cores, the client waits for a core more
-often than when it talks to the upstream directly (at concurrency 1 mostly while the
-upstream writes out its burst), and that shows in the TTFB p99 of every relay.
+often than when it talks to the upstream directly, and that shows in the TTFB p99 of
+every relay.
 
 Figures depend on the machine and on what else runs on it; compare the rows of one run,
 not runs. The proxy's CPU per chunk is the least sensitive to a busy machine.
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -463,6 +473,17 @@ def _print_added(
     )
 
 
+def _set_upstream_cpu(pid: int, spare: bool) -> str:
+    """Put the upstream at idle priority (spare CPU only) or make it a normal process;
+    say which it is (without CAP_SYS_NICE an idle-priority process cannot be raised)."""
+    policy = os.SCHED_IDLE if spare else os.SCHED_OTHER
+    with contextlib.suppress(PermissionError):
+        os.sched_setscheduler(pid, policy, os.sched_param(0))
+    if os.sched_getscheduler(pid) == os.SCHED_IDLE:
+        return "idle priority, spare CPU only"
+    return "a normal process"
+
+
 def _wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -494,6 +515,13 @@ def main() -> int:
         "--bare",
         action="store_true",
         help="also run each level through a bare relay: what any relay costs on this machine",
+    )
+    parser.add_argument(
+        "--upstream-cpu",
+        choices=("auto", "spare", "shared"),
+        default="auto",
+        help="spare: the upstream runs at idle priority, on CPU the client and relay leave;"
+        " shared: as a normal process; auto (default): spare at concurrency 1, else shared",
     )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -551,7 +579,7 @@ def main() -> int:
             pace = f"{args.gap_ms:g} ms apart" if args.gap_ms else "each response in one burst"
             print(
                 f"{args.chunks}-chunk streaming completions ({pace}); one proxy worker;"
-                f" {os.cpu_count()} cores shared with the upstream and {args.clients} load"
+                f" {os.cpu_count()} cores for the relay, the upstream and {args.clients} load"
                 " processes"
             )
             print(
@@ -560,6 +588,9 @@ def main() -> int:
             )
             for level in (int(x) for x in args.levels.split(",")):
                 requests = args.requests or max(200, 20 * level)
+                spare = args.upstream_cpu == "spare" or (args.upstream_cpu == "auto" and level == 1)
+                where = _set_upstream_cpu(upstream.pid, spare)
+                print(f"{level:>5} upstream: {where}")
                 results: dict[str, list[Sample]] = {}
                 for name, url, watched in paths:
                     samples, wall, cpu = run_level(

@@ -25,5 +25,7 @@ def test_passthrough_benchmark_runs_every_path() -> None:
     lines = result.stdout.splitlines()
     for level in ("1", "4"):
         rows = [line.split()[1] for line in lines if line.split()[:1] == [level]]
-        assert rows == ["direct", "proxy", "bare", "added", "bare"], result.stdout
+        assert rows == ["upstream:", "direct", "proxy", "bare", "added", "bare"], result.stdout
+    # At concurrency 1 the stand-in upstream gets only spare CPU, above it a normal share.
+    assert "    1 upstream: idle priority, spare CPU only" in lines, result.stdout
     assert any(line.startswith("proxy peak RSS:") for line in lines)
