@@ -114,7 +114,10 @@ async def run_service(
     """Start the relay, the backend and the engine; stop runs and clean up on exit."""
     tokens = RunTokens()
     the_backend = backend or await select_backend(
-        settings.backend, settings.docker_host, local_bwrap=settings.local_bwrap
+        settings.backend,
+        settings.docker_host,
+        local_bwrap=settings.local_bwrap,
+        owner=sandbox_owner(settings),
     )
     if the_backend.name == "local":
         logger.warning(

@@ -103,10 +103,43 @@ _PATH_BEFORE = r"(?<![^\s'\"=:,;(])"
 _PATH_AFTER = r"(?=[/\s'\":,;)]|$)"
 
 
+def installation_dir(owner: str) -> Path | None:
+    """The run directories' base for one installation: ``<temp dir>/jetty-sandboxes-<uid>-<owner>``.
+
+    The same on every start of a proxy on one database (``owner``), so that a restarted
+    proxy finds the runs a crashed one left (`LocalBackend.remove_orphans`). In the temp dir
+    rather than the data directory because run paths are written into a run's commands (see
+    the path mapping above): a temp path is short and free of spaces. Made 0700; None, with a
+    warning, when the path exists but is not a directory of this user's that no one else can
+    write (the temp dir is shared).
+    """
+    path = Path(tempfile.gettempdir()) / f"jetty-sandboxes-{os.geteuid()}-{owner}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    if _own_dir(path):
+        return path
+    logger.warning(
+        "%s is not a private directory of this user's: local runs go to a fresh temp dir, and"
+        " runs a crashed proxy left there will not be found",
+        path,
+    )
+    return None
+
+
+def _own_dir(path: Path) -> bool:
+    """True if ``path`` is a directory (not a symlink) of this user's, writable by no one else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 class LocalBackend:
     """Runs sandboxes as local processes under ``base_dir`` (a fresh temp dir by default).
 
-    Pass a stable ``base_dir`` for `remove_orphans` to find runs of an earlier proxy process.
+    Pass a stable ``base_dir`` (see `installation_dir`) for `remove_orphans` to find runs of
+    an earlier proxy process.
     ``use_bwrap``: None uses bubblewrap when it is on PATH, True requires it, False never.
     """
 
@@ -157,13 +190,21 @@ class LocalBackend:
         return self._base_dir
 
     async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
-        # Run directories belong to this backend's base directory alone; owner adds nothing.
+        """Kill and remove the runs under ``base_dir`` not in ``keep_run_ids``.
+
+        Run directories belong to this backend's base directory alone; ``owner`` adds nothing.
+        A base directory that is not privately this user's is left alone (see `_own_dir`).
+        """
         if self._base_dir is None:
             return []
         return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, keep_run_ids)
 
     async def aclose(self) -> None:
-        return None
+        # The base directory goes when no run is left in it (a fresh temp dir, or an
+        # installation's after a clean stop); a run still there keeps it.
+        if self._base_dir is not None:
+            with contextlib.suppress(OSError):
+                self._base_dir.rmdir()
 
 
 class LocalSandbox:
@@ -569,8 +610,12 @@ def _remove_tree(path: Path) -> None:
 
 def _remove_orphans(base_dir: Path, keep: set[str]) -> list[str]:
     removed: list[str] = []
-    if not base_dir.is_dir():
+    if not base_dir.exists():
         return removed  # a first start: nothing was ever run here
+    if not _own_dir(base_dir):
+        # Someone else could have put run directories here, naming processes to kill.
+        logger.warning("not looking for orphan runs in %s: not a private directory", base_dir)
+        return removed
     for run_dir in sorted(base_dir.iterdir()):
         try:
             meta = json.loads((run_dir / _META).read_text())

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import secrets
 import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -22,7 +25,7 @@ from proxy.sandbox.base import (
     UnsafePathError,
 )
 from proxy.sandbox.bwrap import bwrap_command
-from proxy.sandbox.local import MARK_ENV, LocalBackend, LocalSandbox
+from proxy.sandbox.local import MARK_ENV, LocalBackend, LocalSandbox, installation_dir
 from proxy.sandbox.selection import select_backend
 
 pytestmark = pytest.mark.anyio
@@ -463,6 +466,90 @@ async def test_selection_passes_the_bubblewrap_choice(tmp_path: Path) -> None:
 
 async def test_remove_orphans_before_the_base_dir_exists(tmp_path: Path) -> None:
     assert await LocalBackend(tmp_path / "absent").remove_orphans(set()) == []
+
+
+async def test_remove_orphans_leaves_a_base_dir_others_can_write_alone(tmp_path: Path) -> None:
+    local = LocalBackend(tmp_path / "runs", use_bwrap=False)
+    orphan = await local.launch(_spec("echo $$; sleep 300", run_id="orphan"))
+    try:
+        await orphan.start()
+        pid = int(await orphan.stdout_lines().__anext__())
+        (tmp_path / "runs").chmod(0o777)
+        # Whoever can write there could have planted run directories naming processes.
+        assert await LocalBackend(tmp_path / "runs").remove_orphans(set()) == []
+        assert _alive(pid) and orphan.run_dir.exists()
+    finally:
+        (tmp_path / "runs").chmod(0o700)
+        await orphan.close()
+
+
+@pytest.fixture
+def owner() -> Iterator[str]:
+    """An installation of its own; its directory under the real temp dir goes afterwards."""
+    name = f"test-{secrets.token_hex(4)}"
+    yield name
+    path = Path(tempfile.gettempdir()) / f"jetty-sandboxes-{os.geteuid()}-{name}"
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        path.chmod(0o700)
+        shutil.rmtree(path)
+
+
+def test_installation_dir_is_private_and_the_same_on_every_start(owner: str) -> None:
+    path = installation_dir(owner)
+    assert path is not None and path == installation_dir(owner) != installation_dir(owner + "x")
+    assert path.parent == Path(tempfile.gettempdir())
+    assert path.stat().st_mode & 0o777 == 0o700
+    assert not re.search(r"[^A-Za-z0-9/_.-]", str(path))  # written into run commands as is
+    (Path(tempfile.gettempdir()) / f"jetty-sandboxes-{os.geteuid()}-{owner}x").rmdir()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "writable", "foreign"])
+def test_installation_dir_refuses_what_is_not_privately_ours(
+    owner: str, tmp_path: Path, planted: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = Path(tempfile.gettempdir()) / f"jetty-sandboxes-{os.geteuid()}-{owner}"
+    if planted == "symlink":
+        path.symlink_to(tmp_path)
+    else:
+        path.mkdir(mode=0o700)
+        if planted == "writable":
+            path.chmod(0o777)
+        elif os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        else:
+            os.chown(path, 65534, 65534)
+    assert installation_dir(owner) is None
+    assert "not a private directory" in caplog.text
+
+
+async def test_a_backend_on_an_installation_dir_finds_what_an_earlier_one_left(
+    owner: str,
+) -> None:
+    base = installation_dir(owner)
+    assert base is not None
+    crashed = LocalBackend(base, use_bwrap=False)
+    orphan = await crashed.launch(_spec("echo $$; sleep 300", run_id="orphan"))
+    await orphan.start()
+    pid = int(await orphan.stdout_lines().__anext__())
+    restarted = await select_backend("local", local_bwrap=False, owner=owner)
+    assert await restarted.remove_orphans(set()) == ["orphan"]
+    await _assert_dies(pid)
+    await orphan.close()
+    # A clean stop takes the empty directory with it; one still holding a run stays.
+    await restarted.aclose()
+    assert not base.exists()
+
+
+async def test_aclose_keeps_a_base_dir_with_runs_in_it(tmp_path: Path) -> None:
+    local = LocalBackend(tmp_path / "runs", use_bwrap=False)
+    sandbox = await local.launch(_spec("true"))
+    await local.aclose()
+    assert sandbox.run_dir.exists()
+    await sandbox.close()
+    await local.aclose()
+    assert not (tmp_path / "runs").exists()
 
 
 def _alive(pid: int) -> bool:
