@@ -319,8 +319,8 @@ class RelayStreamResponse(_Relay):
 
     def _ended_with(self, block: bytes) -> bool:
         """Whether the stream's last event is in ``block`` or the kept tail before it. Asked
-        once the upstream has sent everything, not of every block: the marker is in its last
-        events, and looking for it costs a scan of each block."""
+        once the upstream has sent everything, and before a ping, not of every block: the
+        marker is in its last events, and looking for it costs a scan of each block."""
         return self._dialect.is_end(b"".join(self._tail) + block)
 
     async def _send_block(self, send: Send, block: bytes, *, last: bool = False) -> None:
@@ -391,7 +391,9 @@ class RelayStreamResponse(_Relay):
             # Pings before the upstream answers start the stream: its status is 200 from now.
             await self._start(send, {})
             async with self._lock:
-                if not self._ended:
+                # Nothing follows the stream's last event, even while the upstream has not
+                # ended its response yet. (Relayed blocks join the tail before they are sent.)
+                if not self._ended and not self._ended_with(b""):
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
         except Exception:
             # The client is gone or the response is over: the relay itself sees to that.

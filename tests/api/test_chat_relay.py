@@ -205,24 +205,33 @@ def test_stream_that_ends_without_done_is_reported(proxy: str) -> None:
     assert "before it was complete" in json.loads(lines[-2][5:])["error"]["message"]
 
 
+def _sse_lines(proxy: str, model: str) -> tuple[httpx.Response, list[str]]:
+    """A streamed completion of ``model``: the response and its non-empty lines."""
+    body = {"model": model, "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", proxy + "/v1/chat/completions", json=body) as response:
+        return response, [line for line in response.iter_lines() if line]
+
+
 def test_keepalive_pings_start_before_the_first_byte(make_proxy: ProxyFactory) -> None:
-    with (
-        make_proxy(keepalive_seconds=0.2) as proxy,
-        httpx.stream(
-            "POST",
-            proxy + "/v1/chat/completions",
-            json={"model": "slow-1.0", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        assert response.status_code == 200
-        assert response.headers["x-accel-buffering"] == "no"
-        assert response.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in response.iter_lines() if line]
+    with make_proxy(keepalive_seconds=0.2) as proxy:
+        response, lines = _sse_lines(proxy, "slow-1.0")
+    assert response.status_code == 200
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.headers["content-type"].startswith("text/event-stream")
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
     assert first_data >= 3
     assert all(line == ": ping" for line in lines[:first_data])
     assert not any(line.startswith("id:") for line in lines)
     assert lines[-1] == "data: [DONE]"
+
+
+def test_no_ping_follows_the_end_of_the_stream(make_proxy: ProxyFactory) -> None:
+    # The upstream relays [DONE] but ends its response only later: the stream is over for
+    # the client at [DONE], whatever keepalive timer runs out before the response ends.
+    with make_proxy(keepalive_seconds=0.1) as proxy:
+        _, lines = _sse_lines(proxy, "linger-0.5")
+    assert lines[-1] == "data: [DONE]", lines
+    assert ": ping" not in lines
 
 
 def test_sdk_tolerates_pings(make_proxy: ProxyFactory) -> None:

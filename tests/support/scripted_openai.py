@@ -6,6 +6,7 @@ Behaviour is chosen by the request's ``model``:
 * ``count-N``: streams N small chunks (for benchmarks).
 * ``error-STATUS``: answers STATUS with an OpenAI error body.
 * ``slow-S``: waits S seconds before answering, then behaves like ``echo``.
+* ``linger-S``: behaves like ``echo``, but ends the response S seconds after ``[DONE]``.
 * ``break-after-N``: streams N chunks, then drops the connection mid-stream.
 * ``truncate``: streams two chunks and ends cleanly but without ``[DONE]``.
 * ``hang`` / ``hang-after-first``: never finishes; records when the client went away.
@@ -114,6 +115,8 @@ class ScriptedUpstream:
             }
             yield _event({**_chunk(model, None), "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
+        if model.startswith("linger-"):
+            await anyio.sleep(float(model.removeprefix("linger-")))
 
     async def _hang(self, model: str, seen: Seen) -> AsyncIterator[bytes]:
         if model == "hang-after-first":
