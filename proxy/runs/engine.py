@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from anyio.abc import TaskGroup
@@ -26,6 +26,7 @@ from proxy.runs.launch import (
     LIVE_STATUSES,
     RELAY_MOUNT,
     SANDBOX_OF,
+    SERVER,
     AgentSetup,
     EngineConfig,
     RunLaunch,
@@ -33,7 +34,7 @@ from proxy.runs.launch import (
 from proxy.runs.lifecycle import RunLifecycle
 from proxy.runs.live import LiveRun
 from proxy.sandbox import SandboxBackend
-from proxy.store import Store
+from proxy.store import Store, StoreError
 from proxy.store.blobs import BlobStore
 
 __all__ = [
@@ -78,15 +79,77 @@ class RunEngine:
     def backend(self) -> SandboxBackend:
         return self._backend
 
+    @property
+    def server_id(self) -> str:
+        return self._config.server_id
+
+    async def beat(self) -> None:
+        """Record that this server is alive (see `recover`)."""
+        await self._store.beat(self._config.server_id)
+
+    async def keep_beating(self) -> None:
+        """Beat every ``heartbeat_seconds`` and look for orphans every ``sweep_seconds``
+        (sandboxes and runs of servers that died since this one started) — but only once
+        this server has beaten without a miss for ``server_stale_seconds``: after a
+        database outage every server's beats are late, and none is gone for that."""
+        config = self._config
+        clock = anyio.current_time
+        healthy_since: float | None = clock()
+        last_sweep = clock()
+        while True:
+            await anyio.sleep(config.heartbeat_seconds)
+            try:
+                await self.beat()
+            except Exception as exc:  # the heartbeat outlives a failed beat, whatever failed
+                logger.warning(
+                    "could not record that this server is alive: %s",
+                    exc,
+                    exc_info=not isinstance(exc, StoreError),
+                )
+                healthy_since = None
+                continue
+            now = clock()
+            if healthy_since is None:
+                healthy_since = now
+            if (
+                now - healthy_since < config.server_stale_seconds
+                or now - last_sweep < config.sweep_seconds
+            ):
+                continue
+            last_sweep = now
+            try:
+                removed = await self.recover()
+            except Exception:  # a failed look must not stop the heartbeat
+                logger.exception("looking for sandboxes of stopped servers failed")
+            else:
+                if removed:
+                    logger.warning("removed %d sandboxes of servers that stopped", len(removed))
+
     async def recover(self) -> list[str]:
-        """Remove sandboxes left by an earlier process and mark their runs failed."""
-        removed = await self._backend.remove_orphans(set(self.live), owner=self._config.owner)
+        """Remove the sandboxes no live server owns, mark their runs failed; return their ids.
+
+        Every serving process beats (`beat`) and labels its sandboxes and runs with its id.
+        A server that has not beaten for ``server_stale_seconds`` is gone: its sandboxes (and
+        those of older versions, which carry no server) are removed, and its live runs
+        failed. The installation's other servers, sharing its database and engine, keep
+        theirs. Called at start, then by `keep_beating`.
+        """
+        since = datetime.now(UTC) - timedelta(seconds=self._config.server_stale_seconds)
+        live_servers = await self._store.live_servers(since) | {self._config.server_id}
+        removed = await self._backend.remove_orphans(
+            set(self.live), owner=self._config.owner, live_servers=live_servers
+        )
         gone = {run_id for run_id in removed if run_id}
-        # A follow-up turn that ran in its previous turn's kept sandbox: the sandbox carries
-        # the label of the run that created it, the turn names that run in its environment.
         for trajectory in await self._store.live_trajectories():
-            sandbox_of = trajectory.environment.get(SANDBOX_OF)
-            if sandbox_of in gone and trajectory.id not in self.live:
+            if trajectory.id in self.live:
+                continue
+            # A follow-up turn that ran in its previous turn's kept sandbox: the sandbox carries
+            # the label of the run that created it, the turn names that run in its environment.
+            if trajectory.environment.get(SANDBOX_OF) in gone:
+                gone.add(trajectory.id)
+            # A run whose server is gone, whether or not its sandbox is still there.
+            server = trajectory.environment.get(SERVER)
+            if server is not None and server not in live_servers:
                 gone.add(trajectory.id)
         for run_id in sorted(gone):
             # Only runs that were live: a kept sandbox's run had finished, and stays as it was.

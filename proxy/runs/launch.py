@@ -19,6 +19,8 @@ RELAY_MOUNT = "/run/jetty"
 AGENT_HOME = "/tmp/jetty-home"  # noqa: S108
 # Key of a trajectory's environment naming the run whose (kept) sandbox the run used.
 SANDBOX_OF = "sandbox_of"
+# Key of a trajectory's environment naming the serving process that ran it.
+SERVER = "server"
 LIVE_STATUSES: tuple[TrajectoryStatus, ...] = ("pending", "running")
 
 
@@ -63,6 +65,13 @@ class EngineConfig:
     results: ResultLimits
     # Labels this installation's sandboxes, so recovery never touches another proxy's.
     owner: str = "default"
+    # This serving process (unique per start): its sandboxes stay its own while it beats
+    # (every heartbeat_seconds; gone after server_stale_seconds without; see
+    # RunEngine.keep_beating for sweep_seconds).
+    server_id: str = "server"
+    heartbeat_seconds: float = 10.0
+    server_stale_seconds: float = 120.0
+    sweep_seconds: float = 60.0
     cleanup_timeout: float = 30.0
     # How long a finished run's sandbox is kept for a follow-up turn (0: never).
     keep_sandbox_seconds: float = 0.0

@@ -40,7 +40,7 @@ from proxy.runs.followup import Continuation, marker_line, restore, save_home
 from proxy.runs.launch import AGENT_HOME, RELAY_MOUNT, SANDBOX_OF, RunLaunch
 from proxy.runs.live import LiveRun
 from proxy.sandbox import ExitStatus, Mount, Sandbox, SandboxError, SandboxSpec
-from proxy.sandbox.base import LABEL_OWNER
+from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
 from proxy.store.records import TrajectoryStatus
 
 if TYPE_CHECKING:
@@ -292,7 +292,10 @@ class RunLifecycle:
             cpus=plan.cpus,
             memory_bytes=plan.memory_bytes,
             network_enabled=plan.network_enabled,
-            labels={LABEL_OWNER: self.engine._config.owner},
+            labels={
+                LABEL_OWNER: self.engine._config.owner,
+                LABEL_SERVER: self.engine._config.server_id,
+            },
         )
 
     def _resume_session_id(self) -> str | None:

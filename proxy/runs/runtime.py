@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from proxy.runs.followup import KeptSandboxes
 from proxy.sandbox import SandboxBackend, select_backend
 from proxy.server import server_config
 from proxy.settings import Settings
-from proxy.store import Store
+from proxy.store import Store, StoreError
 from proxy.store.blobs import BlobStore
 
 logger = logging.getLogger("proxy.runs")
@@ -134,6 +135,7 @@ async def run_service(
     )
     environments = Environments.from_settings(settings) if images else None
     kept: KeptSandboxes | None = None
+    engine: RunEngine | None = None
     try:
         async with (
             serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
@@ -149,6 +151,7 @@ async def run_service(
                     relay_socket=socket_path,
                     results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
                     owner=sandbox_owner(settings),
+                    server_id=secrets.token_hex(8),
                     keep_sandbox_seconds=settings.keep_sandbox_seconds,
                     session_max_bytes=settings.session_max_bytes,
                 ),
@@ -156,9 +159,11 @@ async def run_service(
                 environments=environments,
             )
             kept = engine.kept
+            await engine.beat()
             removed = await engine.recover()
             if removed:
                 logger.warning("removed %d sandboxes left by an earlier process", len(removed))
+            tg.start_soon(engine.keep_beating, name="server-heartbeat")
             try:
                 yield RunService(
                     engine=engine,
@@ -180,3 +185,7 @@ async def run_service(
     if environments is not None:
         await environments.aclose()
     await the_backend.aclose()
+    if engine is not None:
+        # Stopped cleanly, with no sandbox left: nothing for another server to look after.
+        with contextlib.suppress(StoreError):
+            await store.forget_server(engine.server_id)

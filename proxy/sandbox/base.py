@@ -34,7 +34,7 @@ chains the original with ``from``)::
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -43,6 +43,8 @@ LABEL_RUN_ID = "jetty-proxy.run-id"
 LABEL_COLLECTION = "jetty-proxy.collection"
 LABEL_MANAGED = "jetty-proxy.managed"
 LABEL_OWNER = "jetty-proxy.owner"
+# The serving process that launched the sandbox (see `SandboxBackend.remove_orphans`).
+LABEL_SERVER = "jetty-proxy.server"
 
 
 class SandboxError(Exception):
@@ -278,11 +280,18 @@ class SandboxBackend(Protocol):
         """Create (but do not start) a sandbox for ``spec``."""
         ...
 
-    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
+    async def remove_orphans(
+        self,
+        keep_run_ids: set[str],
+        owner: str | None = None,
+        live_servers: Collection[str] = (),
+    ) -> list[str]:
         """Remove sandboxes this backend labelled whose run id is not kept; return those ids.
 
         With ``owner``, only sandboxes whose spec carried that `LABEL_OWNER` label are
-        considered, so proxies sharing an engine leave each other's sandboxes alone.
+        considered, so installations sharing an engine leave each other's sandboxes alone.
+        Sandboxes whose `LABEL_SERVER` names one of ``live_servers`` are kept too: a serving
+        process that is alive owns them.
         """
         ...
 

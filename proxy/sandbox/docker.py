@@ -26,7 +26,7 @@ import re
 import secrets
 import shlex
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -40,6 +40,7 @@ from proxy.sandbox.base import (
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_RUN_ID,
+    LABEL_SERVER,
     CopyReport,
     EngineUnavailable,
     ExitStatus,
@@ -135,7 +136,12 @@ class DockerBackend:
             raise
         return sandbox
 
-    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
+    async def remove_orphans(
+        self,
+        keep_run_ids: set[str],
+        owner: str | None = None,
+        live_servers: Collection[str] = (),
+    ) -> list[str]:
         labels = [f"{LABEL_MANAGED}=true"]
         if owner is not None:
             labels.append(f"{LABEL_OWNER}={owner}")
@@ -145,8 +151,9 @@ class DockerBackend:
         )
         removed: list[str] = []
         for container in response.json():
-            run_id = (container.get("Labels") or {}).get(LABEL_RUN_ID, "")
-            if run_id in keep_run_ids:
+            labels_of = container.get("Labels") or {}
+            run_id = labels_of.get(LABEL_RUN_ID, "")
+            if run_id in keep_run_ids or labels_of.get(LABEL_SERVER) in live_servers:
                 continue
             await self._engine.request(
                 "DELETE", f"/containers/{container['Id']}", params={"force": "1"}, ok=(404, 409)

@@ -59,7 +59,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import anyio
@@ -67,6 +67,7 @@ import anyio.abc
 import anyio.to_thread
 
 from proxy.sandbox.base import (
+    LABEL_SERVER,
     CopyReport,
     ExitStatus,
     SandboxError,
@@ -181,7 +182,8 @@ class LocalBackend:
             )
         safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.run_id)[:64]
         run_dir = self._base() / f"{safe}-{secrets.token_hex(4)}"
-        await anyio.to_thread.run_sync(_make_run_dir, run_dir, spec.run_id)
+        server = spec.labels.get(LABEL_SERVER)
+        await anyio.to_thread.run_sync(_make_run_dir, run_dir, spec.run_id, server)
         return LocalSandbox(spec, run_dir, bwrap=self._bwrap, kill_grace=self._kill_grace)
 
     def _base(self) -> Path:
@@ -189,15 +191,23 @@ class LocalBackend:
             self._base_dir = Path(tempfile.mkdtemp(prefix="jetty-sandboxes-"))
         return self._base_dir
 
-    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
-        """Kill and remove the runs under ``base_dir`` not in ``keep_run_ids``.
+    async def remove_orphans(
+        self,
+        keep_run_ids: set[str],
+        owner: str | None = None,
+        live_servers: Collection[str] = (),
+    ) -> list[str]:
+        """Kill and remove the runs under ``base_dir`` not in ``keep_run_ids``, nor launched
+        by one of ``live_servers`` (the spec's `LABEL_SERVER`).
 
         Run directories belong to this backend's base directory alone; ``owner`` adds nothing.
         A base directory that is not privately this user's is left alone (see `_own_dir`).
         """
         if self._base_dir is None:
             return []
-        return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, keep_run_ids)
+        keep = set(keep_run_ids)
+        servers = frozenset(live_servers)
+        return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, keep, servers)
 
     async def aclose(self) -> None:
         # The base directory goes when no run is left in it (a fresh temp dir, or an
@@ -502,11 +512,11 @@ def _kill_marked(mark: str) -> None:
         time.sleep(0.01)
 
 
-def _make_run_dir(run_dir: Path, run_id: str) -> None:
+def _make_run_dir(run_dir: Path, run_id: str, server: str | None) -> None:
     run_dir.mkdir(mode=0o700, parents=True)
     (run_dir / "app").mkdir()
     (run_dir / "home").mkdir()
-    (run_dir / _META).write_text(json.dumps({"run_id": run_id}))
+    (run_dir / _META).write_text(json.dumps({"run_id": run_id, "server": server}))
 
 
 def _record_pid(run_dir: Path, pid: int) -> None:
@@ -608,7 +618,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _remove_orphans(base_dir: Path, keep: set[str]) -> list[str]:
+def _remove_orphans(base_dir: Path, keep: set[str], live_servers: frozenset[str]) -> list[str]:
     removed: list[str] = []
     if not base_dir.exists():
         return removed  # a first start: nothing was ever run here
@@ -622,7 +632,7 @@ def _remove_orphans(base_dir: Path, keep: set[str]) -> list[str]:
         except (OSError, ValueError):
             continue  # not one of ours
         run_id = str(meta.get("run_id", ""))
-        if run_id in keep:
+        if run_id in keep or meta.get("server") in live_servers:
             continue
         pid = meta.get("pid")
         if isinstance(pid, int) and meta.get("started") and _start_ticks(pid) == meta["started"]:

@@ -249,7 +249,21 @@ class CollectionStore(Protocol):
         """The collection's secrets in clear, for a sandbox's environment. Never render these."""
 
 
-class Store(KeyStore, TrajectoryStore, FileStore, CollectionStore, Protocol):
+class ServerStore(Protocol):
+    """Serving processes' heartbeats: the sandboxes of a server that stopped beating have no
+    live owner any more, and another server may remove them (see `proxy.runs.engine`)."""
+
+    async def beat(self, server_id: str) -> None:
+        """Record that ``server_id`` is alive now (registering it on its first beat)."""
+
+    async def live_servers(self, since: datetime) -> set[str]:
+        """The servers that beat at ``since`` or later."""
+
+    async def forget_server(self, server_id: str) -> None:
+        """Remove ``server_id``'s record (it stopped cleanly)."""
+
+
+class Store(KeyStore, TrajectoryStore, FileStore, CollectionStore, ServerStore, Protocol):
     """What the rest of the proxy may ask of the database."""
 
     async def migrate(self) -> None:

@@ -107,6 +107,13 @@ SQLITE_MIGRATIONS: list[str] = [
     """
     ALTER TABLE trajectories ADD COLUMN session TEXT
     """,
+    # 4: serving processes and their heartbeats (which sandboxes still have a live owner).
+    """
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY,
+        heartbeat_at TEXT NOT NULL
+    )
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -206,5 +213,12 @@ POSTGRES_MIGRATIONS: list[str] = [
     # 3: see SQLITE_MIGRATIONS[2].
     """
     ALTER TABLE trajectories ADD COLUMN session JSONB
+    """,
+    # 4: see SQLITE_MIGRATIONS[3].
+    """
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY,
+        heartbeat_at TIMESTAMPTZ NOT NULL
+    )
     """,
 ]

@@ -214,6 +214,34 @@ def test_start_removes_its_own_stale_containers_and_no_one_elses(
         anyio.run(remove_other)
 
 
+def test_a_second_server_on_the_same_database_and_engine_leaves_the_first_ones_run(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], docker_host: str
+) -> None:
+    scripted, _ = anthropic
+    scripted.mode = "hang"
+
+    def present(run_id: str) -> bool:
+        return any(
+            c["Labels"].get("jetty-proxy.run-id") == run_id for c in managed_containers(docker_host)
+        )
+
+    with (
+        make_proxy() as first,
+        httpx.stream("POST", first + "/v1/chat/completions", json=_request(), timeout=60) as run,
+    ):
+        run_id = run.headers["x-jetty-trajectory-id"]
+        _wait_for(lambda: scripted.calls >= 1, 30, "the agent's first model call")
+        # Same data directory, so the same database; same Docker engine.
+        with make_proxy() as second:
+            assert present(run_id)
+            assert _status(second, run_id) == "running"
+        assert present(run_id)
+        assert _status(first, run_id) == "running"
+        httpx.post(f"{first}/api/v1/trajectory/acme/life/statuses", json={run_id: "cancelled"})
+        assert [line for line in run.iter_lines() if line][-1] == "data: [DONE]"
+    assert not present(run_id)
+
+
 def test_cancel_through_the_api_stops_the_run(
     make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], docker_host: str
 ) -> None:

@@ -1,4 +1,5 @@
-"""Recovery after a restart: runs whose sandboxes were left behind are marked failed."""
+"""Recovery: the sandboxes and runs of servers that stopped are removed and failed, at start
+and by the servers still running; those of live servers are left alone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -19,11 +24,13 @@ from proxy.app import create_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import SANDBOX_OF, EngineConfig, RunEngine
+from proxy.runs.launch import SERVER
 from proxy.runs.runtime import sandbox_owner
 from proxy.sandbox.local import installation_dir
 from proxy.settings import Settings
-from proxy.store import Store
+from proxy.store import Store, StoreError
 from proxy.store.blobs import LocalBlobStore
+from proxy.store.records import Trajectory
 from tests.support.live import serve
 from tests.support.stores import make_store
 
@@ -31,17 +38,65 @@ pytestmark = pytest.mark.anyio
 
 
 class _Leftovers:
-    """A backend that finds sandboxes labelled with the given run ids."""
+    """A backend that finds sandboxes: run id -> the server that launched it (or None)."""
 
     name = "docker"
 
-    def __init__(self, labelled: list[str]) -> None:
+    def __init__(self, labelled: dict[str, str | None]) -> None:
         self.labelled = labelled
         self.owner: str | None = None
+        self.live_servers: set[str] = set()
+        self.calls = 0
 
-    async def remove_orphans(self, keep_run_ids: set[str], owner: str | None = None) -> list[str]:
-        self.owner = owner
-        return [run_id for run_id in self.labelled if run_id not in keep_run_ids]
+    async def remove_orphans(
+        self,
+        keep_run_ids: set[str],
+        owner: str | None = None,
+        live_servers: Collection[str] = (),
+    ) -> list[str]:
+        self.owner, self.live_servers = owner, set(live_servers)
+        self.calls += 1
+        removed = [
+            run_id
+            for run_id, server in self.labelled.items()
+            if run_id not in keep_run_ids and server not in live_servers
+        ]
+        for run_id in removed:
+            del self.labelled[run_id]
+        return removed
+
+
+@asynccontextmanager
+async def _engine(
+    store: Store, tmp_path: Path, backend: _Leftovers, **config: Any
+) -> AsyncIterator[RunEngine]:
+    async with anyio.create_task_group() as tg:
+        yield RunEngine(
+            store=store,
+            blobs=LocalBlobStore(tmp_path / "blobs"),
+            backend=backend,  # type: ignore[arg-type]
+            tokens=RunTokens(),
+            config=EngineConfig(
+                relay_socket=tmp_path / "relay.sock",
+                results=ResultLimits(1024, 10),
+                owner="me",
+                **config,
+            ),
+            task_group=tg,
+        )
+        tg.cancel_scope.cancel()
+
+
+async def _statuses(store: Store, *records: Trajectory) -> list[tuple[str, str | None]]:
+    statuses: list[tuple[str, str | None]] = []
+    for record in records:
+        fetched = await store.get_trajectory(record.id)
+        assert fetched is not None
+        statuses.append((fetched.status, fetched.error))
+    return statuses
+
+
+INTERRUPTED = ("failed", "interrupted: the proxy stopped while the run was live")
 
 
 async def test_a_follow_up_in_a_kept_sandbox_is_recovered_through_its_label(
@@ -53,33 +108,109 @@ async def test_a_follow_up_in_a_kept_sandbox_is_recovered_through_its_label(
     )
     own = await store.create_trajectory("acme", "chat", status="running")
     elsewhere = await store.create_trajectory("acme", "chat", status="running")
-    backend = _Leftovers([first.id, own.id, ""])
-    async with anyio.create_task_group() as tg:
-        engine = RunEngine(
-            store=store,
-            blobs=LocalBlobStore(tmp_path / "blobs"),
-            backend=backend,  # type: ignore[arg-type]
-            tokens=RunTokens(),
-            config=EngineConfig(
-                relay_socket=tmp_path / "relay.sock",
-                results=ResultLimits(1024, 10),
-                owner="me",
-            ),
-            task_group=tg,
-        )
+    backend = _Leftovers({first.id: None, own.id: None, "": None})
+    async with _engine(store, tmp_path, backend) as engine:
         await engine.recover()
     assert backend.owner == "me"
-    statuses = {}
-    for record in (first, follow_up, own, elsewhere):
-        fetched = await store.get_trajectory(record.id)
-        assert fetched is not None
-        statuses[record.id] = (fetched.status, fetched.error)
-    interrupted = "interrupted: the proxy stopped while the run was live"
-    assert statuses[first.id] == ("completed", None)
-    assert statuses[follow_up.id] == ("failed", interrupted)
-    assert statuses[own.id] == ("failed", interrupted)
-    # Another proxy's live run (no sandbox of ours) is left alone.
-    assert statuses[elsewhere.id] == ("running", None)
+    assert await _statuses(store, first, follow_up, own, elsewhere) == [
+        ("completed", None),
+        INTERRUPTED,
+        INTERRUPTED,
+        # A run with no sandbox and no server named (an older version's) is left alone.
+        ("running", None),
+    ]
+
+
+async def test_the_sandboxes_and_runs_of_live_servers_are_theirs(
+    store: Store, tmp_path: Path
+) -> None:
+    await store.beat("alive")
+    runs = {
+        server: await store.create_trajectory(
+            "acme", "chat", status="running", environment={SERVER: server}
+        )
+        for server in ("alive", "me-1", "gone")
+    }
+    # "gone" beat long ago: its run is failed even though no sandbox of it is left.
+    backend = _Leftovers({runs["alive"].id: "alive", runs["me-1"].id: "me-1"})
+    async with _engine(store, tmp_path, backend, server_id="me-1") as engine:
+        await engine.beat()
+        assert await engine.recover() == []
+    assert backend.live_servers == {"alive", "me-1"}
+    assert await _statuses(store, *runs.values()) == [
+        ("running", None),
+        ("running", None),
+        INTERRUPTED,
+    ]
+
+
+async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
+    store: Store, tmp_path: Path
+) -> None:
+    await store.beat("crashed")
+    run = await store.create_trajectory(
+        "acme", "chat", status="running", environment={SERVER: "crashed"}
+    )
+    backend = _Leftovers({run.id: "crashed"})
+    timing = {"heartbeat_seconds": 0.02, "server_stale_seconds": 0.3, "sweep_seconds": 0.05}
+    async with (
+        _engine(store, tmp_path, backend, server_id="me-1", **timing) as engine,
+        anyio.create_task_group() as tg,
+    ):
+        await engine.beat()
+        assert await engine.recover() == []  # "crashed" beat a moment ago: alive
+        tg.start_soon(engine.keep_beating)
+        with anyio.fail_after(5):
+            while backend.labelled:
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert await _statuses(store, run) == [INTERRUPTED]
+    assert "me-1" in await store.live_servers(datetime.now(UTC) - timedelta(seconds=1))
+
+
+async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_path: Path) -> None:
+    # After a database outage everyone's beats are late: a server that could not beat
+    # either waits a whole stale period of good beats before it judges others.
+    run = await store.create_trajectory(
+        "acme", "chat", status="running", environment={SERVER: "other"}
+    )
+    backend = _Leftovers({run.id: "other"})
+    failing = _FailingBeats(store, failures=5)
+    timing = {"heartbeat_seconds": 0.02, "server_stale_seconds": 0.4, "sweep_seconds": 0.02}
+    async with (
+        _engine(failing, tmp_path, backend, server_id="me-1", **timing) as engine,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(engine.keep_beating)
+        with anyio.fail_after(5):
+            while failing.beats < failing.failures:
+                await anyio.sleep(0.01)
+        recovered_at = anyio.current_time()
+        with anyio.fail_after(5):
+            while backend.labelled:
+                await anyio.sleep(0.01)
+        waited = anyio.current_time() - recovered_at
+        tg.cancel_scope.cancel()
+    assert waited >= 0.4 - 0.05, waited
+    assert await _statuses(store, run) == [INTERRUPTED]
+
+
+class _FailingBeats:
+    """The store, but its first ``failures`` beats fail as with the database away."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self._store = store
+        self.failures = failures
+        self.beats = 0
+
+    async def beat(self, server_id: str) -> None:
+        self.beats += 1
+        if self.beats <= self.failures:
+            raise StoreError("the database is away")
+        await self._store.beat(server_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 def test_a_restarted_proxy_fails_the_local_runs_a_crashed_one_left(tmp_path: Path) -> None:

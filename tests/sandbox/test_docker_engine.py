@@ -12,6 +12,7 @@ import pytest
 
 from proxy.sandbox.base import (
     LABEL_OWNER,
+    LABEL_SERVER,
     ExitStatus,
     ImageNotFound,
     Mount,
@@ -253,14 +254,20 @@ async def test_remove_orphans_removes_labelled_leftovers(docker: DockerBackend) 
         for n in range(2)
     ]
     foreign = await docker.launch(_spec(["sleep", "300"], run_id="foreign", labels=other))
+    # Launched by another server of the same installation that is still alive.
+    alive = {**owner, LABEL_SERVER: "alive"}
+    sibling = await docker.launch(_spec(["sleep", "300"], run_id="sibling", labels=alive))
     try:
         await orphans[0].start()  # a running one, and one only created
-        removed = await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER])
+        removed = await docker.remove_orphans(
+            {"kept"}, owner=owner[LABEL_OWNER], live_servers={"alive"}
+        )
         assert sorted(removed) == ["gone-0", "gone-1"]
+        assert await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER]) == ["sibling"]
         assert await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER]) == []
         assert await docker.remove_orphans(set(), owner=other[LABEL_OWNER]) == ["foreign"]
     finally:
-        for sandbox in (kept, *orphans, foreign):
+        for sandbox in (kept, *orphans, foreign, sibling):
             await sandbox.close()
 
 

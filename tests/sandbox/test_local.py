@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from proxy.sandbox.base import (
+    LABEL_SERVER,
     Mount,
     SandboxError,
     SandboxLimitError,
@@ -260,9 +261,13 @@ async def test_remove_orphans_kills_and_removes_unkept_runs(tmp_path: Path) -> N
     orphan = await local.launch(_spec("echo $$; sleep 300", run_id="orphan"))
     await orphan.start()
     pid = int(await orphan.stdout_lines().__anext__())
+    # Launched by another server that is still alive: its own.
+    sibling = await local.launch(_spec("true", run_id="sibling", labels={LABEL_SERVER: "alive"}))
     # A fresh backend on the same directory: what a restarted proxy would see.
     restarted = LocalBackend(tmp_path, use_bwrap=False)
-    assert await restarted.remove_orphans({"kept"}) == ["orphan"]
+    assert await restarted.remove_orphans({"kept"}, live_servers={"alive"}) == ["orphan"]
+    assert sibling.run_dir.exists()
+    await sibling.close()
     with anyio.fail_after(5):
         status = await orphan.wait()
     assert status.exit_code == 128 + 9
