@@ -513,7 +513,9 @@ def _kill_marked(mark: str) -> None:
 
 
 def _make_run_dir(run_dir: Path, run_id: str, server: str | None) -> None:
-    run_dir.mkdir(mode=0o700, parents=True)
+    # The base too is private when made here (another server may just have removed it).
+    run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700)
     (run_dir / "app").mkdir()
     (run_dir / "home").mkdir()
     (run_dir / _META).write_text(json.dumps({"run_id": run_id, "server": server}))

@@ -550,6 +550,7 @@ async def test_a_backend_on_an_installation_dir_finds_what_an_earlier_one_left(
 async def test_aclose_keeps_a_base_dir_with_runs_in_it(tmp_path: Path) -> None:
     local = LocalBackend(tmp_path / "runs", use_bwrap=False)
     sandbox = await local.launch(_spec("true"))
+    assert (tmp_path / "runs").stat().st_mode & 0o777 == 0o700
     await local.aclose()
     assert sandbox.run_dir.exists()
     await sandbox.close()
