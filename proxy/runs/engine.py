@@ -33,6 +33,7 @@ from proxy.runs.launch import (
 )
 from proxy.runs.lifecycle import RunLifecycle
 from proxy.runs.live import LiveRun
+from proxy.runs.presence import Presence
 from proxy.sandbox import SandboxBackend
 from proxy.store import Store, StoreError
 from proxy.store.blobs import BlobStore
@@ -63,6 +64,7 @@ class RunEngine:
         config: EngineConfig,
         task_group: TaskGroup,
         environments: Environments | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -74,6 +76,8 @@ class RunEngine:
         self._environments = environments
         self.live: dict[str, LiveRun] = {}
         self.kept = KeptSandboxes(task_group, config.keep_sandbox_seconds)
+        # The servers of this machine known gone at once (see proxy.runs.presence).
+        self._presence = presence
 
     @property
     def backend(self) -> SandboxBackend:
@@ -129,13 +133,17 @@ class RunEngine:
         """Remove the sandboxes no live server owns, mark their runs failed; return their ids.
 
         Every serving process beats (`beat`) and labels its sandboxes and runs with its id.
-        A server that has not beaten for ``server_stale_seconds`` is gone: its sandboxes (and
-        those of older versions, which carry no server) are removed, and its live runs
-        failed. The installation's other servers, sharing its database and engine, keep
-        theirs. Called at start, then by `keep_beating`.
+        A server that has not beaten for ``server_stale_seconds``, or one of this machine whose
+        lock is free (`Presence`), is gone: its sandboxes (and those of older versions, which
+        carry no server) are removed, and its live runs failed. The installation's other
+        servers, sharing its database and engine, keep theirs. Called at start, then by
+        `keep_beating`.
         """
         since = datetime.now(UTC) - timedelta(seconds=self._config.server_stale_seconds)
-        live_servers = await self._store.live_servers(since) | {self._config.server_id}
+        beating = await self._store.live_servers(since)
+        if self._presence is not None:
+            beating -= await anyio.to_thread.run_sync(self._presence.gone)
+        live_servers = beating | {self._config.server_id}
         removed = await self._backend.remove_orphans(
             set(self.live), owner=self._config.owner, live_servers=live_servers
         )

@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import EngineConfig, RunEngine
 from proxy.runs.followup import KeptSandboxes
+from proxy.runs.presence import Presence
 from proxy.sandbox import SandboxBackend, select_backend
 from proxy.server import server_config
 from proxy.settings import Settings
@@ -135,57 +136,77 @@ async def run_service(
     )
     environments = Environments.from_settings(settings) if images else None
     kept: KeptSandboxes | None = None
-    engine: RunEngine | None = None
-    try:
-        async with (
-            serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
-            httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
-            anyio.create_task_group() as tg,
-        ):
-            engine = RunEngine(
-                store=store,
-                blobs=blobs,
-                backend=the_backend,
-                tokens=tokens,
-                config=EngineConfig(
-                    relay_socket=socket_path,
-                    results=ResultLimits(settings.results_max_bytes, settings.results_max_files),
-                    owner=sandbox_owner(settings),
-                    server_id=secrets.token_hex(8),
-                    keep_sandbox_seconds=settings.keep_sandbox_seconds,
-                    session_max_bytes=settings.session_max_bytes,
-                ),
-                task_group=tg,
-                environments=environments,
-            )
-            kept = engine.kept
-            await engine.beat()
-            removed = await engine.recover()
-            if removed:
-                logger.warning("removed %d sandboxes left by an earlier process", len(removed))
-            tg.start_soon(engine.keep_beating, name="server-heartbeat")
-            try:
-                yield RunService(
-                    engine=engine,
-                    agents=AgentCache.from_settings(settings),
-                    defaults=defaults,
-                    http=http,
-                    keepalive_seconds=settings.keepalive_seconds,
-                    settings=settings,
+    server_id = secrets.token_hex(8)
+    with _presence(settings.data_dir / "servers", server_id) as presence:
+        try:
+            async with (
+                serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
+                httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
+                anyio.create_task_group() as tg,
+            ):
+                engine = RunEngine(
+                    store=store,
+                    blobs=blobs,
+                    backend=the_backend,
+                    tokens=tokens,
+                    config=EngineConfig(
+                        relay_socket=socket_path,
+                        results=ResultLimits(
+                            settings.results_max_bytes, settings.results_max_files
+                        ),
+                        owner=sandbox_owner(settings),
+                        server_id=server_id,
+                        keep_sandbox_seconds=settings.keep_sandbox_seconds,
+                        session_max_bytes=settings.session_max_bytes,
+                    ),
+                    task_group=tg,
                     environments=environments,
+                    presence=presence,
                 )
-            finally:
-                # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
-                tg.cancel_scope.cancel()
-    finally:
-        # Sandboxes kept for follow-up turns die with the server (after the runs, which may
-        # still hand theirs over while they stop).
-        if kept is not None:
-            await kept.close_all()
-    if environments is not None:
-        await environments.aclose()
-    await the_backend.aclose()
-    if engine is not None:
+                kept = engine.kept
+                await engine.beat()
+                removed = await engine.recover()
+                if removed:
+                    logger.warning("removed %d sandboxes left by an earlier process", len(removed))
+                tg.start_soon(engine.keep_beating, name="server-heartbeat")
+                try:
+                    yield RunService(
+                        engine=engine,
+                        agents=AgentCache.from_settings(settings),
+                        defaults=defaults,
+                        http=http,
+                        keepalive_seconds=settings.keepalive_seconds,
+                        settings=settings,
+                        environments=environments,
+                    )
+                finally:
+                    # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
+                    tg.cancel_scope.cancel()
+        finally:
+            # Sandboxes kept for follow-up turns die with the server (after the runs, which may
+            # still hand theirs over while they stop).
+            if kept is not None:
+                await kept.close_all()
+        if environments is not None:
+            await environments.aclose()
+        await the_backend.aclose()
         # Stopped cleanly, with no sandbox left: nothing for another server to look after.
         with contextlib.suppress(StoreError):
-            await store.forget_server(engine.server_id)
+            await store.forget_server(server_id)
+
+
+@contextlib.contextmanager
+def _presence(directory: Path, server_id: str) -> Iterator[Presence | None]:
+    """This server's lock file (see `proxy.runs.presence`) for the block, if one can be made."""
+    candidate = Presence(directory, server_id)
+    presence: Presence | None = candidate
+    try:
+        candidate.claim()
+    except OSError as exc:
+        logger.warning("no lock file for this server (%s): others here judge it by heartbeat", exc)
+        presence = None
+    try:
+        yield presence
+    finally:
+        if presence is not None:
+            presence.release()

@@ -10,8 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,82 +19,17 @@ import httpx
 import pytest
 
 from proxy.app import create_app
-from proxy.relay.tokens import RunTokens
-from proxy.runs.artifacts import ResultLimits
-from proxy.runs.engine import SANDBOX_OF, EngineConfig, RunEngine
+from proxy.runs.engine import SANDBOX_OF
 from proxy.runs.launch import SERVER
 from proxy.runs.runtime import sandbox_owner
 from proxy.sandbox.local import installation_dir
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
-from proxy.store.blobs import LocalBlobStore
-from proxy.store.records import Trajectory
+from tests.support.leftovers import INTERRUPTED, Leftovers, engine_on, statuses_of
 from tests.support.live import serve
 from tests.support.stores import make_store
 
 pytestmark = pytest.mark.anyio
-
-
-class _Leftovers:
-    """A backend that finds sandboxes: run id -> the server that launched it (or None)."""
-
-    name = "docker"
-
-    def __init__(self, labelled: dict[str, str | None]) -> None:
-        self.labelled = labelled
-        self.owner: str | None = None
-        self.live_servers: set[str] = set()
-        self.calls = 0
-
-    async def remove_orphans(
-        self,
-        keep_run_ids: set[str],
-        owner: str | None = None,
-        live_servers: Collection[str] = (),
-    ) -> list[str]:
-        self.owner, self.live_servers = owner, set(live_servers)
-        self.calls += 1
-        removed = [
-            run_id
-            for run_id, server in self.labelled.items()
-            if run_id not in keep_run_ids and server not in live_servers
-        ]
-        for run_id in removed:
-            del self.labelled[run_id]
-        return removed
-
-
-@asynccontextmanager
-async def _engine(
-    store: Store, tmp_path: Path, backend: _Leftovers, **config: Any
-) -> AsyncIterator[RunEngine]:
-    async with anyio.create_task_group() as tg:
-        yield RunEngine(
-            store=store,
-            blobs=LocalBlobStore(tmp_path / "blobs"),
-            backend=backend,  # type: ignore[arg-type]
-            tokens=RunTokens(),
-            config=EngineConfig(
-                relay_socket=tmp_path / "relay.sock",
-                results=ResultLimits(1024, 10),
-                owner="me",
-                **config,
-            ),
-            task_group=tg,
-        )
-        tg.cancel_scope.cancel()
-
-
-async def _statuses(store: Store, *records: Trajectory) -> list[tuple[str, str | None]]:
-    statuses: list[tuple[str, str | None]] = []
-    for record in records:
-        fetched = await store.get_trajectory(record.id)
-        assert fetched is not None
-        statuses.append((fetched.status, fetched.error))
-    return statuses
-
-
-INTERRUPTED = ("failed", "interrupted: the proxy stopped while the run was live")
 
 
 async def test_a_follow_up_in_a_kept_sandbox_is_recovered_through_its_label(
@@ -108,11 +41,11 @@ async def test_a_follow_up_in_a_kept_sandbox_is_recovered_through_its_label(
     )
     own = await store.create_trajectory("acme", "chat", status="running")
     elsewhere = await store.create_trajectory("acme", "chat", status="running")
-    backend = _Leftovers({first.id: None, own.id: None, "": None})
-    async with _engine(store, tmp_path, backend) as engine:
+    backend = Leftovers({first.id: None, own.id: None, "": None})
+    async with engine_on(store, tmp_path, backend) as engine:
         await engine.recover()
     assert backend.owner == "me"
-    assert await _statuses(store, first, follow_up, own, elsewhere) == [
+    assert await statuses_of(store, first, follow_up, own, elsewhere) == [
         ("completed", None),
         INTERRUPTED,
         INTERRUPTED,
@@ -132,12 +65,12 @@ async def test_the_sandboxes_and_runs_of_live_servers_are_theirs(
         for server in ("alive", "me-1", "gone")
     }
     # "gone" beat long ago: its run is failed even though no sandbox of it is left.
-    backend = _Leftovers({runs["alive"].id: "alive", runs["me-1"].id: "me-1"})
-    async with _engine(store, tmp_path, backend, server_id="me-1") as engine:
+    backend = Leftovers({runs["alive"].id: "alive", runs["me-1"].id: "me-1"})
+    async with engine_on(store, tmp_path, backend, server_id="me-1") as engine:
         await engine.beat()
         assert await engine.recover() == []
     assert backend.live_servers == {"alive", "me-1"}
-    assert await _statuses(store, *runs.values()) == [
+    assert await statuses_of(store, *runs.values()) == [
         ("running", None),
         ("running", None),
         INTERRUPTED,
@@ -151,10 +84,14 @@ async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
     run = await store.create_trajectory(
         "acme", "chat", status="running", environment={SERVER: "crashed"}
     )
-    backend = _Leftovers({run.id: "crashed"})
-    timing = {"heartbeat_seconds": 0.02, "server_stale_seconds": 0.3, "sweep_seconds": 0.05}
+    backend = Leftovers({run.id: "crashed"})
+    timing: dict[str, Any] = {
+        "heartbeat_seconds": 0.02,
+        "server_stale_seconds": 0.3,
+        "sweep_seconds": 0.05,
+    }
     async with (
-        _engine(store, tmp_path, backend, server_id="me-1", **timing) as engine,
+        engine_on(store, tmp_path, backend, server_id="me-1", **timing) as engine,
         anyio.create_task_group() as tg,
     ):
         await engine.beat()
@@ -164,7 +101,7 @@ async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
             while backend.labelled:
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
-    assert await _statuses(store, run) == [INTERRUPTED]
+    assert await statuses_of(store, run) == [INTERRUPTED]
     assert "me-1" in await store.live_servers(datetime.now(UTC) - timedelta(seconds=1))
 
 
@@ -174,11 +111,15 @@ async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_p
     run = await store.create_trajectory(
         "acme", "chat", status="running", environment={SERVER: "other"}
     )
-    backend = _Leftovers({run.id: "other"})
+    backend = Leftovers({run.id: "other"})
     failing = _FailingBeats(store, failures=5)
-    timing = {"heartbeat_seconds": 0.02, "server_stale_seconds": 0.4, "sweep_seconds": 0.02}
+    timing: dict[str, Any] = {
+        "heartbeat_seconds": 0.02,
+        "server_stale_seconds": 0.4,
+        "sweep_seconds": 0.02,
+    }
     async with (
-        _engine(failing, tmp_path, backend, server_id="me-1", **timing) as engine,
+        engine_on(failing, tmp_path, backend, server_id="me-1", **timing) as engine,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(engine.keep_beating)
@@ -192,7 +133,7 @@ async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_p
         waited = anyio.current_time() - recovered_at
         tg.cancel_scope.cancel()
     assert waited >= 0.4 - 0.05, waited
-    assert await _statuses(store, run) == [INTERRUPTED]
+    assert await statuses_of(store, run) == [INTERRUPTED]
 
 
 class _FailingBeats:
@@ -248,8 +189,11 @@ def test_a_restarted_proxy_fails_the_local_runs_a_crashed_one_left(tmp_path: Pat
             )
             assert not run_dir.exists()
             assert _dead_within(pid, 5)
-        # The proxy stopped cleanly: no run left, and their base gone with them.
+            # The server holds its lock file (see proxy.runs.presence) while it runs.
+            assert len(list((settings.data_dir / "servers").glob("*.lock"))) == 1
+        # The proxy stopped cleanly: no run left, their base gone with them, and its lock.
         assert not base.exists()
+        assert list((settings.data_dir / "servers").iterdir()) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
