@@ -50,6 +50,9 @@ __all__ = [
 
 logger = logging.getLogger("proxy.runs")
 
+#: How long the record of a server that stopped without a word is kept.
+_FORGET_AFTER = timedelta(days=1)
+
 
 class RunEngine:
     """Starts runs, tracks the live ones, cancels them, and cleans up after a restart."""
@@ -123,6 +126,8 @@ class RunEngine:
             last_sweep = now
             try:
                 removed = await self.recover()
+                # Servers that crashed long ago: their sandboxes and runs are seen to.
+                await self._store.forget_servers_before(datetime.now(UTC) - _FORGET_AFTER)
             except Exception:  # a failed look must not stop the heartbeat
                 logger.exception("looking for sandboxes of stopped servers failed")
             else:

@@ -262,6 +262,9 @@ class ServerStore(Protocol):
     async def forget_server(self, server_id: str) -> None:
         """Remove ``server_id``'s record (it stopped cleanly)."""
 
+    async def forget_servers_before(self, before: datetime) -> int:
+        """Remove the records of servers silent since before ``before``; return how many."""
+
 
 class Store(KeyStore, TrajectoryStore, FileStore, CollectionStore, ServerStore, Protocol):
     """What the rest of the proxy may ask of the database."""

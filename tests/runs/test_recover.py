@@ -103,6 +103,8 @@ async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
         tg.cancel_scope.cancel()
     assert await statuses_of(store, run) == [INTERRUPTED]
     assert "me-1" in await store.live_servers(datetime.now(UTC) - timedelta(seconds=1))
+    # The crashed server's record goes a day after its last beat, not before.
+    assert "crashed" in await store.live_servers(datetime.now(UTC) - timedelta(hours=1))
 
 
 async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_path: Path) -> None:

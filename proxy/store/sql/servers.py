@@ -22,3 +22,6 @@ class ServersPart(SQLCore):
 
     async def forget_server(self, server_id: str) -> None:
         await self._db.execute("DELETE FROM servers WHERE id = ?", (server_id,))
+
+    async def forget_servers_before(self, before: datetime) -> int:
+        return await self._db.execute("DELETE FROM servers WHERE heartbeat_at < ?", (before,))
