@@ -34,7 +34,7 @@ from proxy.runs.launch import (
 from proxy.runs.lifecycle import RunLifecycle
 from proxy.runs.live import LiveRun
 from proxy.runs.presence import Presence
-from proxy.sandbox import SandboxBackend
+from proxy.sandbox import Orphans, SandboxBackend
 from proxy.store import Store, StoreError
 from proxy.store.blobs import BlobStore
 
@@ -150,7 +150,7 @@ class RunEngine:
             beating -= await anyio.to_thread.run_sync(self._presence.gone)
         live_servers = beating | {self._config.server_id}
         removed = await self._backend.remove_orphans(
-            set(self.live), owner=self._config.owner, live_servers=live_servers
+            Orphans(set(self.live), self._config.owner, live_servers)
         )
         gone = {run_id for run_id in removed if run_id}
         for trajectory in await self._store.live_trajectories():

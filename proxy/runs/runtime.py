@@ -196,17 +196,14 @@ async def run_service(
 
 
 @contextlib.contextmanager
-def _presence(directory: Path, server_id: str) -> Iterator[Presence | None]:
+def _presence(directory: Path, server_id: str) -> Iterator[Presence]:
     """This server's lock file (see `proxy.runs.presence`) for the block, if one can be made."""
-    candidate = Presence(directory, server_id)
-    presence: Presence | None = candidate
+    presence = Presence(directory, server_id)
     try:
-        candidate.claim()
-    except OSError as exc:
-        logger.warning("no lock file for this server (%s): others here judge it by heartbeat", exc)
-        presence = None
+        presence.claim()
+    except OSError as exc:  # others here then judge this server by heartbeat alone
+        logger.warning("no lock file for this server (%s): others judge it by heartbeat", exc)
     try:
         yield presence
     finally:
-        if presence is not None:
-            presence.release()
+        presence.release()

@@ -43,7 +43,7 @@ LABEL_RUN_ID = "jetty-proxy.run-id"
 LABEL_COLLECTION = "jetty-proxy.collection"
 LABEL_MANAGED = "jetty-proxy.managed"
 LABEL_OWNER = "jetty-proxy.owner"
-# The serving process that launched the sandbox (see `SandboxBackend.remove_orphans`).
+# The serving process that launched the sandbox (see `Orphans`).
 LABEL_SERVER = "jetty-proxy.server"
 
 
@@ -82,6 +82,24 @@ class Mount:
     host_path: Path | str
     container_path: str
     read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Orphans:
+    """Which sandboxes `SandboxBackend.remove_orphans` removes.
+
+    Only those a backend labelled, and with ``owner`` only those whose spec carried that
+    `LABEL_OWNER` (installations sharing an engine leave each other's alone). Of those, a
+    sandbox is kept when its run is in ``keep_run_ids`` or its `LABEL_SERVER` names one of
+    ``live_servers`` (a serving process that is alive owns it).
+    """
+
+    keep_run_ids: Collection[str] = ()
+    owner: str | None = None
+    live_servers: Collection[str] = ()
+
+    def kept(self, run_id: str, server: object) -> bool:
+        return run_id in self.keep_run_ids or server in self.live_servers
 
 
 @dataclass(frozen=True)
@@ -280,19 +298,8 @@ class SandboxBackend(Protocol):
         """Create (but do not start) a sandbox for ``spec``."""
         ...
 
-    async def remove_orphans(
-        self,
-        keep_run_ids: set[str],
-        owner: str | None = None,
-        live_servers: Collection[str] = (),
-    ) -> list[str]:
-        """Remove sandboxes this backend labelled whose run id is not kept; return those ids.
-
-        With ``owner``, only sandboxes whose spec carried that `LABEL_OWNER` label are
-        considered, so installations sharing an engine leave each other's sandboxes alone.
-        Sandboxes whose `LABEL_SERVER` names one of ``live_servers`` are kept too: a serving
-        process that is alive owns them.
-        """
+    async def remove_orphans(self, orphans: Orphans) -> list[str]:
+        """Remove the sandboxes ``orphans`` describes; return their run ids."""
         ...
 
     async def aclose(self) -> None:

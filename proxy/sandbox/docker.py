@@ -26,7 +26,7 @@ import re
 import secrets
 import shlex
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -44,6 +44,7 @@ from proxy.sandbox.base import (
     CopyReport,
     EngineUnavailable,
     ExitStatus,
+    Orphans,
     SandboxError,
     SandboxSpec,
     SandboxStateError,
@@ -136,15 +137,10 @@ class DockerBackend:
             raise
         return sandbox
 
-    async def remove_orphans(
-        self,
-        keep_run_ids: set[str],
-        owner: str | None = None,
-        live_servers: Collection[str] = (),
-    ) -> list[str]:
+    async def remove_orphans(self, orphans: Orphans) -> list[str]:
         labels = [f"{LABEL_MANAGED}=true"]
-        if owner is not None:
-            labels.append(f"{LABEL_OWNER}={owner}")
+        if orphans.owner is not None:
+            labels.append(f"{LABEL_OWNER}={orphans.owner}")
         filters = json.dumps({"label": labels})
         response = await self._engine.request(
             "GET", "/containers/json", params={"all": "1", "filters": filters}
@@ -153,7 +149,7 @@ class DockerBackend:
         for container in response.json():
             labels_of = container.get("Labels") or {}
             run_id = labels_of.get(LABEL_RUN_ID, "")
-            if run_id in keep_run_ids or labels_of.get(LABEL_SERVER) in live_servers:
+            if orphans.kept(run_id, labels_of.get(LABEL_SERVER)):
                 continue
             await self._engine.request(
                 "DELETE", f"/containers/{container['Id']}", params={"force": "1"}, ok=(404, 409)

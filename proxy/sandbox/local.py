@@ -59,7 +59,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import anyio
@@ -70,6 +70,7 @@ from proxy.sandbox.base import (
     LABEL_SERVER,
     CopyReport,
     ExitStatus,
+    Orphans,
     SandboxError,
     SandboxSpec,
     SandboxStateError,
@@ -191,23 +192,15 @@ class LocalBackend:
             self._base_dir = Path(tempfile.mkdtemp(prefix="jetty-sandboxes-"))
         return self._base_dir
 
-    async def remove_orphans(
-        self,
-        keep_run_ids: set[str],
-        owner: str | None = None,
-        live_servers: Collection[str] = (),
-    ) -> list[str]:
-        """Kill and remove the runs under ``base_dir`` not in ``keep_run_ids``, nor launched
-        by one of ``live_servers`` (the spec's `LABEL_SERVER`).
+    async def remove_orphans(self, orphans: Orphans) -> list[str]:
+        """Kill and remove the orphan runs under ``base_dir``.
 
-        Run directories belong to this backend's base directory alone; ``owner`` adds nothing.
-        A base directory that is not privately this user's is left alone (see `_own_dir`).
+        Run directories belong to this backend's base directory alone: ``orphans.owner`` adds
+        nothing. A base directory that is not privately this user's is left alone (`_own_dir`).
         """
         if self._base_dir is None:
             return []
-        keep = set(keep_run_ids)
-        servers = frozenset(live_servers)
-        return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, keep, servers)
+        return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, orphans)
 
     async def aclose(self) -> None:
         # The base directory goes when no run is left in it (a fresh temp dir, or an
@@ -620,7 +613,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _remove_orphans(base_dir: Path, keep: set[str], live_servers: frozenset[str]) -> list[str]:
+def _remove_orphans(base_dir: Path, orphans: Orphans) -> list[str]:
     removed: list[str] = []
     if not base_dir.exists():
         return removed  # a first start: nothing was ever run here
@@ -634,7 +627,7 @@ def _remove_orphans(base_dir: Path, keep: set[str], live_servers: frozenset[str]
         except (OSError, ValueError):
             continue  # not one of ours
         run_id = str(meta.get("run_id", ""))
-        if run_id in keep or meta.get("server") in live_servers:
+        if orphans.kept(run_id, meta.get("server")):
             continue
         pid = meta.get("pid")
         if isinstance(pid, int) and meta.get("started") and _start_ticks(pid) == meta["started"]:

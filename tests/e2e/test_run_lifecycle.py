@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from proxy.runs.runtime import sandbox_owner
-from proxy.sandbox import DockerBackend, SandboxSpec
+from proxy.sandbox import DockerBackend, Orphans, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER
 from proxy.settings import Settings
 from tests.e2e.conftest import (
@@ -200,7 +200,7 @@ def test_start_removes_its_own_stale_containers_and_no_one_elses(
     async def remove_other() -> None:
         backend = DockerBackend.from_url(docker_host)
         try:
-            await backend.remove_orphans(set(), owner="another-installation")
+            await backend.remove_orphans(Orphans(owner="another-installation"))
         finally:
             await backend.aclose()
 

@@ -85,13 +85,8 @@ async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
         "acme", "chat", status="running", environment={SERVER: "crashed"}
     )
     backend = Leftovers({run.id: "crashed"})
-    timing: dict[str, Any] = {
-        "heartbeat_seconds": 0.02,
-        "server_stale_seconds": 0.3,
-        "sweep_seconds": 0.05,
-    }
     async with (
-        engine_on(store, tmp_path, backend, server_id="me-1", **timing) as engine,
+        engine_on(store, tmp_path, backend, server_id="me-1", **_quick(0.3, 0.05)) as engine,
         anyio.create_task_group() as tg,
     ):
         await engine.beat()
@@ -115,13 +110,8 @@ async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_p
     )
     backend = Leftovers({run.id: "other"})
     failing = _FailingBeats(store, failures=5)
-    timing: dict[str, Any] = {
-        "heartbeat_seconds": 0.02,
-        "server_stale_seconds": 0.4,
-        "sweep_seconds": 0.02,
-    }
     async with (
-        engine_on(failing, tmp_path, backend, server_id="me-1", **timing) as engine,
+        engine_on(failing, tmp_path, backend, server_id="me-1", **_quick(0.4, 0.02)) as engine,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(engine.keep_beating)
@@ -136,6 +126,11 @@ async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_p
         tg.cancel_scope.cancel()
     assert waited >= 0.4 - 0.05, waited
     assert await statuses_of(store, run) == [INTERRUPTED]
+
+
+def _quick(stale: float, sweep: float) -> dict[str, Any]:
+    """Test timings: a beat every 20 ms, gone after ``stale``, a sweep every ``sweep``."""
+    return {"heartbeat_seconds": 0.02, "server_stale_seconds": stale, "sweep_seconds": sweep}
 
 
 class _FailingBeats:

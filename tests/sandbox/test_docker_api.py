@@ -17,6 +17,7 @@ from proxy.sandbox.base import (
     EngineUnavailable,
     ImageNotFound,
     Mount,
+    Orphans,
     SandboxError,
     SandboxLimitError,
     SandboxSpec,
@@ -417,7 +418,7 @@ async def test_remove_orphans_filters_by_label_and_keeps_live_runs(
         return httpx.Response(204)
 
     docker = backend()
-    assert await docker.remove_orphans({"live"}) == ["dead"]
+    assert await docker.remove_orphans(Orphans({"live"})) == ["dead"]
     await docker.aclose()
     assert engine.calls("DELETE") == ["DELETE /containers/b"]
 

@@ -16,6 +16,7 @@ from proxy.sandbox.base import (
     ExitStatus,
     ImageNotFound,
     Mount,
+    Orphans,
     SandboxLimitError,
     SandboxSpec,
     SandboxStateError,
@@ -259,13 +260,11 @@ async def test_remove_orphans_removes_labelled_leftovers(docker: DockerBackend) 
     sibling = await docker.launch(_spec(["sleep", "300"], run_id="sibling", labels=alive))
     try:
         await orphans[0].start()  # a running one, and one only created
-        removed = await docker.remove_orphans(
-            {"kept"}, owner=owner[LABEL_OWNER], live_servers={"alive"}
-        )
+        removed = await docker.remove_orphans(Orphans({"kept"}, owner[LABEL_OWNER], {"alive"}))
         assert sorted(removed) == ["gone-0", "gone-1"]
-        assert await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER]) == ["sibling"]
-        assert await docker.remove_orphans({"kept"}, owner=owner[LABEL_OWNER]) == []
-        assert await docker.remove_orphans(set(), owner=other[LABEL_OWNER]) == ["foreign"]
+        assert await docker.remove_orphans(Orphans({"kept"}, owner[LABEL_OWNER])) == ["sibling"]
+        assert await docker.remove_orphans(Orphans({"kept"}, owner[LABEL_OWNER])) == []
+        assert await docker.remove_orphans(Orphans(owner=other[LABEL_OWNER])) == ["foreign"]
     finally:
         for sandbox in (kept, *orphans, foreign, sibling):
             await sandbox.close()

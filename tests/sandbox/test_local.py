@@ -18,6 +18,7 @@ import pytest
 from proxy.sandbox.base import (
     LABEL_SERVER,
     Mount,
+    Orphans,
     SandboxError,
     SandboxLimitError,
     SandboxSpec,
@@ -265,7 +266,7 @@ async def test_remove_orphans_kills_and_removes_unkept_runs(tmp_path: Path) -> N
     sibling = await local.launch(_spec("true", run_id="sibling", labels={LABEL_SERVER: "alive"}))
     # A fresh backend on the same directory: what a restarted proxy would see.
     restarted = LocalBackend(tmp_path, use_bwrap=False)
-    assert await restarted.remove_orphans({"kept"}, live_servers={"alive"}) == ["orphan"]
+    assert await restarted.remove_orphans(Orphans({"kept"}, live_servers={"alive"})) == ["orphan"]
     assert sibling.run_dir.exists()
     await sibling.close()
     with anyio.fail_after(5):
@@ -470,7 +471,7 @@ async def test_selection_passes_the_bubblewrap_choice(tmp_path: Path) -> None:
 
 
 async def test_remove_orphans_before_the_base_dir_exists(tmp_path: Path) -> None:
-    assert await LocalBackend(tmp_path / "absent").remove_orphans(set()) == []
+    assert await LocalBackend(tmp_path / "absent").remove_orphans(Orphans()) == []
 
 
 async def test_remove_orphans_leaves_a_base_dir_others_can_write_alone(tmp_path: Path) -> None:
@@ -481,7 +482,7 @@ async def test_remove_orphans_leaves_a_base_dir_others_can_write_alone(tmp_path:
         pid = int(await orphan.stdout_lines().__anext__())
         (tmp_path / "runs").chmod(0o777)
         # Whoever can write there could have planted run directories naming processes.
-        assert await LocalBackend(tmp_path / "runs").remove_orphans(set()) == []
+        assert await LocalBackend(tmp_path / "runs").remove_orphans(Orphans()) == []
         assert _alive(pid) and orphan.run_dir.exists()
     finally:
         (tmp_path / "runs").chmod(0o700)
@@ -539,7 +540,7 @@ async def test_a_backend_on_an_installation_dir_finds_what_an_earlier_one_left(
     await orphan.start()
     pid = int(await orphan.stdout_lines().__anext__())
     restarted = await select_backend("local", local_bwrap=False, owner=owner)
-    assert await restarted.remove_orphans(set()) == ["orphan"]
+    assert await restarted.remove_orphans(Orphans()) == ["orphan"]
     await _assert_dies(pid)
     await orphan.close()
     # A clean stop takes the empty directory with it; one still holding a run stays.

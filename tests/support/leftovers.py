@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import EngineConfig, RunEngine
 from proxy.runs.presence import Presence
+from proxy.sandbox import Orphans
 from proxy.store import Store
 from proxy.store.blobs import LocalBlobStore
 from proxy.store.records import Trajectory
@@ -27,20 +28,11 @@ class Leftovers:
         self.labelled = labelled
         self.owner: str | None = None
         self.live_servers: set[str] = set()
-        self.calls = 0
 
-    async def remove_orphans(
-        self,
-        keep_run_ids: set[str],
-        owner: str | None = None,
-        live_servers: Collection[str] = (),
-    ) -> list[str]:
-        self.owner, self.live_servers = owner, set(live_servers)
-        self.calls += 1
+    async def remove_orphans(self, orphans: Orphans) -> list[str]:
+        self.owner, self.live_servers = orphans.owner, set(orphans.live_servers)
         removed = [
-            run_id
-            for run_id, server in self.labelled.items()
-            if run_id not in keep_run_ids and server not in live_servers
+            run_id for run_id, server in self.labelled.items() if not orphans.kept(run_id, server)
         ]
         for run_id in removed:
             del self.labelled[run_id]
