@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import logging
 import os
 import re
@@ -58,7 +57,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -86,16 +84,21 @@ from proxy.sandbox.files import (
     write_all,
 )
 from proxy.sandbox.frames import LineSplitter
+from proxy.sandbox.rundirs import (
+    MARK_ENV,
+    kill_marked,
+    make_run_dir,
+    record_pid,
+    remove_orphans_in,
+    remove_tree,
+    signal_group,
+)
 
 logger = logging.getLogger(__name__)
 
 APP = PurePosixPath("/app")
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-_META = "sandbox.json"
 _STDERR_TAIL = 8192
-# Every process of a run carries MARK_ENV=<its run directory's name>, to find strays by.
-MARK_ENV = "JETTY_SANDBOX_ID"
-_MARK_KILL_ROUNDS = 50
 # How often stdout_lines looks whether the main process has exited while the pipe is quiet.
 _EXIT_POLL_SECONDS = 0.5
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -105,43 +108,11 @@ _PATH_BEFORE = r"(?<![^\s'\"=:,;(])"
 _PATH_AFTER = r"(?=[/\s'\":,;)]|$)"
 
 
-def installation_dir(owner: str) -> Path | None:
-    """The run directories' base for one installation: ``<temp dir>/jetty-sandboxes-<uid>-<owner>``.
-
-    The same on every start of a proxy on one database (``owner``), so that a restarted
-    proxy finds the runs a crashed one left (`LocalBackend.remove_orphans`). In the temp dir
-    rather than the data directory because run paths are written into a run's commands (see
-    the path mapping above): a temp path is short and free of spaces. Made 0700; None, with a
-    warning, when the path exists but is not a directory of this user's that no one else can
-    write (the temp dir is shared).
-    """
-    path = Path(tempfile.gettempdir()) / f"jetty-sandboxes-{os.geteuid()}-{owner}"
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    if _own_dir(path):
-        return path
-    logger.warning(
-        "%s is not a private directory of this user's: local runs go to a fresh temp dir, and"
-        " runs a crashed proxy left there will not be found",
-        path,
-    )
-    return None
-
-
-def _own_dir(path: Path) -> bool:
-    """True if ``path`` is a directory (not a symlink) of this user's, writable by no one else."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
 class LocalBackend:
     """Runs sandboxes as local processes under ``base_dir`` (a fresh temp dir by default).
 
-    Pass a stable ``base_dir`` (see `installation_dir`) for `remove_orphans` to find runs of
-    an earlier proxy process.
+    Pass a stable ``base_dir`` (`proxy.sandbox.rundirs.installation_dir`) for `remove_orphans`
+    to find runs of an earlier proxy process.
     ``use_bwrap``: None uses bubblewrap when it is on PATH, True requires it, False never.
     """
 
@@ -184,7 +155,7 @@ class LocalBackend:
         safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.run_id)[:64]
         run_dir = self._base() / f"{safe}-{secrets.token_hex(4)}"
         server = spec.labels.get(LABEL_SERVER)
-        await anyio.to_thread.run_sync(_make_run_dir, run_dir, spec.run_id, server)
+        await anyio.to_thread.run_sync(make_run_dir, run_dir, spec.run_id, server)
         return LocalSandbox(spec, run_dir, bwrap=self._bwrap, kill_grace=self._kill_grace)
 
     def _base(self) -> Path:
@@ -196,11 +167,11 @@ class LocalBackend:
         """Kill and remove the orphan runs under ``base_dir``.
 
         Run directories belong to this backend's base directory alone: ``orphans.owner`` adds
-        nothing. A base directory that is not privately this user's is left alone (`_own_dir`).
+        nothing. A base directory that is not privately this user's is left alone.
         """
         if self._base_dir is None:
             return []
-        return await anyio.to_thread.run_sync(_remove_orphans, self._base_dir, orphans)
+        return await anyio.to_thread.run_sync(remove_orphans_in, self._base_dir, orphans)
 
     async def aclose(self) -> None:
         # The base directory goes when no run is left in it (a fresh temp dir, or an
@@ -280,7 +251,7 @@ class LocalSandbox:
             raise SandboxStateError("the sandbox was already started")
         spec = self._spec
         env = {name: os.environ[name] for name in _INHERITED_ENV if name in os.environ}
-        mark = {MARK_ENV: self.run_dir.name}  # see _kill_marked; the spec cannot change it
+        mark = {MARK_ENV: self.run_dir.name}  # see kill_marked; the spec cannot change it
         if self._bwrap:
             home = str(self.home)
             env |= {"HOME": home, **spec.env, "JETTY_APP_DIR": str(APP), **mark}
@@ -312,7 +283,7 @@ class LocalSandbox:
             raise SandboxError(f"could not start {argv[0]!r}: {exc}") from exc
         finally:
             os.close(stderr_fd)
-        await anyio.to_thread.run_sync(_record_pid, self.run_dir, self._process.pid)
+        await anyio.to_thread.run_sync(record_pid, self.run_dir, self._process.pid)
 
     def _link_mounts(self) -> None:
         for mount in self._spec.mounts:
@@ -393,10 +364,10 @@ class LocalSandbox:
         if process is None:
             return
         if process.returncode is None:
-            _signal_group(process.pid, signal.SIGTERM)
+            signal_group(process.pid, signal.SIGTERM)
             with anyio.move_on_after(self._kill_grace):
                 await process.wait()
-            _signal_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             await process.wait()
         await self._kill_leftovers(process)
 
@@ -445,7 +416,7 @@ class LocalSandbox:
                 await self._kill_leftovers(self._process)
                 await self._process.aclose()
             self._stderr_kept = self.stderr_tail()
-            await anyio.to_thread.run_sync(_remove_tree, self.run_dir)
+            await anyio.to_thread.run_sync(remove_tree, self.run_dir)
 
     async def _kill_leftovers(self, process: anyio.abc.Process) -> None:
         # Like a container whose main process ended: nothing it started outlives it. Once,
@@ -454,8 +425,8 @@ class LocalSandbox:
         # carry the run's mark in their environment.
         if not self._group_killed:
             self._group_killed = True
-            _signal_group(process.pid, signal.SIGKILL)
-            await anyio.to_thread.run_sync(_kill_marked, self.run_dir.name)
+            signal_group(process.pid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(kill_marked, self.run_dir.name)
 
     def _require_process(self) -> anyio.abc.Process:
         if self._process is None:
@@ -472,61 +443,6 @@ def home_target(env: Mapping[str, str]) -> PurePosixPath | None:
     if path in (PurePosixPath("/"), APP):
         raise UnsafePathError(f"HOME must be a directory of its own, not {value!r}")
     return path
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _kill_marked(mark: str) -> None:
-    """SIGKILL every process whose environment carries ``MARK_ENV=mark`` (blocking).
-
-    Rounds until none is left, so one forked between a scan and its kill is caught too. A
-    process that cleared its environment escapes this (the docstring says: no isolation).
-    """
-    needle = f"{MARK_ENV}={mark}".encode()
-    for _ in range(_MARK_KILL_ROUNDS):
-        found = False
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as environ:
-                    marked = needle in environ.read().split(b"\0")
-            except OSError:
-                continue  # gone, or not ours to read
-            if marked:
-                found = True
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-        if not found:
-            return
-        time.sleep(0.01)
-
-
-def _make_run_dir(run_dir: Path, run_id: str, server: str | None) -> None:
-    # The base too is private when made here (another server may just have removed it).
-    run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    run_dir.mkdir(mode=0o700)
-    (run_dir / "app").mkdir()
-    (run_dir / "home").mkdir()
-    (run_dir / _META).write_text(json.dumps({"run_id": run_id, "server": server}))
-
-
-def _record_pid(run_dir: Path, pid: int) -> None:
-    meta = json.loads((run_dir / _META).read_text())
-    meta |= {"pid": pid, "started": _start_ticks(pid)}
-    (run_dir / _META).write_text(json.dumps(meta))
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks, to tell it apart from a later reuse of pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def _write_files(placed: list[tuple[Path, PurePosixPath, bytes | Path]]) -> None:
@@ -601,38 +517,3 @@ def _crosses_a_link(root: Path, rel: PurePosixPath) -> bool:
         if not stat.S_ISDIR(mode):
             return True
     return False
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    # A run may leave read-only directories behind (its processes are dead by now, so
-    # nothing can swap a directory for a symlink while this walks).
-    for top, _dirs, _files in os.walk(path):
-        os.chmod(top, 0o700)
-    shutil.rmtree(path)
-
-
-def _remove_orphans(base_dir: Path, orphans: Orphans) -> list[str]:
-    removed: list[str] = []
-    if not base_dir.exists():
-        return removed  # a first start: nothing was ever run here
-    if not _own_dir(base_dir):
-        # Someone else could have put run directories here, naming processes to kill.
-        logger.warning("not looking for orphan runs in %s: not a private directory", base_dir)
-        return removed
-    for run_dir in sorted(base_dir.iterdir()):
-        try:
-            meta = json.loads((run_dir / _META).read_text())
-        except (OSError, ValueError):
-            continue  # not one of ours
-        run_id = str(meta.get("run_id", ""))
-        if orphans.kept(run_id, meta.get("server")):
-            continue
-        pid = meta.get("pid")
-        if isinstance(pid, int) and meta.get("started") and _start_ticks(pid) == meta["started"]:
-            _signal_group(pid, signal.SIGKILL)
-        _kill_marked(run_dir.name)
-        _remove_tree(run_dir)
-        removed.append(run_id)
-    return removed

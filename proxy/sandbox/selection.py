@@ -8,7 +8,8 @@ from typing import Literal
 
 from proxy.sandbox.base import EngineUnavailable, SandboxBackend
 from proxy.sandbox.docker import DockerBackend
-from proxy.sandbox.local import LocalBackend, installation_dir
+from proxy.sandbox.local import LocalBackend
+from proxy.sandbox.rundirs import installation_dir
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from proxy.app import create_app
-from proxy.sandbox.local import MARK_ENV, LocalBackend
+from proxy.sandbox.local import LocalBackend
+from proxy.sandbox.rundirs import MARK_ENV
 from proxy.settings import Settings
 from tests.e2e.conftest import PROVIDER_KEY, trajectory
 from tests.support.live import serve

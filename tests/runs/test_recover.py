@@ -22,7 +22,7 @@ from proxy.app import create_app
 from proxy.runs.engine import SANDBOX_OF
 from proxy.runs.launch import SERVER
 from proxy.runs.runtime import sandbox_owner
-from proxy.sandbox.local import installation_dir
+from proxy.sandbox.rundirs import installation_dir
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
 from tests.support.leftovers import INTERRUPTED, Leftovers, engine_on, statuses_of

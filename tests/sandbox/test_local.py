@@ -27,7 +27,8 @@ from proxy.sandbox.base import (
     UnsafePathError,
 )
 from proxy.sandbox.bwrap import bwrap_command
-from proxy.sandbox.local import MARK_ENV, LocalBackend, LocalSandbox, installation_dir
+from proxy.sandbox.local import LocalBackend, LocalSandbox
+from proxy.sandbox.rundirs import MARK_ENV, installation_dir
 from proxy.sandbox.selection import select_backend
 
 pytestmark = pytest.mark.anyio
