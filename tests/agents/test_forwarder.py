@@ -43,7 +43,14 @@ from proxy.sandbox.base import ExitStatus, Mount, SandboxSpec
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
 from proxy.settings import Settings
 from tests.relay.conftest import REAL_KEY
-from tests.sandbox.conftest import BUSYBOX, TESTENV, configured_docker_host, engine_client
+from tests.sandbox.conftest import (
+    BUSYBOX,
+    NO_ENGINE,
+    TESTENV,
+    configured_docker_host,
+    engine_client,
+)
+from tests.support.ci import unavailable
 from tests.support.live import free_port, serve, serve_unix
 from tests.support.scripted_anthropic import Seen
 from tests.support.scripted_responses import ScriptedResponses
@@ -54,9 +61,7 @@ from tests.support.watched import WatchedStream
 def forwarder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The forwarder built by the host's gcc; skipped without one, except in CI."""
     if shutil.which("gcc") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but gcc is missing; scripts/ci/agent-clis.sh installs it")
-        pytest.skip("gcc (and libc6-dev) are needed to build the forwarder")
+        unavailable("gcc (and libc6-dev) are missing", "scripts/ci/agent-clis.sh installs them")
     return anyio.run(ensure_forwarder, tmp_path_factory.mktemp("tools"))
 
 
@@ -350,10 +355,7 @@ async def docker() -> AsyncIterator[DockerBackend]:
     """The engine for Docker tests: skip without one, except under CI."""
     host = configured_docker_host()
     if host is None:
-        message = "no Docker engine configured (JETTY_PROXY_DOCKER_HOST or DOCKER_HOST)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {message}; start one with scripts/ci/docker-engine.sh")
-        pytest.skip(message)
+        unavailable(NO_ENGINE, "start one with scripts/ci/docker-engine.sh")
     backend = DockerBackend.from_url(host)
     yield backend
     await backend.aclose()

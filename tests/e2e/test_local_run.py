@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -27,6 +26,7 @@ from proxy.sandbox.local import LocalBackend
 from proxy.sandbox.rundirs import MARK_ENV
 from proxy.settings import Settings
 from tests.e2e.conftest import PROVIDER_KEY, trajectory
+from tests.support.ci import require_bwrap
 from tests.support.live import serve
 from tests.support.scripted_anthropic import ScriptedAnthropic
 from tests.support.scripted_gemini import ScriptedGemini
@@ -38,16 +38,7 @@ MODELS = {"claude-code": "claude-sonnet-4-6", "codex": "gpt-5.5", "gemini-cli": 
 RUNBOOK = "# Runbook\n\nWrite hello.txt into {{results_dir}}."
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(False, id="plain"),
-        pytest.param(
-            True,
-            id="bwrap",
-            marks=pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubblewrap"),
-        ),
-    ]
-)
+@pytest.fixture(params=[pytest.param(False, id="plain"), pytest.param(True, id="bwrap")])
 def local_proxy(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -57,6 +48,8 @@ def local_proxy(
     gemini: tuple[ScriptedGemini, str],
 ) -> Callable[[], AbstractContextManager[tuple[str, Path, bool]]]:
     """Starts a live proxy on a local backend: its URL, where runs go, whether bwrap is used."""
+    if request.param:
+        require_bwrap()
     runs = tmp_path / "runs"
     settings = Settings(
         data_dir=tmp_path / "data",

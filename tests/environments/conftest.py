@@ -18,6 +18,7 @@ from proxy.environments import Environments
 from proxy.environments.cache import pulled_marker
 from proxy.environments.engine import ImageEngine
 from proxy.settings import Settings, SnapshotSettings
+from tests.support.ci import unavailable
 
 # The offline Debian test image (scripts/ci/test-image.sh): the base of every build here.
 TEST_IMAGE = "127.0.0.1:5000/jetty/testenv:bookworm"
@@ -27,9 +28,7 @@ def require(name: str) -> str:
     value = os.environ.get(name)
     if value:
         return value
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{name} must be set in CI (see scripts/ci/)")
-    pytest.skip(f"set {name} to run the tests that need it")
+    unavailable(f"{name} is not set", "scripts/ci/ starts what it names")
 
 
 class Said:

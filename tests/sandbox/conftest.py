@@ -18,9 +18,11 @@ import pytest
 
 from proxy.sandbox.base import LABEL_MANAGED
 from proxy.sandbox.docker import DockerBackend
+from tests.support.ci import unavailable
 
 BUSYBOX = "jetty-test/busybox:latest"
 TESTENV = "127.0.0.1:5000/jetty/testenv:bookworm"
+NO_ENGINE = "no Docker engine configured (JETTY_PROXY_DOCKER_HOST or DOCKER_HOST)"
 _MANAGED = json.dumps({"label": [f"{LABEL_MANAGED}=true"]})
 
 
@@ -48,10 +50,7 @@ def docker_host() -> str:
     """The engine for Docker tests: skip without one, fail under CI or when it is broken."""
     host = configured_docker_host()
     if host is None:
-        message = "no Docker engine configured (JETTY_PROXY_DOCKER_HOST or DOCKER_HOST)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {message}; start one with scripts/ci/docker-engine.sh")
-        pytest.skip(message)
+        unavailable(NO_ENGINE, "start one with scripts/ci/docker-engine.sh")
     try:
         with engine_client(host) as client:
             client.get("/_ping").raise_for_status()

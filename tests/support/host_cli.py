@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TypeAlias
 
 import anyio
-import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.agents import AgentSpec, get_adapter
@@ -26,6 +25,7 @@ from proxy.events import Event
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import ModelUsage, RunTokens
 from proxy.settings import Settings
+from tests.support.ci import unavailable
 from tests.support.live import free_port, serve, serve_unix
 
 
@@ -35,9 +35,10 @@ def installed_agent(name: str) -> InstalledAgent:
     adapter = get_adapter(name)
     if cache and AgentCache(Path(cache)).status(adapter).installed:
         return anyio.run(AgentCache(Path(cache)).ensure, adapter)
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"the pinned {name} CLI must be in the agent cache in CI")
-    pytest.skip(f"set JETTY_PROXY_AGENT_CACHE_DIR to a cache holding {name} to run it")
+    unavailable(
+        f"the pinned {name} CLI is not in JETTY_PROXY_AGENT_CACHE_DIR",
+        "scripts/ci/agent-clis.sh fills the cache",
+    )
 
 
 @dataclass

@@ -28,6 +28,7 @@ from proxy.auth import hash_key, mint_key, printable_prefix
 from proxy.settings import Settings
 from proxy.store import Store, open_store
 from proxy.store.crypto import SecretBox
+from tests.support.ci import unavailable
 from tests.support.live import serve
 
 POSTGRES_ENV = "JETTY_PROXY_TEST_DATABASE_URL"
@@ -46,9 +47,7 @@ def postgres_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if url:
         return url
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{POSTGRES_ENV} is not set: CI must run the PostgreSQL tests")
-    pytest.skip(f"{POSTGRES_ENV} is not set")
+    unavailable(f"{POSTGRES_ENV} is not set", "start PostgreSQL with scripts/ci/postgres.sh")
 
 
 @contextmanager
