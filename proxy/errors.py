@@ -5,6 +5,7 @@ HTTP status and the OpenAI error ``type``/``code``, so the HTTP edge renders
 all of them the same way::
 
     ProxyError                      500 server_error
+    ├── ProviderKeyMissing          500 server_error (the model relay has no key to call with)
     ├── BadRequest                  400 invalid_request_error
     │   └── InvalidField            400 invalid_request_error (param = the field)
     ├── Unauthorized                401 authentication_error
@@ -14,6 +15,7 @@ all of them the same way::
     ├── UnprocessableEntity         422 invalid_request_error
     ├── NotImplementedYet           501 not_implemented
     ├── UpstreamUnavailable         502 upstream_error
+    ├── StreamIncomplete            502 upstream_error (the stream broke off before its end)
     ├── UpstreamTimeout             504 upstream_error
     └── UpstreamError               (the upstream's own status and body)
 
@@ -48,6 +50,10 @@ class ProxyError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {} if self.retryable else {"x-should-retry": "false"}
+
+
+class ProviderKeyMissing(ProxyError):
+    """The model relay has no key for the provider a run's agent calls."""
 
 
 class BadRequest(ProxyError):
@@ -107,6 +113,13 @@ class UpstreamUnavailable(ProxyError):
     error_type = "upstream_error"
     code = "upstream_unavailable"
     retryable = True
+
+
+class StreamIncomplete(ProxyError):
+    """The upstream closed a stream before its last event."""
+
+    status_code = 502
+    error_type = "upstream_error"
 
 
 class UpstreamTimeout(ProxyError):

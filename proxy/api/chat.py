@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from proxy.api.context import Services, services_of
 from proxy.api.params import check_name
@@ -224,25 +223,12 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
         size = RECORD_OVERHEAD + len(head) + len(tail) + len(streamed or "")
         await services.recorder.submit(make, size + (len(body) if keep_content else 0))
 
-    relay: RelayStreamResponse | RelayJSONResponse
     if stream:
-        relay = RelayStreamResponse(
+        return RelayStreamResponse(
             pending.open,
             keepalive=services.settings.keepalive_seconds,
             on_finish=on_finish,
             on_block=content.feed if content is not None else None,
             abandon=pending.abandon,
         )
-    else:
-        relay = RelayJSONResponse(pending.open, on_finish=on_finish, abandon=pending.abandon)
-    return _AsResponse(relay)
-
-
-class _AsResponse(Response):
-    """Lets an ASGI callable stand where Starlette expects a Response."""
-
-    def __init__(self, app: RelayStreamResponse | RelayJSONResponse):
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
+    return RelayJSONResponse(pending.open, on_finish=on_finish, abandon=pending.abandon)

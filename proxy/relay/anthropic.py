@@ -14,24 +14,30 @@ CLI reports them as it would Anthropic's own.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import BadRequest, ProxyError, UpstreamError
-from proxy.relay.context import RelayContext, read_body, relay_context
-from proxy.relay.provider import AsResponse, authenticate, json_object, sse_events
-from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
-from proxy.relay.tokens import ModelUsage, RunGrant, attributed, token_from_headers
-from proxy.relay.upstream import UpstreamResponse, send_streaming
-
-logger = logging.getLogger("proxy.relay")
+from proxy.errors import ProviderKeyMissing, ProxyError, UpstreamError
+from proxy.relay.context import RelayContext, relay_context
+from proxy.relay.provider import (
+    Call,
+    authenticate,
+    error_response,
+    forwarded_headers,
+    json_object,
+    read_json,
+    relay_call,
+    sse_events,
+    upstream_message,
+)
+from proxy.relay.tokens import ModelUsage, RunGrant, token_from_headers
+from proxy.relay.wire import Wire, header_filter
 
 PROVIDER = "anthropic"
 # Anthropic's own limit for a Messages request.
@@ -46,8 +52,9 @@ _FORWARDED_REQUEST_HEADERS = (
     "user-agent",
     "x-app",
 )
-_PASSED_RESPONSE_HEADERS = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
-_PASSED_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
+_PASSED_RESPONSE_HEADERS = header_filter(
+    ("request-id", "retry-after", "retry-after-ms", "x-should-retry"), ("anthropic-ratelimit-",)
+)
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -78,12 +85,6 @@ def error_body(status_code: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
 
-def error_response(exc: ProxyError) -> JSONResponse:
-    return JSONResponse(
-        AnthropicDialect().error_body(exc), status_code=exc.status_code, headers=exc.headers()
-    )
-
-
 class AnthropicDialect:
     """Messages streams end with ``message_stop`` (or ``error``); errors in Anthropic's shape."""
 
@@ -99,84 +100,44 @@ class AnthropicDialect:
         return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
+def _upstream_error(status_code: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
+    """The upstream's error, its body kept when it is Anthropic's shape and wrapped otherwise."""
+    parsed = json_object(raw)
+    if (
+        parsed is not None
+        and parsed.get("type") == "error"
+        and isinstance(parsed.get("error"), dict)
+    ):
+        return UpstreamError(status_code, parsed, headers)
+    return UpstreamError(
+        status_code, error_body(status_code, upstream_message(status_code, raw)), headers
+    )
+
+
+WIRE = Wire(PROVIDER, AnthropicDialect(), _upstream_error, _PASSED_RESPONSE_HEADERS)
+
+
 async def messages(request: Request) -> Response:
     """``POST /v1/messages``: one model call, streamed or not."""
-    return await _forward(request, count_usage=True)
+    return await _relay(request, model_call=True)
 
 
 async def count_tokens(request: Request) -> Response:
     """``POST /v1/messages/count_tokens``: forwarded as is; not a model call, so no usage."""
-    return await _forward(request, count_usage=False)
+    return await _relay(request, model_call=False)
 
 
-async def _forward(request: Request, *, count_usage: bool) -> Response:
+async def _relay(request: Request, *, model_call: bool) -> Response:
     context = relay_context(request)
     try:
-        grant = _authenticate(context, request)
-        body = await read_body(request, MAX_REQUEST_BYTES)
-        if body is None:
-            raise _TooLarge(f"Request body exceeds {MAX_REQUEST_BYTES} bytes.")
-        model, stream = _inspect(body)
-        upstream_request = _build_request(context, grant, request, body)
+        grant = authenticate(context, token_from_headers(request.headers), "anthropic")
+        body, payload = await read_json(request, MAX_REQUEST_BYTES)
+        upstream = _build_request(context, grant, request, body)
     except ProxyError as exc:
-        return error_response(exc)
-
-    usage = UsageReader(model)
-
-    async def open_upstream() -> UpstreamResponse:
-        return await _open(context.client, upstream_request)
-
-    async def on_finish(outcome: RelayOutcome) -> None:
-        if not stream and outcome.status == "completed":
-            usage.feed_json(outcome.head)
-        logger.debug(
-            "anthropic call for run %s: %s %s in %.2fs",
-            grant.run_id,
-            outcome.status,
-            outcome.status_code,
-            outcome.duration_seconds,
-        )
-        found = usage.result(complete=outcome.status == "completed")
-        if count_usage and found is not None:
-            await context.report_usage(grant, attributed(grant, found))
-
-    relay: RelayStreamResponse | RelayJSONResponse
-    if stream:
-        relay = RelayStreamResponse(
-            open_upstream,
-            keepalive=context.settings.keepalive_seconds,
-            on_finish=on_finish,
-            dialect=AnthropicDialect(),
-            on_block=usage.feed_sse,
-        )
-    else:
-        relay = RelayJSONResponse(open_upstream, on_finish=on_finish, dialect=AnthropicDialect())
-    return AsResponse(relay)
-
-
-class _TooLarge(ProxyError):
-    status_code = 413
-
-
-class _NotConfigured(ProxyError):
-    status_code = 500
-
-
-def _authenticate(context: RelayContext, request: Request) -> RunGrant:
-    token = token_from_headers(request.headers)
-    return authenticate(context, token, "anthropic")
-
-
-def _inspect(body: bytes) -> tuple[str, bool]:
-    """The request's model and whether it asks for a stream; the body itself is not changed."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("Request body must be a JSON object.")
+        return error_response(exc, WIRE)
     model = payload.get("model")
-    return (model if isinstance(model, str) else ""), payload.get("stream") is True
+    usage = UsageReader(model if isinstance(model, str) else "") if model_call else None
+    return relay_call(context, Call(grant, upstream, payload.get("stream") is True, usage), WIRE)
 
 
 def _build_request(
@@ -187,14 +148,8 @@ def _build_request(
     base_url = (override.base_url if override else None) or settings.anthropic_base_url
     key: SecretStr | None = override.api_key if override else settings.anthropic_api_key
     if key is None:
-        raise _NotConfigured("The proxy has no Anthropic API key configured.")
-    headers = [
-        (name, value)
-        for name in _FORWARDED_REQUEST_HEADERS
-        for value in request.headers.getlist(name)
-    ]
-    if "content-type" not in request.headers:
-        headers.append(("content-type", "application/json"))  # the body parsed as JSON
+        raise ProviderKeyMissing("The proxy has no Anthropic API key configured.")
+    headers = forwarded_headers(request, _FORWARDED_REQUEST_HEADERS)
     if override is not None and override.key_header == "bearer":
         headers.append(("authorization", f"Bearer {key.get_secret_value()}"))
     else:
@@ -203,44 +158,6 @@ def _build_request(
     if request.url.query:
         url += "?" + request.url.query
     return context.client.build_request("POST", url, content=body, headers=headers)
-
-
-async def _open(client: httpx.AsyncClient, upstream_request: httpx.Request) -> UpstreamResponse:
-    response = await send_streaming(client, upstream_request)
-    if response.status_code >= 400:
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            raw = b""
-        finally:
-            await response.aclose()
-        raise _upstream_error(response.status_code, raw, _passed_headers(response.headers))
-    return UpstreamResponse(response, select_headers=_passed_headers)
-
-
-def _upstream_error(status_code: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
-    """The upstream's error, its body kept when it is Anthropic's shape and wrapped otherwise."""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = None
-    if (
-        isinstance(parsed, dict)
-        and parsed.get("type") == "error"
-        and isinstance(parsed.get("error"), dict)
-    ):
-        return UpstreamError(status_code, parsed, headers)
-    text = raw.decode("utf-8", "replace").strip()[:500]
-    message = f"upstream returned HTTP {status_code}" + (f": {text}" if text else "")
-    return UpstreamError(status_code, error_body(status_code, message), headers)
-
-
-def _passed_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in headers.items()
-        if name in _PASSED_RESPONSE_HEADERS or name.startswith(_PASSED_RESPONSE_PREFIXES)
-    }
 
 
 class UsageReader:

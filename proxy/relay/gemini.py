@@ -26,12 +26,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import NotFound, ProxyError, UpstreamError
+from proxy.errors import NotFound, ProviderKeyMissing, ProxyError, UpstreamError
 from proxy.relay.context import RelayContext, relay_context
 from proxy.relay.provider import (
     Call,
-    NotConfigured,
-    Wire,
     authenticate,
     count,
     error_response,
@@ -43,6 +41,7 @@ from proxy.relay.provider import (
     upstream_message,
 )
 from proxy.relay.tokens import ModelUsage, RunGrant
+from proxy.relay.wire import Wire, header_filter
 
 PROVIDER = "google"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -51,7 +50,7 @@ METHODS = ("streamGenerateContent", "generateContent", "countTokens")
 _KEY_HEADER = "x-goog-api-key"
 _KEY_PARAM = "key"
 _FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "x-goog-api-client")
-_PASSED_RESPONSE_HEADERS = ("retry-after", "x-goog-request-id", "server-timing")
+_PASSED_RESPONSE_HEADERS = header_filter(("retry-after", "x-goog-request-id", "server-timing"))
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -99,10 +98,6 @@ class GeminiDialect:
         return b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
 
 
-def _passed_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {name: headers[name] for name in _PASSED_RESPONSE_HEADERS if name in headers}
-
-
 def _upstream_error(status_code: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
     """The upstream's error, its body kept when it is Google's shape and wrapped otherwise."""
     parsed = json_object(raw)
@@ -113,7 +108,7 @@ def _upstream_error(status_code: int, raw: bytes, headers: dict[str, str]) -> Up
     )
 
 
-WIRE = Wire(PROVIDER, GeminiDialect(), _upstream_error, _passed_headers)
+WIRE = Wire(PROVIDER, GeminiDialect(), _upstream_error, _PASSED_RESPONSE_HEADERS)
 
 
 async def models(request: Request) -> Response:
@@ -181,7 +176,7 @@ def _build_request(
     base_url = (override.base_url if override else None) or context.settings.google_base_url
     key: SecretStr | None = override.api_key if override else context.settings.google_api_key
     if key is None:
-        raise NotConfigured("The proxy has no Google API key configured.")
+        raise ProviderKeyMissing("The proxy has no Google API key configured.")
     headers = forwarded_headers(request, _FORWARDED_REQUEST_HEADERS)
     headers.append((_KEY_HEADER, key.get_secret_value()))
     url = base_url.rstrip("/") + request.url.path

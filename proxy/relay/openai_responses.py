@@ -25,12 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import ProxyError, UpstreamError, normalise_error_body
+from proxy.errors import ProviderKeyMissing, ProxyError
 from proxy.relay.context import RelayContext, relay_context
 from proxy.relay.provider import (
     Call,
-    NotConfigured,
-    Wire,
     authenticate,
     count,
     error_response,
@@ -41,6 +39,7 @@ from proxy.relay.provider import (
     sse_events,
 )
 from proxy.relay.tokens import ModelUsage, RunGrant, token_from_headers
+from proxy.relay.wire import Wire, header_filter, openai_error
 
 PROVIDER = "openai"
 # The path prefix of the agent's base URL; the upstream's base URL carries its own.
@@ -58,15 +57,17 @@ _FORWARDED_REQUEST_HEADERS = (
     "session_id",
     "conversation_id",
 )
-_PASSED_RESPONSE_HEADERS = (
-    "x-request-id",
-    "openai-processing-ms",
-    "openai-model",
-    "retry-after",
-    "retry-after-ms",
-    "x-should-retry",
+_PASSED_RESPONSE_HEADERS = header_filter(
+    (
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-model",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+    ),
+    ("x-ratelimit-",),
 )
-_PASSED_RESPONSE_PREFIXES = ("x-ratelimit-",)
 _TERMINAL_EVENTS = (b"response.completed", b"response.failed", b"response.incomplete", b"error")
 _TYPE = re.compile(rb'^\{\s*"type"\s*:\s*"([^"]+)"')
 
@@ -114,19 +115,7 @@ def _typed_events(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield name, data
 
 
-def _passed_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in headers.items()
-        if name in _PASSED_RESPONSE_HEADERS or name.startswith(_PASSED_RESPONSE_PREFIXES)
-    }
-
-
-def _upstream_error(status_code: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
-    return UpstreamError(status_code, normalise_error_body(status_code, raw), headers)
-
-
-WIRE = Wire(PROVIDER, ResponsesDialect(), _upstream_error, _passed_headers)
+WIRE = Wire(PROVIDER, ResponsesDialect(), openai_error, _PASSED_RESPONSE_HEADERS)
 
 
 async def responses(request: Request) -> Response:
@@ -151,7 +140,7 @@ def _build_request(
     base_url = (override.base_url if override else None) or context.settings.openai_base_url
     key: SecretStr | None = override.api_key if override else context.settings.openai_api_key
     if key is None:
-        raise NotConfigured("The proxy has no OpenAI API key configured.")
+        raise ProviderKeyMissing("The proxy has no OpenAI API key configured.")
     headers = forwarded_headers(request, _FORWARDED_REQUEST_HEADERS)
     headers.append(("authorization", f"Bearer {key.get_secret_value()}"))
     url = base_url.rstrip("/") + request.url.path.removeprefix(API_PREFIX)

@@ -1,12 +1,14 @@
-"""What the Responses-API and Gemini relays share: authenticate, forward, relay, count.
+"""What the provider relays (Anthropic, Responses API, Gemini) share: authenticate, forward,
+relay, count.
 
 A provider module turns an agent's request into an upstream request (its own paths, headers and
-key) and a usage reader; :func:`relay_call` does the rest the same way for every provider::
+key) and a usage reader; :func:`relay_call` does the rest the same way for every provider, in
+the provider's :class:`~proxy.relay.wire.Wire` format::
 
-    grant = authenticate(context, token)
+    grant = authenticate(context, token, "anthropic")
     body, payload = await read_json(request, MAX_REQUEST_BYTES)
     upstream = context.client.build_request("POST", url, content=body, headers=headers)
-    return relay_call(context, Call(grant, upstream, stream, usage), PROVIDER_WIRE)
+    return relay_call(context, Call(grant, upstream, stream, usage), WIRE)
 
 Bodies pass through byte for byte in both directions; only the credentials change.
 """
@@ -16,20 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
-from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, Unauthorized, UpstreamError
+from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, Unauthorized
 from proxy.relay.context import RelayContext, read_body
-from proxy.relay.response import Dialect, RelayJSONResponse, RelayOutcome, RelayStreamResponse
+from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
 from proxy.relay.tokens import ModelUsage, RunGrant, attributed
-from proxy.relay.upstream import UpstreamResponse, send_streaming
+from proxy.relay.upstream import pending_request
+from proxy.relay.wire import Wire
 
 logger = logging.getLogger("proxy.relay")
 
@@ -56,20 +58,6 @@ class UsageReader(Protocol):
 
 
 @dataclass(frozen=True)
-class Wire:
-    """One provider's wire format, as far as relaying it goes.
-
-    ``upstream_error`` turns an upstream error status and body into the error passed on (the
-    provider's shape kept); ``select_headers`` picks the upstream response headers passed on.
-    """
-
-    name: str
-    dialect: Dialect
-    upstream_error: Callable[[int, bytes, dict[str, str]], UpstreamError]
-    select_headers: Callable[[httpx.Headers], dict[str, str]]
-
-
-@dataclass(frozen=True)
 class Call:
     """One authenticated request, ready to go upstream.
 
@@ -80,12 +68,6 @@ class Call:
     upstream: httpx.Request
     stream: bool
     usage: UsageReader | None
-
-
-class NotConfigured(ProxyError):
-    """The proxy has no key for the provider the agent is calling."""
-
-    status_code = 500
 
 
 def authenticate(
@@ -128,6 +110,7 @@ def forwarded_headers(request: Request, names: Sequence[str]) -> list[tuple[str,
 
 
 def error_response(exc: ProxyError, wire: Wire) -> Response:
+    """``exc`` as a response in the wire's error shape, for a request refused before relaying."""
     return JSONResponse(
         wire.dialect.error_body(exc), status_code=exc.status_code, headers=exc.headers()
     )
@@ -139,9 +122,7 @@ def relay_call(context: RelayContext, call: Call, wire: Wire) -> Response:
     Usage is reported once the call has ended, also when it ended early (then marked
     incomplete), through the grant's hook and the relay app's.
     """
-
-    async def open_upstream() -> UpstreamResponse:
-        return await _open(context.client, call.upstream, wire)
+    pending = pending_request(context.client, call.upstream, wire)
 
     async def on_finish(outcome: RelayOutcome) -> None:
         completed = outcome.status == "completed"
@@ -161,31 +142,15 @@ def relay_call(context: RelayContext, call: Call, wire: Wire) -> Response:
         if found is not None:
             await context.report_usage(call.grant, attributed(call.grant, found))
 
-    relay: RelayStreamResponse | RelayJSONResponse
     if call.stream:
-        relay = RelayStreamResponse(
-            open_upstream,
+        return RelayStreamResponse(
+            pending.open,
             keepalive=context.settings.keepalive_seconds,
             on_finish=on_finish,
             dialect=wire.dialect,
             on_block=call.usage.feed_sse if call.usage is not None else None,
         )
-    else:
-        relay = RelayJSONResponse(open_upstream, on_finish=on_finish, dialect=wire.dialect)
-    return AsResponse(relay)
-
-
-async def _open(client: httpx.AsyncClient, request: httpx.Request, wire: Wire) -> UpstreamResponse:
-    response = await send_streaming(client, request)
-    if response.status_code >= 400:
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            raw = b""
-        finally:
-            await response.aclose()
-        raise wire.upstream_error(response.status_code, raw, wire.select_headers(response.headers))
-    return UpstreamResponse(response, select_headers=wire.select_headers)
+    return RelayJSONResponse(pending.open, on_finish=on_finish, dialect=wire.dialect)
 
 
 def sse_events(block: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -224,13 +189,3 @@ def upstream_message(status_code: int, raw: bytes) -> str:
     """A message for an upstream error body that is not in the provider's shape."""
     text = raw.decode("utf-8", "replace").strip()[:500]
     return f"upstream returned HTTP {status_code}" + (f": {text}" if text else "")
-
-
-class AsResponse(Response):
-    """Lets an ASGI callable stand where Starlette expects a Response."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)

@@ -5,10 +5,10 @@ for the upstream's (so a 429 stays a 429), yet keepalive comments must start
 before the upstream's first byte; and SSE blocks are passed through as the
 upstream wrote them, never re-serialised (events that arrived together leave in
 one write). Both responses watch for the client going away and then cancel the
-upstream request at once.
+upstream request at once. They are Starlette responses, so a route returns one as is.
 
 Provider specifics (how a stream ends, the shape of error bodies) come from a
-:class:`Dialect`; OpenAI's is the default.
+:class:`~proxy.relay.wire.Dialect`; OpenAI's is the default.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, StreamIncomplete
 from proxy.relay.upstream import UpstreamResponse
+from proxy.relay.wire import OPENAI, Dialect
 
 logger = logging.getLogger("proxy.relay")
 
 PING = b": ping\n\n"
-DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -38,45 +39,6 @@ _SSE_HEADERS = [
 ]
 
 OpenUpstream = Callable[[], Awaitable[UpstreamResponse]]
-
-
-class Dialect(Protocol):
-    """What differs between providers' wire formats, as far as relaying goes."""
-
-    def is_end(self, block: bytes) -> bool:
-        """Whether ``block`` (one or more complete SSE events) holds the stream's last event."""
-        ...
-
-    def error_body(self, exc: ProxyError) -> dict[str, Any]:
-        """The JSON error body for ``exc`` in the provider's shape."""
-        ...
-
-    def in_band_error(self, body: dict[str, Any]) -> bytes:
-        """The final bytes that report an error once a stream has started."""
-        ...
-
-
-class OpenAIDialect:
-    """Chat Completions: streams end with ``data: [DONE]``; errors are ``{"error": {...}}``."""
-
-    def is_end(self, block: bytes) -> bool:
-        return b"[DONE]" in block
-
-    def error_body(self, exc: ProxyError) -> dict[str, Any]:
-        return exc.body()
-
-    def in_band_error(self, body: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
-
-
-OPENAI = OpenAIDialect()
-
-
-class StreamIncomplete(ProxyError):
-    """The upstream closed a stream before its last event."""
-
-    status_code = 502
-    error_type = "upstream_error"
 
 
 @dataclass
@@ -101,8 +63,11 @@ HEAD_BYTES = 4096
 TAIL_BYTES = 8192
 
 
-class _Relay:
+class _Relay(Response):
     """Shared plumbing: the disconnect watcher and the outcome callback.
+
+    A :class:`~starlette.responses.Response` only in name, so that routes can return it:
+    the status, the headers and the body are the upstream's, written as they arrive.
 
     ``on_finish`` runs once the response is complete (or failed, or the client went
     away), after its last byte was sent; its failures are logged, never sent.

@@ -4,8 +4,9 @@ Chat completions go out through :mod:`proxy.relay.http1`, a small HTTP/1.1 clien
 relays a stream at a fraction of httpx's cost per chunk, whenever it can serve the upstream:
 a plain ``http://`` or ``https://`` URL that no proxy from the environment applies to.
 Everything else (model listings, upstreams behind a proxy, an injected test transport)
-goes through one pooled :class:`httpx.AsyncClient`. The errors of both are mapped to the
-proxy's errors here, so nothing above this module sees them.
+goes through one pooled :class:`httpx.AsyncClient`. The errors of both, and an upstream's
+error statuses, become the proxy's errors in one place, :meth:`PendingUpstream.open`, which
+every relay (chat completions and the agents' provider relays) opens its upstream with.
 """
 
 from __future__ import annotations
@@ -24,14 +25,9 @@ import httpx
 from pydantic import SecretStr
 
 from proxy import __version__
-from proxy.errors import (
-    ProxyError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    normalise_error_body,
-)
+from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnavailable
 from proxy.relay import http1
+from proxy.relay.wire import CHAT, HeaderFilter, Wire, passed_headers, passed_raw_headers
 from proxy.settings import Settings
 
 logger = logging.getLogger("proxy.relay")
@@ -41,49 +37,17 @@ logger = logging.getLogger("proxy.relay")
 # retires a connection before such a server closes it under a request in flight.
 KEEPALIVE_EXPIRY = 4.0
 
-# Response headers worth passing back to the client from the upstream.
-_PASSED_RESPONSE_HEADERS = frozenset(
-    {
-        "x-should-retry",
-        "retry-after",
-        "retry-after-ms",
-        "openai-processing-ms",
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-limit-tokens",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-remaining-tokens",
-        "x-ratelimit-reset-requests",
-        "x-ratelimit-reset-tokens",
-    }
-)
-
-
-def passed_headers(headers: httpx.Headers) -> dict[str, str]:
-    # One pass over the headers; items() lower-cases names and joins repeated ones.
-    return {name: value for name, value in headers.items() if name in _PASSED_RESPONSE_HEADERS}
-
-
-def _passed_raw_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """:func:`passed_headers` of headers as received, without making an httpx.Headers."""
-    passed: dict[str, str] = {}
-    for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
-        if name in _PASSED_RESPONSE_HEADERS:
-            value = raw_value.decode("latin-1")
-            passed[name] = f"{passed[name]}, {value}" if name in passed else value
-    return passed
-
 
 @dataclass
 class UpstreamResponse:
     """An open upstream response whose status was a success; the body may still be streaming.
 
     ``response`` comes from httpx or from :mod:`proxy.relay.http1`; ``select_headers`` picks
-    the response headers passed on to the client (OpenAI's by default).
+    the response headers passed on to the client (Chat Completions' by default).
     """
 
     response: httpx.Response | http1.Response
-    select_headers: Callable[[httpx.Headers], dict[str, str]] = passed_headers
+    select_headers: HeaderFilter = passed_headers
     _pieces: AsyncIterator[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -94,7 +58,7 @@ class UpstreamResponse:
     def headers(self) -> dict[str, str]:
         response = self.response
         if self.select_headers is passed_headers and isinstance(response, http1.Response):
-            return _passed_raw_headers(response.raw_headers)
+            return passed_raw_headers(response.raw_headers)
         return self.select_headers(response.headers)
 
     @property
@@ -215,9 +179,9 @@ class Upstreams:
                 headers = list(_auth_headers(key).items())
                 cached = self._targets[url] = (key, self._pool.target("POST", url, headers))
             exchange = self._pool.begin_to(cached[1], body)
-            return PendingUpstream(lambda: _response_of(exchange, url), exchange.abandon)
+            return PendingUpstream(exchange.response, exchange.abandon, url)
         request = self._client.build_request("POST", url, content=body, headers=_auth_headers(key))
-        return PendingUpstream(lambda: self._send(request), lambda: None)
+        return pending_request(self._client, request)
 
     def _is_direct(self, base_url: str) -> bool:
         """Whether :mod:`proxy.relay.http1` can serve ``base_url`` as httpx would."""
@@ -249,9 +213,11 @@ class Upstreams:
             "GET", base_url + "/models", headers=_auth_headers(key), timeout=10.0
         )
         try:
-            response = await self._send(request)
-            raw = await response.aread()
-            await response.aclose()
+            response = await pending_request(self._client, request).open()
+            try:
+                raw = await response.read()
+            finally:
+                await response.aclose()
             data = json.loads(raw).get("data") if response.status_code == 200 else None
         except (ProxyError, ValueError, AttributeError, httpx.HTTPError) as exc:
             logger.warning("could not list models of %s: %s", base_url, exc)
@@ -270,51 +236,43 @@ class Upstreams:
             if isinstance(m, dict) and "id" in m
         ]
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        return await send_streaming(self._client, request)
-
-
-async def send_streaming(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-    """Send ``request`` and return the response with its body unread.
-
-    Failing to connect or to get an answer raises :class:`UpstreamUnavailable` or
-    :class:`UpstreamTimeout`; the caller must ``aclose()`` the response.
-    """
-    try:
-        return await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"Upstream did not answer in time ({request.url.host}).") from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(
-            f"Upstream unreachable ({request.url.host}): {type(exc).__name__}."
-        ) from exc
-
-
-async def _response_of(exchange: http1.Exchange, url: str) -> http1.Response:
-    try:
-        return await exchange.response()
-    except (http1.ConnectTimeout, http1.TransferTimeout) as exc:
-        raise UpstreamTimeout(f"Upstream did not answer in time ({_host(url)}).") from exc
-    except http1.HTTPError as exc:
-        raise UpstreamUnavailable(
-            f"Upstream unreachable ({_host(url)}): {type(exc).__name__}."
-        ) from exc
-
 
 class PendingUpstream:
-    """A request to the upstream, sent or about to be: :meth:`open` it, or :meth:`abandon` it."""
+    """A request to an upstream, sent or about to be: :meth:`open` it, or :meth:`abandon` it.
+
+    ``answer`` waits for the upstream's response (from httpx or :mod:`proxy.relay.http1`) to
+    the request for ``url``; ``wire`` says what its error statuses and headers become.
+    """
+
+    __slots__ = ("_answer", "_url", "_wire", "abandon")
 
     def __init__(
         self,
         answer: Callable[[], Awaitable[httpx.Response | http1.Response]],
         abandon: Callable[[], None],
+        url: str | httpx.URL,
+        wire: Wire = CHAT,
     ):
         self._answer = answer
+        self._url = url
+        self._wire = wire
         self.abandon = abandon
 
     async def open(self) -> UpstreamResponse:
-        """The upstream's answer, unread; an error status raises :class:`UpstreamError`."""
-        response = await self._answer()
+        """The upstream's answer, unread; the caller must ``aclose()`` it.
+
+        No answer raises :class:`UpstreamTimeout` or :class:`UpstreamUnavailable`; an error
+        status raises the wire's :class:`~proxy.errors.UpstreamError`.
+        """
+        try:
+            response = await self._answer()
+        except (httpx.TimeoutException, http1.ConnectTimeout, http1.TransferTimeout) as exc:
+            raise UpstreamTimeout(f"Upstream did not answer in time ({self._host()}).") from exc
+        except (httpx.HTTPError, http1.HTTPError) as exc:
+            raise UpstreamUnavailable(
+                f"Upstream unreachable ({self._host()}): {type(exc).__name__}."
+            ) from exc
+        select_headers = self._wire.select_headers
         if response.status_code >= 400:
             try:
                 raw = await response.aread()
@@ -322,16 +280,25 @@ class PendingUpstream:
                 raw = b""
             finally:
                 await response.aclose()
-            raise UpstreamError(
-                response.status_code,
-                normalise_error_body(response.status_code, raw),
-                passed_headers(response.headers),
-            )
-        return UpstreamResponse(response)
+            headers = select_headers(response.headers)
+            raise self._wire.upstream_error(response.status_code, raw, headers)
+        return UpstreamResponse(response, select_headers)
+
+    def _host(self) -> str:
+        if isinstance(self._url, httpx.URL):
+            return self._url.host
+        return urlsplit(self._url).hostname or self._url
 
 
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or url
+def pending_request(
+    client: httpx.AsyncClient, request: httpx.Request, wire: Wire = CHAT
+) -> PendingUpstream:
+    """``request``, sent through ``client`` once it is opened."""
+    return PendingUpstream(lambda: client.send(request, stream=True), _nothing, request.url, wire)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _ssl_context() -> ssl.SSLContext:

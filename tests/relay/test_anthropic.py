@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from proxy.relay import anthropic
 from proxy.relay.anthropic import UsageReader
 from proxy.relay.tokens import Credential, ModelUsage, ProviderCreds, RunTokens
 from tests.relay.conftest import REAL_KEY, RelayFactory, UsageLog
@@ -301,6 +302,22 @@ def test_no_key_configured_is_a_clear_500(
         response = post(relay, tokens.issue("run1", "coll"), request_body())
     assert response.status_code == 500
     assert "no Anthropic API key" in response.json()["error"]["message"]
+    assert upstream.seen == []
+
+
+def test_a_body_over_the_limit_is_a_413_that_never_reaches_the_upstream(
+    relay: str, tokens: RunTokens, scripted: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream, _ = scripted
+    monkeypatch.setattr(anthropic, "MAX_REQUEST_BYTES", 1000)
+    body = {**request_body(), "metadata": {"padding": "x" * 1000}}
+    response = post(relay, tokens.issue("run1", "coll"), body)
+    assert response.status_code == 413
+    assert response.headers["x-should-retry"] == "false"
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "request_too_large", "message": "Request body exceeds 1000 bytes."},
+    }
     assert upstream.seen == []
 
 
