@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from proxy.api.trajectories import load_trajectory
 from proxy.errors import InvalidField
-from proxy.store.base import Store
+from proxy.store import Store
 from proxy.store.follow import follow_events
 
 SEND_TIMEOUT_SECONDS = 30.0

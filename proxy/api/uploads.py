@@ -17,8 +17,9 @@ from starlette.requests import Request
 
 from proxy.api.context import Services
 from proxy.errors import BadRequest, InvalidField, PayloadTooLarge
-from proxy.store.blobs import CHUNK_SIZE, BlobTooLarge
+from proxy.store.blobs import CHUNK_SIZE
 from proxy.store.content import detect_content_type
+from proxy.store.errors import BlobTooLarge
 from proxy.store.paths import sanitize_filename
 from proxy.store.records import BlobInfo
 

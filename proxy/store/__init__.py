@@ -1,12 +1,8 @@
 """Durable state: API keys, trajectories and their events, files, artifacts, collection settings."""
 
-from proxy.store.base import (
-    RecordNotFound,
-    SecretsUnavailable,
-    Store,
-    StoreError,
-    open_store,
-)
+from proxy.store.errors import RecordNotFound, SecretsUnavailable, StoreError
+from proxy.store.factory import open_store
+from proxy.store.protocol import Store
 from proxy.store.records import (
     ApiKey,
     Artifact,

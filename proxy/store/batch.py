@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 import anyio
 from anyio.lowlevel import RunVar
 
-from proxy.store.base import StoreError
+from proxy.store.errors import StoreError
 
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")

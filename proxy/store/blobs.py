@@ -21,8 +21,8 @@ from typing import BinaryIO, Protocol, TypeVar, TypeVarTuple
 import anyio
 import anyio.to_thread
 
-from proxy.store.base import RecordNotFound, StoreError
 from proxy.store.content import SNIFF_BYTES
+from proxy.store.errors import BlobTooLarge, RecordNotFound, StoreError
 from proxy.store.records import BlobInfo
 
 T = TypeVar("T")
@@ -30,14 +30,6 @@ Args = TypeVarTuple("Args")
 
 CHUNK_SIZE = 64 * 1024
 _KEY = re.compile(r"^[0-9a-f]{32}$")
-
-
-class BlobTooLarge(StoreError):
-    """The content grew past the limit; nothing was kept."""
-
-    def __init__(self, limit: int):
-        super().__init__(f"content is larger than the limit of {limit} bytes")
-        self.limit = limit
 
 
 class BlobStore(Protocol):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from proxy.store.base import Store
+from proxy.store.protocol import Store
 from proxy.store.records import NewTrajectory, Step, Trajectory
 
 logger = logging.getLogger("proxy.store")

@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from proxy.store.base import SecretsUnavailable
+from proxy.store.errors import SecretsUnavailable
 
 logger = logging.getLogger("proxy.store")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from proxy.store.base import Store
+from proxy.store.protocol import Store
 from proxy.store.records import StoredEvent
 
 #: How often a follower looks for changes it was not told about (another process's writes).

@@ -21,12 +21,12 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from proxy.store.base import RecordNotFound, StoreError
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
+from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
 from proxy.store.migrations import POSTGRES_MIGRATIONS
 from proxy.store.sql import SQLStore
-from proxy.store.sql.database import DuplicateKey, Json, Params, Row, Statement
+from proxy.store.sql.database import Json, Params, Row, Statement
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 

@@ -17,12 +17,12 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from proxy.store.base import RecordNotFound, StoreError
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
+from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
 from proxy.store.migrations import SQLITE_MIGRATIONS
 from proxy.store.sql import SQLStore
-from proxy.store.sql.database import DuplicateKey, Json, Params, Row, Statement
+from proxy.store.sql.database import Json, Params, Row, Statement
 
 T = TypeVar("T")
 #: trajectory id, event type, JSON data, timestamp

@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from proxy.store import RecordNotFound
-from proxy.store.blobs import BlobTooLarge, LocalBlobStore, read_all
+from proxy.store.blobs import LocalBlobStore, read_all
+from proxy.store.errors import BlobTooLarge
 
 pytestmark = pytest.mark.anyio
 

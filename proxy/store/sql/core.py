@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
-from proxy.store.base import RecordNotFound, SecretsUnavailable
 from proxy.store.crypto import SecretBox
+from proxy.store.errors import RecordNotFound, SecretsUnavailable
 from proxy.store.notify import ChangeNotifier
 from proxy.store.sql.database import Database
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from proxy.store.base import StoreError
-
 Row = dict[str, Any]
 Params = Sequence[object]
 Statement = tuple[str, Params]
@@ -32,15 +30,11 @@ class Json:
         return json.dumps(self.value, separators=(",", ":"), ensure_ascii=False)
 
 
-class DuplicateKey(StoreError):
-    """An insert collided with a unique key (the adapter maps each engine's error to this)."""
-
-
 class Database(Protocol):
     """One engine's connection handling, statement execution and error mapping.
 
-    Foreign-key violations are raised as :class:`~proxy.store.base.RecordNotFound`, unique
-    violations as :class:`DuplicateKey`, anything else as :class:`StoreError`.
+    Foreign-key violations are raised as :class:`~proxy.store.errors.RecordNotFound`, unique
+    violations as :class:`~proxy.store.errors.DuplicateKey`, anything else as :class:`StoreError`.
     """
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from proxy.store.base import RecordNotFound
+from proxy.store.errors import RecordNotFound
 from proxy.store.notify import Subscription
 from proxy.store.records import Artifact, BlobInfo, StoredEvent
 from proxy.store.redact import redact_value

@@ -6,10 +6,10 @@ import secrets
 from types import MappingProxyType
 from typing import Literal
 
-from proxy.store.base import StoreError
+from proxy.store.errors import DuplicateKey, StoreError
 from proxy.store.records import BlobInfo, StoredFile
 from proxy.store.sql.core import SQLCore
-from proxy.store.sql.database import DuplicateKey, Row, as_datetime, utcnow
+from proxy.store.sql.database import Row, as_datetime, utcnow
 
 _ATTEMPTS = 5
 _AFTER = MappingProxyType(

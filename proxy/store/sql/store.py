@@ -11,10 +11,12 @@ from proxy.store.sql.trajectories import TrajectoriesPart
 
 
 class SQLStore(KeysPart, TrajectoriesPart, EventsPart, FilesPart, EnvironmentPart, ServersPart):
-    """A :class:`~proxy.store.base.Store` over a :class:`~proxy.store.sql.database.Database`.
+    """A :class:`~proxy.store.protocol.Store` over a :class:`~proxy.store.sql.database.Database`.
 
     Engines subclass it only to build their adapter; all behaviour is shared, so one
-    contract test suite covers both.
+    contract test suite covers both. The parts repeat the protocol's signatures, not its
+    documentation: the protocol is the contract (``tests/store/test_protocol.py`` holds them
+    to it).
     """
 
     async def migrate(self) -> None:

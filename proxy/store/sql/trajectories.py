@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from proxy.store.base import RecordNotFound, StoreError
+from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
 from proxy.store.records import (
     Label,
     NewTrajectory,
@@ -21,7 +21,6 @@ from proxy.store.records import (
 from proxy.store.redact import redact, redact_value
 from proxy.store.sql.core import SQLCore
 from proxy.store.sql.database import (
-    DuplicateKey,
     Json,
     Row,
     Statement,

@@ -1,10 +1,9 @@
-"""The store seam: one Protocol, one implementation per database engine.
+"""The store seam: what the rest of the proxy may ask of the database, as one Protocol.
 
-Errors, drawn as a tree::
-
-    StoreError                the database failed, is unreachable, or refused the data
-    ├── RecordNotFound        the trajectory (or other record) a write refers to does not exist
-    └── SecretsUnavailable    no secret key is configured, or it cannot open a stored secret
+This is the store's contract, written once: the one implementation (:mod:`proxy.store.sql`, on
+SQLite or PostgreSQL) repeats only the signatures, and ``tests/store/test_protocol.py`` fails
+when they drift. Errors are in :mod:`proxy.store.errors`; :func:`proxy.store.open_store` picks
+the engine.
 """
 
 from __future__ import annotations
@@ -12,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from proxy.store.notify import Subscription
 from proxy.store.records import (
@@ -31,23 +29,6 @@ from proxy.store.records import (
     TrajectoryPage,
     TrajectoryStatus,
 )
-
-if TYPE_CHECKING:
-    from proxy.store.crypto import SecretBox
-
-__all__ = ["ApiKey", "RecordNotFound", "SecretsUnavailable", "Store", "StoreError", "open_store"]
-
-
-class StoreError(Exception):
-    """The database failed or is unreachable."""
-
-
-class RecordNotFound(StoreError, LookupError):
-    """A write referred to a record that does not exist."""
-
-
-class SecretsUnavailable(StoreError):
-    """Collection secrets cannot be sealed or opened (no key, or the wrong one)."""
 
 
 class KeyStore(Protocol):
@@ -276,24 +257,3 @@ class Store(KeyStore, TrajectoryStore, FileStore, CollectionStore, ServerStore, 
         """Raise :class:`StoreError` unless the database answers."""
 
     async def close(self) -> None: ...
-
-
-def open_store(database_url: str, *, secret_box: SecretBox | None = None) -> Store:
-    """Pick the engine from the URL scheme; the caller must ``await store.migrate()``.
-
-    Without ``secret_box`` everything but collection secrets works.
-    """
-    if database_url.startswith("sqlite:///"):
-        from proxy.store.sqlite import SQLiteStore
-
-        return SQLiteStore(Path(database_url.removeprefix("sqlite:///")), secret_box=secret_box)
-    if database_url.startswith(("postgresql://", "postgres://")):
-        try:
-            from proxy.store.postgres import PostgresStore
-        except ImportError as exc:
-            raise StoreError(
-                "PostgreSQL support needs the extra: pip install 'jetty-proxy[postgres]'"
-            ) from exc
-        store: Store = PostgresStore(database_url, secret_box=secret_box)
-        return store
-    raise StoreError(f"unsupported database URL (use sqlite:/// or postgresql://): {database_url}")

@@ -1,0 +1,37 @@
+"""The store's errors, drawn as a tree::
+
+    StoreError                the database failed, is unreachable, or refused the data
+    ├── RecordNotFound        the trajectory (or other record) a write refers to does not exist
+    ├── SecretsUnavailable    no secret key is configured, or it cannot open a stored secret
+    ├── BlobTooLarge          a blob grew past its limit while being stored; nothing was kept
+    └── DuplicateKey          an insert collided with a unique key (the SQL adapters raise it;
+                              the store retries with a fresh id and never lets it out)
+
+Each engine maps its driver's errors into this tree where it calls the driver.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The database failed or is unreachable."""
+
+
+class RecordNotFound(StoreError, LookupError):
+    """A write referred to a record that does not exist."""
+
+
+class SecretsUnavailable(StoreError):
+    """Collection secrets cannot be sealed or opened (no key, or the wrong one)."""
+
+
+class BlobTooLarge(StoreError):
+    """The content grew past the limit; nothing was kept."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"content is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class DuplicateKey(StoreError):
+    """An insert collided with a unique key (the adapter maps each engine's error to this)."""
