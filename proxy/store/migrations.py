@@ -1,31 +1,87 @@
-"""Schema migrations, one script per version and engine, applied in order at start.
+"""Schema migrations: one script per version, written once for both engines and applied in order
+at start.
 
-Append new versions; never edit one that has shipped. Both engines keep the same version
-numbers for the same change. Statements in a script are separated by ``;`` at the end of
-a line. Conventions the shared SQL relies on: every table with a listing order has an
-integer ``pk``; PostgreSQL path columns use the "C" collation so that ordering and
-prefix matching agree with SQLite's byte order.
+Append new versions; never edit one that has shipped. Statements in a script are separated by
+``;`` at the end of a line. What the engines spell differently is written as a placeholder and
+filled in by :func:`migrations` (a literal brace would be doubled)::
+
+    {serial}         the integer primary key the database assigns (SQLite's rowid)
+    {int}            a 64-bit integer
+    {bool} {false}   a boolean, and its false
+    {float}          a double
+    {bytes}          binary
+    {json}           a JSON document (SQLite: its text)
+    {time}           a time with its zone (SQLite: fixed-width ISO text, so text order is time
+                     order)
+    {bytetext}       text that sorts and prefix-matches byte by byte (PostgreSQL: the "C"
+                     collation; SQLite's own order is bytes)
+    {without_rowid}  SQLite's clustered table for a primary key that is never a rowid
+
+Conventions the shared SQL relies on: every table with a listing order has an integer ``pk``;
+path and name columns that are listed in order or matched by prefix are ``{bytetext}``.
+``tests/store/test_migrations.py`` builds both databases and compares what they hold.
 """
 
 from __future__ import annotations
 
-SQLITE_MIGRATIONS: list[str] = [
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal
+
+Engine = Literal["sqlite", "postgres"]
+
+TYPES: Mapping[Engine, Mapping[str, str]] = MappingProxyType(
+    {
+        "sqlite": MappingProxyType(
+            {
+                "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "int": "INTEGER",
+                "bool": "INTEGER",
+                "false": "0",
+                "float": "REAL",
+                "bytes": "BLOB",
+                "json": "TEXT",
+                "time": "TEXT",
+                "bytetext": "TEXT",
+                "without_rowid": " WITHOUT ROWID",
+            }
+        ),
+        "postgres": MappingProxyType(
+            {
+                "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                "int": "BIGINT",
+                "bool": "BOOLEAN",
+                "false": "FALSE",
+                "float": "DOUBLE PRECISION",
+                "bytes": "BYTEA",
+                "json": "JSONB",
+                "time": "TIMESTAMPTZ",
+                "bytetext": 'TEXT COLLATE "C"',
+                "without_rowid": "",
+            }
+        ),
+    }
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: API keys.
     """
     CREATE TABLE api_keys (
         id TEXT PRIMARY KEY,
         key_hash TEXT NOT NULL UNIQUE,
         prefix TEXT NOT NULL,
         collections TEXT NOT NULL,
-        admin INTEGER NOT NULL DEFAULT 0,
+        admin {bool} NOT NULL DEFAULT {false},
         name TEXT,
-        created_at TEXT NOT NULL,
-        revoked_at TEXT
+        created_at {time} NOT NULL,
+        revoked_at {time}
     );
     CREATE INDEX api_keys_prefix ON api_keys (prefix)
     """,
+    # 2: trajectories, their events, labels and artifacts; files; collection environments.
     """
     CREATE TABLE trajectories (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        pk {serial},
         id TEXT NOT NULL UNIQUE,
         collection TEXT NOT NULL,
         task TEXT NOT NULL,
@@ -33,192 +89,94 @@ SQLITE_MIGRATIONS: list[str] = [
         status TEXT NOT NULL,
         model TEXT,
         agent TEXT,
-        jetty TEXT NOT NULL,
-        environment TEXT NOT NULL,
-        steps TEXT NOT NULL,
-        usage TEXT,
-        cost_usd REAL,
+        jetty {json} NOT NULL,
+        environment {json} NOT NULL,
+        steps {json} NOT NULL,
+        usage {json},
+        cost_usd {float},
         error TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        started_at TEXT,
-        finished_at TEXT,
-        last_seq INTEGER NOT NULL DEFAULT 0
+        created_at {time} NOT NULL,
+        updated_at {time} NOT NULL,
+        started_at {time},
+        finished_at {time},
+        last_seq {int} NOT NULL DEFAULT 0
     );
     CREATE INDEX trajectories_task ON trajectories (collection, task, pk);
     CREATE INDEX trajectories_status ON trajectories (collection, status, pk);
     CREATE TABLE events (
         trajectory_id TEXT NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
+        seq {int} NOT NULL,
         type TEXT NOT NULL,
-        data TEXT NOT NULL,
-        created_at TEXT NOT NULL,
+        data {json} NOT NULL,
+        created_at {time} NOT NULL,
         PRIMARY KEY (trajectory_id, seq)
-    ) WITHOUT ROWID;
+    ){without_rowid};
     CREATE TABLE labels (
         trajectory_id TEXT NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        key TEXT NOT NULL,
+        key {bytetext} NOT NULL,
         value TEXT NOT NULL,
         author TEXT,
-        created_at TEXT NOT NULL,
+        created_at {time} NOT NULL,
         PRIMARY KEY (trajectory_id, key)
     );
     CREATE TABLE artifacts (
         trajectory_id TEXT NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        path TEXT NOT NULL,
-        bytes INTEGER NOT NULL,
+        path {bytetext} NOT NULL,
+        bytes {int} NOT NULL,
         sha256 TEXT NOT NULL,
         content_type TEXT NOT NULL,
         blob_key TEXT NOT NULL,
-        created_at TEXT NOT NULL,
+        created_at {time} NOT NULL,
         PRIMARY KEY (trajectory_id, path)
     );
     CREATE TABLE files (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        pk {serial},
         id TEXT NOT NULL UNIQUE,
         collection TEXT NOT NULL,
-        storage_path TEXT NOT NULL UNIQUE,
+        storage_path {bytetext} NOT NULL UNIQUE,
         filename TEXT NOT NULL,
         purpose TEXT NOT NULL,
-        bytes INTEGER NOT NULL,
+        bytes {int} NOT NULL,
         sha256 TEXT NOT NULL,
         content_type TEXT NOT NULL,
         blob_key TEXT NOT NULL,
-        created_at TEXT NOT NULL
+        created_at {time} NOT NULL
     );
     CREATE INDEX files_collection ON files (collection, pk);
     CREATE INDEX files_collection_path ON files (collection, storage_path);
     CREATE TABLE collection_variables (
         collection TEXT NOT NULL,
-        name TEXT NOT NULL,
+        name {bytetext} NOT NULL,
         value TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
+        updated_at {time} NOT NULL,
         PRIMARY KEY (collection, name)
     );
     CREATE TABLE collection_secrets (
         collection TEXT NOT NULL,
-        name TEXT NOT NULL,
-        ciphertext BLOB NOT NULL,
-        updated_at TEXT NOT NULL,
+        name {bytetext} NOT NULL,
+        ciphertext {bytes} NOT NULL,
+        updated_at {time} NOT NULL,
         PRIMARY KEY (collection, name)
     )
     """,
     # 3: a run's conversation: the turn it continues and what it saved to be continued.
     """
-    ALTER TABLE trajectories ADD COLUMN session TEXT
+    ALTER TABLE trajectories ADD COLUMN session {json}
     """,
     # 4: serving processes and their heartbeats (which sandboxes still have a live owner).
     """
     CREATE TABLE servers (
         id TEXT PRIMARY KEY,
-        heartbeat_at TEXT NOT NULL
+        heartbeat_at {time} NOT NULL
     )
     """,
-]
+)
 
-POSTGRES_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        key_hash TEXT NOT NULL UNIQUE,
-        prefix TEXT NOT NULL,
-        collections TEXT NOT NULL,
-        admin BOOLEAN NOT NULL DEFAULT FALSE,
-        name TEXT,
-        created_at TIMESTAMPTZ NOT NULL,
-        revoked_at TIMESTAMPTZ
-    );
-    CREATE INDEX api_keys_prefix ON api_keys (prefix)
-    """,
-    """
-    CREATE TABLE trajectories (
-        pk BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        collection TEXT NOT NULL,
-        task TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        status TEXT NOT NULL,
-        model TEXT,
-        agent TEXT,
-        jetty JSONB NOT NULL,
-        environment JSONB NOT NULL,
-        steps JSONB NOT NULL,
-        usage JSONB,
-        cost_usd DOUBLE PRECISION,
-        error TEXT,
-        created_at TIMESTAMPTZ NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL,
-        started_at TIMESTAMPTZ,
-        finished_at TIMESTAMPTZ,
-        last_seq BIGINT NOT NULL DEFAULT 0
-    );
-    CREATE INDEX trajectories_task ON trajectories (collection, task, pk);
-    CREATE INDEX trajectories_status ON trajectories (collection, status, pk);
-    CREATE TABLE events (
-        trajectory_id TEXT NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        seq BIGINT NOT NULL,
-        type TEXT NOT NULL,
-        data JSONB NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (trajectory_id, seq)
-    );
-    CREATE TABLE labels (
-        trajectory_id TEXT NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        key TEXT COLLATE "C" NOT NULL,
-        value TEXT NOT NULL,
-        author TEXT,
-        created_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (trajectory_id, key)
-    );
-    CREATE TABLE artifacts (
-        trajectory_id TEXT NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        path TEXT COLLATE "C" NOT NULL,
-        bytes BIGINT NOT NULL,
-        sha256 TEXT NOT NULL,
-        content_type TEXT NOT NULL,
-        blob_key TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (trajectory_id, path)
-    );
-    CREATE TABLE files (
-        pk BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        collection TEXT NOT NULL,
-        storage_path TEXT COLLATE "C" NOT NULL UNIQUE,
-        filename TEXT NOT NULL,
-        purpose TEXT NOT NULL,
-        bytes BIGINT NOT NULL,
-        sha256 TEXT NOT NULL,
-        content_type TEXT NOT NULL,
-        blob_key TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL
-    );
-    CREATE INDEX files_collection ON files (collection, pk);
-    CREATE INDEX files_collection_path ON files (collection, storage_path);
-    CREATE TABLE collection_variables (
-        collection TEXT NOT NULL,
-        name TEXT COLLATE "C" NOT NULL,
-        value TEXT NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (collection, name)
-    );
-    CREATE TABLE collection_secrets (
-        collection TEXT NOT NULL,
-        name TEXT COLLATE "C" NOT NULL,
-        ciphertext BYTEA NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (collection, name)
-    )
-    """,
-    # 3: see SQLITE_MIGRATIONS[2].
-    """
-    ALTER TABLE trajectories ADD COLUMN session JSONB
-    """,
-    # 4: see SQLITE_MIGRATIONS[3].
-    """
-    CREATE TABLE servers (
-        id TEXT PRIMARY KEY,
-        heartbeat_at TIMESTAMPTZ NOT NULL
-    )
-    """,
-]
+
+def migrations(engine: Engine) -> list[list[str]]:
+    """Each version's statements, in order, as ``engine`` spells them."""
+    types = TYPES[engine]
+    return [
+        [statement for statement in script.format_map(types).split(";\n") if statement.strip()]
+        for script in MIGRATIONS
+    ]

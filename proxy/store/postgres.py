@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
 from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
-from proxy.store.migrations import POSTGRES_MIGRATIONS
+from proxy.store.migrations import migrations
 from proxy.store.sql import SQLStore
 from proxy.store.sql.database import Json, Params, Row, Statement
 
@@ -181,12 +181,11 @@ class PostgresDatabase:
             cursor = await conn.execute("SELECT MAX(version) AS version FROM schema_version")
             row = await cursor.fetchone()
             current = (row or {}).get("version") or 0
-            for version, script in enumerate(POSTGRES_MIGRATIONS, start=1):
+            for version, statements in enumerate(migrations("postgres"), start=1):
                 if version <= current:
                     continue
-                for statement in script.split(";\n"):
-                    if statement.strip():
-                        await conn.execute(statement)
+                for statement in statements:
+                    await conn.execute(statement)
                 await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
 
     async def close(self) -> None:

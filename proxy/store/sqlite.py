@@ -20,7 +20,7 @@ import anyio.to_thread
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
 from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
-from proxy.store.migrations import SQLITE_MIGRATIONS
+from proxy.store.migrations import migrations
 from proxy.store.sql import SQLStore
 from proxy.store.sql.database import Json, Params, Row, Statement
 
@@ -137,13 +137,12 @@ class SQLiteDatabase:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
             current = row[0] or 0
-            for version, script in enumerate(SQLITE_MIGRATIONS, start=1):
+            for version, statements in enumerate(migrations("sqlite"), start=1):
                 if version <= current:
                     continue
                 with _transaction(conn):
-                    for statement in script.split(";\n"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for statement in statements:
+                        conn.execute(statement)
                     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
         await self._run(apply)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.store import Store, open_store
-from proxy.store.migrations import SQLITE_MIGRATIONS
+from proxy.store.migrations import migrations
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +52,7 @@ async def test_a_database_from_before_the_trajectory_tables_keeps_its_keys(tmp_p
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for statement in SQLITE_MIGRATIONS[0].split(";\n"):
+        for statement in migrations("sqlite")[0]:
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version VALUES (1)")
         conn.execute(
