@@ -228,10 +228,12 @@ def test_keepalive_pings_start_before_the_first_byte(make_proxy: ProxyFactory) -
 def test_no_ping_follows_the_end_of_the_stream(make_proxy: ProxyFactory) -> None:
     # The upstream relays [DONE] but ends its response only later: the stream is over for
     # the client at [DONE], whatever keepalive timer runs out before the response ends.
+    # (Pings while the upstream is still sending are fine: on a busy machine even its first
+    # byte may take longer than the keepalive.)
     with make_proxy(keepalive_seconds=0.1) as proxy:
         _, lines = _sse_lines(proxy, "linger-0.5")
     assert lines[-1] == "data: [DONE]", lines
-    assert ": ping" not in lines
+    assert lines.count("data: [DONE]") == 1
 
 
 def test_sdk_tolerates_pings(make_proxy: ProxyFactory) -> None:
