@@ -3,6 +3,7 @@
 - `DockerBackend`: a container per run, over the Docker Engine API.
 - `LocalBackend`: a process per run in a per-run directory (bubblewrap when available).
 - `select_backend`: choose one at startup ("auto", "docker" or "local").
+- `ScriptedBackend`: plays scripted sandboxes in memory, for tests of code that runs them.
 """
 
 from proxy.sandbox.base import (
@@ -25,6 +26,7 @@ from proxy.sandbox.base import (
 )
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
 from proxy.sandbox.local import LocalBackend, LocalSandbox
+from proxy.sandbox.scripted import Pause, Script, ScriptedBackend, ScriptedSandbox
 from proxy.sandbox.selection import select_backend
 
 __all__ = [
@@ -39,12 +41,16 @@ __all__ = [
     "LocalSandbox",
     "Mount",
     "Orphans",
+    "Pause",
     "Sandbox",
     "SandboxBackend",
     "SandboxError",
     "SandboxLimitError",
     "SandboxSpec",
     "SandboxStateError",
+    "Script",
+    "ScriptedBackend",
+    "ScriptedSandbox",
     "SkipReason",
     "SkippedFile",
     "UnsafePathError",
