@@ -46,7 +46,7 @@ from proxy.jetty import (
 from proxy.runs.credentials import select_credentials
 from proxy.runs.engine import AgentSetup, RunLaunch
 from proxy.runs.followup import Continuation, previous_run_id
-from proxy.runs.launch import SERVER
+from proxy.runs.launch import environment_record
 from proxy.runs.live import LiveRun
 from proxy.runs.render import Aggregator, ChunkRenderer, finish_reason_for, usage_dict
 from proxy.runs.runtime import RunService
@@ -125,11 +125,7 @@ async def start_run(
         model=plan.model,
         agent=plan.agent,
         jetty=_recorded_block(block),
-        environment={
-            "image": image,
-            "backend": runs.engine.backend.name,
-            SERVER: runs.engine.server_id,
-        },
+        environment=environment_record(image, runs.engine.backend.name, runs.engine.server_id),
         session=continuation.session() if continuation else None,
     )
     live = runs.engine.start(

@@ -24,6 +24,17 @@ SERVER = "server"
 LIVE_STATUSES: tuple[TrajectoryStatus, ...] = ("pending", "running")
 
 
+def environment_record(
+    image: str, backend: str, server: str, *, sandbox_of: str | None = None
+) -> dict[str, str]:
+    """A run's trajectory ``environment``, always whole (it is written whole): recovery reads
+    its ``SERVER`` and ``SANDBOX_OF`` (see `proxy.runs.engine.RunEngine.recover`)."""
+    record = {"image": image, "backend": backend, SERVER: server}
+    if sandbox_of is not None:
+        record[SANDBOX_OF] = sandbox_of
+    return record
+
+
 @dataclass(frozen=True)
 class AgentSetup:
     """The agent CLI on the host, ready to mount: its install and, for agents that only take

@@ -37,7 +37,7 @@ from proxy.events import Warning as WarningEvent
 from proxy.relay.tokens import ModelUsage
 from proxy.runs.artifacts import collect_results, results_markdown
 from proxy.runs.followup import Continuation, marker_line, restore, save_home
-from proxy.runs.launch import AGENT_HOME, RELAY_MOUNT, SANDBOX_OF, RunLaunch
+from proxy.runs.launch import AGENT_HOME, RELAY_MOUNT, RunLaunch, environment_record
 from proxy.runs.live import LiveRun
 from proxy.sandbox import ExitStatus, Mount, Sandbox, SandboxError, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
@@ -185,11 +185,12 @@ class RunLifecycle:
         try:
             await self.store.update_trajectory(
                 self.launch.run_id,
-                environment={
-                    "image": self.image,
-                    "backend": self.engine.backend.name,
-                    SANDBOX_OF: sandbox.run_id,
-                },
+                environment=environment_record(
+                    self.image,
+                    self.engine.backend.name,
+                    self.engine.server_id,
+                    sandbox_of=sandbox.run_id,
+                ),
             )
             await sandbox.rerun(spec.argv, spec.env)
         except SandboxError as exc:
