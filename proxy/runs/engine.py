@@ -78,7 +78,9 @@ class RunEngine:
         # None when the backend runs no images (local): launch.image is then used as it is.
         self._environments = environments
         self.live: dict[str, LiveRun] = {}
-        self.kept = KeptSandboxes(task_group, config.keep_sandbox_seconds)
+        # Only a backend that reruns sandboxes can continue a conversation in one.
+        keep = config.keep_sandbox_seconds if backend.capabilities.reruns else 0.0
+        self.kept = KeptSandboxes(task_group, keep)
         # The servers of this machine known gone at once (see proxy.runs.presence).
         self._presence = presence
 

@@ -270,9 +270,9 @@ class RunLifecycle:
         )
         files = dict(invocation.files)
         files["/app/trajectory.json"] = self._trajectory_json()
-        # Without a container (local backend) sandbox paths in argv are rewritten, file
-        # contents must not be: there the files are copied in as before.
-        inline = self.engine.backend.name == "docker"
+        # Where argv does not reach the sandbox as given (the local backend rewrites paths in
+        # it), file contents must not go through it: there the files are copied in.
+        inline = self.engine.backend.capabilities.inline_files
         prelude, self._files_to_copy = _prelude(files) if inline else (_prelude({})[0], files)
         argv = [*self.installed.argv, *invocation.argv[1:]]
         if tcp:

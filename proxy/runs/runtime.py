@@ -33,7 +33,7 @@ from proxy.runs.artifacts import ResultLimits
 from proxy.runs.engine import EngineConfig, RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.presence import Presence
-from proxy.sandbox import SandboxBackend, select_backend
+from proxy.sandbox import Isolation, SandboxBackend, select_backend
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -55,7 +55,7 @@ class RunService:
     keepalive_seconds: float
     # The server's settings: model provider URLs and keys for each run (proxy/runs/credentials.py).
     settings: Settings
-    # Snapshots, pulls and builds; None when the backend runs no images (local).
+    # Snapshots, pulls and builds; None unless the backend builds images (see Capabilities).
     environments: Environments | None = None
 
 
@@ -121,14 +121,17 @@ async def run_service(
         local_bwrap=settings.local_bwrap,
         owner=sandbox_owner(settings),
     )
-    if the_backend.name == "local":
+    capabilities = the_backend.capabilities
+    if capabilities.isolation is not Isolation.FULL:
         logger.warning(
-            "sandbox backend: local — runs are NOT isolated from this machine"
-            " (start a Docker engine, or set JETTY_PROXY_BACKEND=docker to insist on one)"
+            "sandbox backend: %s — runs are not fully isolated from this machine (isolation:"
+            " %s; start a Docker engine, or set JETTY_PROXY_BACKEND=docker to insist on one)",
+            the_backend.name,
+            capabilities.isolation,
         )
     else:
         logger.info("sandbox backend: %s", the_backend.name)
-    images = the_backend.name == "docker"
+    images = capabilities.builds_images
     defaults = PlanDefaults(
         snapshot=settings.effective_default_snapshot if images else None,
         image=settings.default_image,

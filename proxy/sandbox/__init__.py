@@ -7,11 +7,13 @@
 """
 
 from proxy.sandbox.base import (
+    Capabilities,
     CopiedFile,
     CopyReport,
     EngineUnavailable,
     ExitStatus,
     ImageNotFound,
+    Isolation,
     Mount,
     Orphans,
     Sandbox,
@@ -30,6 +32,7 @@ from proxy.sandbox.scripted import Pause, Script, ScriptedBackend, ScriptedSandb
 from proxy.sandbox.selection import select_backend
 
 __all__ = [
+    "Capabilities",
     "CopiedFile",
     "CopyReport",
     "DockerBackend",
@@ -37,6 +40,7 @@ __all__ = [
     "EngineUnavailable",
     "ExitStatus",
     "ImageNotFound",
+    "Isolation",
     "LocalBackend",
     "LocalSandbox",
     "Mount",

@@ -66,8 +66,10 @@ import anyio.to_thread
 
 from proxy.sandbox.base import (
     LABEL_SERVER,
+    Capabilities,
     CopyReport,
     ExitStatus,
+    Isolation,
     Orphans,
     SandboxError,
     SandboxSpec,
@@ -136,6 +138,13 @@ class LocalBackend:
     def isolated(self) -> bool:
         """True when runs go through bubblewrap."""
         return self._bwrap is not None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # No inline files: sandbox paths in argv are rewritten to host paths (without
+        # bubblewrap), which must not happen to file contents.
+        isolation = Isolation.PARTIAL if self.isolated else Isolation.NONE
+        return Capabilities(reruns=True, isolation=isolation)
 
     async def ping(self) -> bool:
         return True

@@ -33,9 +33,11 @@ import anyio
 from proxy.sandbox.base import (
     LABEL_OWNER,
     LABEL_SERVER,
+    Capabilities,
     CopyReport,
     ExitStatus,
     ImageNotFound,
+    Isolation,
     Orphans,
     SandboxSpec,
     SandboxStateError,
@@ -44,6 +46,8 @@ from proxy.sandbox.files import CopyBudget, clean_absolute_dir, clean_relative_p
 
 __all__ = ["Pause", "Script", "ScriptedBackend", "ScriptedSandbox"]
 
+#: What a scripted backend claims by default: images (any, or those it is given), reruns.
+SCRIPTED = Capabilities(runs_images=True, reruns=True, isolation=Isolation.FULL)
 #: The exit code of a killed process (128 + SIGKILL), as the real backends report it.
 KILLED = 137
 
@@ -82,14 +86,22 @@ class ScriptedBackend:
     """Launches `ScriptedSandbox`es that play the ``handler``'s scripts.
 
     ``images``: the images present on the "engine" (`check_image` and `launch` refuse others
-    with `ImageNotFound`); None: any image.
+    with `ImageNotFound`); None: any image. ``capabilities``: what it claims to do, to test
+    what the caller makes of each claim (it runs nothing, so nothing escapes it).
     """
 
     name = "scripted"
 
-    def __init__(self, handler: Handler, *, images: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        images: Collection[str] | None = None,
+        capabilities: Capabilities = SCRIPTED,
+    ) -> None:
         self.handler = handler
         self.images = images
+        self.capabilities = capabilities
         #: Every sandbox launched, in order.
         self.sandboxes: list[ScriptedSandbox] = []
 
