@@ -124,7 +124,8 @@ class PlanDefaults:
     model_providers: Mapping[str, str] = field(default_factory=lambda: DEFAULT_PROVIDERS)
     snapshot: str | None = None
     image: str | None = None
-    timeout_sec: int = 1800
+    # Seconds (whole ones from requests and settings).
+    timeout_sec: float = 1800
     network_enabled: bool = False
     cpus: float | None = None
     memory_bytes: int | None = None
@@ -136,8 +137,8 @@ class PlanDefaults:
                 raise ValueError(f"default model provider {provider!r} cannot serve {agent!r}")
         if self.image is not None:
             parse_image_ref(self.image)
-        if self.timeout_sec < 1:
-            raise ValueError("the default timeout must be at least one second")
+        if self.timeout_sec <= 0:
+            raise ValueError("the default timeout must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,7 @@ class RunPlan:
     system_prompt: str
     instruction: str
     environment: Environment
-    timeout_sec: int
+    timeout_sec: float
     network_enabled: bool
     cpus: float | None
     memory_bytes: int | None

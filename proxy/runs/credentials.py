@@ -35,9 +35,10 @@ from types import MappingProxyType
 
 from pydantic import SecretStr
 
-from proxy.errors import BadRequest, InvalidField
+from proxy.errors import InvalidField
 from proxy.jetty.plan import PROVIDER_SECRETS
 from proxy.relay.tokens import Credential, KeyHeader, ProviderCreds
+from proxy.runs.errors import ProviderNotConfigured
 from proxy.settings import Settings
 
 __all__ = ["AGENT_RELAYS", "ProviderNotConfigured", "select_credentials"]
@@ -58,13 +59,6 @@ _SETTING_NAMES = MappingProxyType(
     }
 )
 PARAM = "jetty.model_provider"
-
-
-class ProviderNotConfigured(BadRequest):
-    """The run's model provider has no base URL or key, neither on the server nor in the
-    collection: refused before anything starts."""
-
-    code = "model_provider_not_configured"
 
 
 def select_credentials(

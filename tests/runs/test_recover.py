@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from proxy.app import create_app
-from proxy.runs.engine import SANDBOX_OF
-from proxy.runs.launch import SERVER
+from proxy.runs.launch import SANDBOX_OF, SERVER
 from proxy.runs.runtime import sandbox_owner
 from proxy.sandbox.rundirs import installation_dir
 from proxy.settings import Settings

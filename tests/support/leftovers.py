@@ -7,19 +7,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from proxy.relay.tokens import RunTokens
-from proxy.runs.artifacts import ResultLimits
-from proxy.runs.engine import EngineConfig, RunEngine
+from proxy.runs.engine import RunEngine
 from proxy.runs.presence import Presence
 from proxy.sandbox import SandboxSpec, Script, ScriptedBackend
 from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
 from proxy.store import Store
-from proxy.store.blobs import LocalBlobStore
 from proxy.store.records import Trajectory
-
-OWNER = "me"
+from tests.support.runs import OWNER, runs_on
 
 
 async def left_on(labelled: dict[str, str | None], *, owner: str = OWNER) -> ScriptedBackend:
@@ -52,22 +46,8 @@ async def engine_on(
     presence: Presence | None = None,
     **config: Any,
 ) -> AsyncIterator[RunEngine]:
-    async with anyio.create_task_group() as tg:
-        yield RunEngine(
-            store=store,
-            blobs=LocalBlobStore(tmp_path / "blobs"),
-            backend=backend,
-            tokens=RunTokens(),
-            config=EngineConfig(
-                relay_socket=tmp_path / "relay.sock",
-                results=ResultLimits(1024, 10),
-                owner=OWNER,
-                **config,
-            ),
-            task_group=tg,
-            presence=presence,
-        )
-        tg.cancel_scope.cancel()
+    async with runs_on(store, tmp_path, backend, presence=presence, **config) as runs:
+        yield runs.engine
 
 
 async def statuses_of(store: Store, *records: Trajectory) -> list[tuple[str, str | None]]:
