@@ -42,12 +42,12 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     SessionStarted,
     ToolCall,
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 
 # Environment variable the generated provider config reads the relay token from.
 TOKEN_ENV = "JETTY_RELAY_API_KEY"
@@ -166,7 +166,7 @@ class CodexTranslator(TranslatorBase):
         elif kind == "error":
             message = as_str(data.get("message"))
             if message.startswith("Reconnecting"):
-                events.append(WarningEvent(message))
+                events.append(Notice(message))
             elif message:
                 self._pending_error = self.last_error = message
         return events
@@ -207,7 +207,7 @@ class CodexTranslator(TranslatorBase):
             return self._plan(item_id, item)
         if kind == "error":
             message = as_str(item.get("message"))
-            return [WarningEvent(message)] if message else []
+            return [Notice(message)] if message else []
         tool = _tool(item)
         if tool is None:
             return []

@@ -40,12 +40,12 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     SessionStarted,
     ToolCall,
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 
 _SUMMARY_KEYS = (
     "command",
@@ -173,7 +173,7 @@ class GeminiCliTranslator(TranslatorBase):
         if kind == "error":
             message = as_str(data.get("message")) or "unknown error"
             if data.get("severity") == "warning":
-                return [WarningEvent(message)]
+                return [Notice(message)]
             self.last_error = message
             self._errors.append(message)
             return [_error(message)]

@@ -21,12 +21,12 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     Progress,
     SessionStarted,
     TextDelta,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 from proxy.relay.tokens import ModelUsage
 from proxy.runs.agent import prepare_agent
 from proxy.runs.artifacts import collect_results, results_markdown
@@ -89,7 +89,7 @@ class RunLifecycle:
         )
         try:
             for warning in plan.warnings:
-                await self.emit(WarningEvent(warning))
+                await self.emit(Notice(warning))
             if self.agent is None and not await self._install_agent():
                 return
             self.image = await self._environment()
@@ -347,7 +347,7 @@ class RunLifecycle:
             return session
         if saved.skipped:
             await self.emit(
-                WarningEvent(
+                Notice(
                     f"The agent's session was saved without {saved.skipped} files"
                     " (over the size or file caps); a follow-up may miss them."
                 )
@@ -375,7 +375,7 @@ class RunLifecycle:
         self.live.artifacts = collected.files
         if collected.skipped:
             skipped = ", ".join(f"{s['path']} ({s['reason']})" for s in collected.skipped[:20])
-            await self.emit(WarningEvent(f"Some result files were not kept: {skipped}"))
+            await self.emit(Notice(f"Some result files were not kept: {skipped}"))
         return collected.files
 
     async def _fail(self, message: str, code: str) -> None:
