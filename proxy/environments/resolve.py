@@ -46,7 +46,7 @@ from proxy.environments.errors import (
 )
 from proxy.jetty.plan import Environment
 from proxy.sandbox.base import SandboxError
-from proxy.sandbox.selection import resolve_docker_host
+from proxy.sandbox.dockerapi import resolve_docker_host
 from proxy.settings import Settings
 
 __all__ = ["PLATFORM", "CheckedEnvironment", "Environments", "ResolvedImage"]

@@ -37,7 +37,7 @@ from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
 from proxy.runs.presence import Presence
 from proxy.runs.service import Runs
-from proxy.sandbox import Isolation, SandboxBackend, select_backend
+from proxy.sandbox import Isolation, SandboxBackend, open_backend
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -104,12 +104,7 @@ async def run_service(
 ) -> AsyncIterator[Runs]:
     """Start the relay, the backend and the engine; stop runs and clean up on exit."""
     tokens = RunTokens()
-    the_backend = backend or await select_backend(
-        settings.backend,
-        settings.docker_host,
-        local_bwrap=settings.local_bwrap,
-        owner=sandbox_owner(settings),
-    )
+    the_backend = backend or await open_backend(settings, owner=sandbox_owner(settings))
     capabilities = the_backend.capabilities
     if capabilities.isolation is not Isolation.FULL:
         logger.warning(
