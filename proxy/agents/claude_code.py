@@ -39,6 +39,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayApi,
     RelayTransport,
     TranslatorBase,
     as_int,
@@ -75,6 +76,8 @@ class ClaudeCodeAdapter:
     """Adapter for Anthropic's Claude Code CLI."""
 
     name = "claude-code"
+    relay_api: RelayApi = "anthropic"
+    model_prefixes = ("claude-",)
     relay_transport: RelayTransport = "unix"
     binary = BinaryInfo(
         npm_package="@anthropic-ai/claude-code",

@@ -29,6 +29,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayApi,
     RelayTransport,
     TranslatorBase,
     as_int,
@@ -58,6 +59,8 @@ class CodexAdapter:
     """Adapter for OpenAI's Codex CLI."""
 
     name = "codex"
+    relay_api: RelayApi = "openai"
+    model_prefixes = ("gpt-", "o3-", "o4-", "codex-")
     relay_transport: RelayTransport = "tcp"
     binary = BinaryInfo(
         npm_package="@openai/codex",

@@ -27,6 +27,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayApi,
     RelayTransport,
     TranslatorBase,
     as_int,
@@ -73,6 +74,8 @@ class GeminiCliAdapter:
     """Adapter for Google's Gemini CLI."""
 
     name = "gemini-cli"
+    relay_api: RelayApi = "google"
+    model_prefixes = ("gemini-",)
     relay_transport: RelayTransport = "tcp"
     binary = BinaryInfo(
         npm_package="@google/gemini-cli",
