@@ -18,6 +18,7 @@ from proxy.runs.followup import (
     public_session,
     unpack_home,
 )
+from proxy.sandbox import SandboxSpec, Script, ScriptedBackend, ScriptedSandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -116,36 +117,35 @@ def test_public_session_hides_the_blob_key() -> None:
     assert shown == {"turn": 2, "agent_session_id": "s", "saved_home": True}
 
 
-class _FakeSandbox:
-    def __init__(self) -> None:
-        self.closed = 0
-
-    async def close(self) -> None:
-        self.closed += 1
+async def _sandboxes(count: int) -> list[ScriptedSandbox]:
+    backend = ScriptedBackend(lambda _: Script())
+    specs = [
+        SandboxSpec(run_id=f"r{i}", collection="c", image="i", argv=["a"]) for i in range(count)
+    ]
+    return [await backend.launch(spec) for spec in specs]
 
 
 async def test_kept_sandbox_is_taken_once_or_closed_when_idle() -> None:
-    taken, idle = _FakeSandbox(), _FakeSandbox()
+    taken, idle = await _sandboxes(2)
     async with anyio.create_task_group() as tg:
         kept = KeptSandboxes(tg, idle_seconds=0.2)
-        assert kept.keep("run-a", taken, "img")  # type: ignore[arg-type]
-        assert kept.keep("run-b", idle, "img")  # type: ignore[arg-type]
-        assert not kept.keep("run-b", idle, "img")  # type: ignore[arg-type]
-        got = kept.take("run-a")
-        assert got is not None and got[0] is taken and got[1] == "img"  # type: ignore[comparison-overlap]
+        assert kept.keep("run-a", taken, "img")
+        assert kept.keep("run-b", idle, "img")
+        assert not kept.keep("run-b", idle, "img")
+        assert kept.take("run-a") == (taken, "img")
         assert kept.take("run-a") is None
         await anyio.sleep(0.5)
         assert "run-b" not in kept
         assert kept.take("run-b") is None
-    assert (taken.closed, idle.closed) == (0, 1)
+    assert (taken.closed, idle.closed) == (False, True)
 
 
 async def test_keeping_disabled_and_close_all() -> None:
-    sandbox = _FakeSandbox()
+    [sandbox] = await _sandboxes(1)
     async with anyio.create_task_group() as tg:
-        assert not KeptSandboxes(tg, idle_seconds=0).keep("r", sandbox, "i")  # type: ignore[arg-type]
+        assert not KeptSandboxes(tg, idle_seconds=0).keep("r", sandbox, "i")
         kept = KeptSandboxes(tg, idle_seconds=600)
-        assert kept.keep("r", sandbox, "i")  # type: ignore[arg-type]
+        assert kept.keep("r", sandbox, "i")
         await kept.close_all()
         assert "r" not in kept
-    assert sandbox.closed == 1
+    assert sandbox.closed
