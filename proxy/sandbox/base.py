@@ -98,7 +98,8 @@ class Capabilities:
     `proxy.environments`). ``inline_files``: the start command reaches the sandbox as given, so
     small files can be written by it instead of being copied in first. ``reruns``:
     `Sandbox.rerun` works, so a finished run's sandbox can wait for the conversation's next
-    turn. ``isolation``: see `Isolation`.
+    turn. ``isolation``: see `Isolation`. A capability added later defaults to what a backend
+    that does not know it can do (nothing), so existing backends need no edit.
     """
 
     runs_images: bool = False
