@@ -124,11 +124,12 @@ async def test_small_files_go_inline_where_the_backend_takes_them(
     backend = ScriptedBackend(lambda _: Script(stdout=CLAUDE), capabilities=inline)
     async with runs_on(store, tmp_path, backend, agents=agent_cache) as runs:
         live = await finished((await runs.start(request())).live)
+        [sandbox] = backend.sandboxes
+        # A backend that cannot rerun a sandbox keeps none for the next turn.
+        assert sandbox.closed and live.run_id not in runs.deps.kept
     assert live.outcome == "completed"
-    [sandbox] = backend.sandboxes
     assert "/app/trajectory.json" not in sandbox.files
     assert "> /app/trajectory.json" in sandbox.spec.argv[2]
-    assert sandbox.closed  # a backend that cannot rerun keeps no sandbox for a next turn
 
 
 async def test_a_failed_agent_keeps_what_it_wrote(
