@@ -73,7 +73,7 @@ async def measure(
     for _ in range(cold):
         environments = Environments.from_settings(settings)  # fresh: no cached verdicts
         try:
-            reference = await environments.check(environment)
+            reference = (await environments.check(environment)).reference
             if way != "snapshot":
                 await environments.engine.remove(reference)
                 await environments.engine.remove(pulled_marker(reference))

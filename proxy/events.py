@@ -9,7 +9,7 @@ log. Events are frozen, carry only JSON-safe values, and round-trip through ``to
     TextDelta(text='hi')
 
 A run's events follow a loose grammar: at most one ``SessionStarted`` per agent process, any
-number of deltas, tool activity, ``Usage``, ``Warning`` and ``AgentError`` events, then exactly one
+number of deltas, tool activity, ``Usage``, ``Notice`` and ``AgentError`` events, then exactly one
 ``Finished``. ``AgentError`` reports an error; whether the run failed is decided by ``Finished.ok``.
 """
 
@@ -25,6 +25,7 @@ __all__ = [
     "AgentError",
     "Event",
     "Finished",
+    "Notice",
     "Progress",
     "ReasoningDelta",
     "SessionStarted",
@@ -32,7 +33,6 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "Usage",
-    "Warning",
     "from_dict",
 ]
 
@@ -152,10 +152,12 @@ class Progress(_Serializable):
     text: str
 
 
-# Named like the builtin on purpose (callers use ``events.Warning``); import it with an alias.
 @dataclass(frozen=True, slots=True)
-class Warning(_Serializable):
-    """Something worth showing that does not stop the run (a retry, a denied permission)."""
+class Notice(_Serializable):
+    """A warning worth showing that does not stop the run (a retry, a denied permission).
+
+    Stored and sent as type ``warning``.
+    """
 
     type: ClassVar[str] = "warning"
     text: str
@@ -198,7 +200,7 @@ Event: TypeAlias = (
     | ToolResult
     | Usage
     | Progress
-    | Warning
+    | Notice
     | AgentError
     | Finished
 )
@@ -214,7 +216,7 @@ _EVENT_TYPES: Mapping[str, type[Event]] = MappingProxyType(
             ToolResult,
             Usage,
             Progress,
-            Warning,
+            Notice,
             AgentError,
             Finished,
         )

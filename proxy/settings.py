@@ -11,7 +11,7 @@ import fnmatch
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from proxy.presets import Preset, check_preset_names
+from proxy.sandbox.selection import check_backend_name
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 
@@ -127,7 +128,10 @@ class Settings(BaseSettings):
     )
 
     # Runbook runs.
-    backend: Literal["auto", "docker", "local"] = "auto"
+    backend: str = Field(
+        default="auto",
+        description="sandbox backend: auto (Docker when it answers, else local), docker, local",
+    )
     local_bwrap: bool | None = Field(
         default=None,
         description="local backend: true requires bubblewrap, false never uses it;"
@@ -152,6 +156,11 @@ class Settings(BaseSettings):
 
     # Chat UIs: presets offered as models (jetty/NAME).
     presets: dict[str, Preset] = Field(default_factory=dict)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        return check_backend_name(value)
 
     @field_validator("presets")
     @classmethod

@@ -26,6 +26,9 @@ from typing import Any, Literal, Protocol, TypeAlias
 from proxy.events import AgentError, Event, Finished, ReasoningDelta, TextDelta
 
 RelayTransport: TypeAlias = Literal["unix", "tcp"]
+# The model API an agent speaks, named after the relay route that serves it: Anthropic
+# Messages, OpenAI's Responses API, the Gemini API.
+RelayApi: TypeAlias = Literal["anthropic", "openai", "google"]
 
 # Tool outputs are kept in the event log; past this size they are clipped there (the renderer
 # shortens them much further for display).
@@ -110,6 +113,17 @@ class AgentAdapter(Protocol):
     @property
     def name(self) -> str:
         """The agent name used in requests, e.g. ``claude-code``."""
+        ...
+
+    @property
+    def relay_api(self) -> RelayApi:
+        """The model API the CLI speaks; it decides which providers can serve its runs
+        (`proxy.jetty.plan.API_PROVIDERS`) and the relay route its calls take."""
+        ...
+
+    @property
+    def model_prefixes(self) -> tuple[str, ...]:
+        """Model id prefixes (``claude-``) that choose this agent when a request names none."""
         ...
 
     @property

@@ -39,6 +39,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayApi,
     RelayTransport,
     TranslatorBase,
     as_int,
@@ -51,12 +52,12 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     SessionStarted,
     ToolCall,
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 
 _SUMMARY_KEYS = (
     "command",
@@ -75,6 +76,8 @@ class ClaudeCodeAdapter:
     """Adapter for Anthropic's Claude Code CLI."""
 
     name = "claude-code"
+    relay_api: RelayApi = "anthropic"
+    model_prefixes = ("claude-",)
     relay_transport: RelayTransport = "unix"
     binary = BinaryInfo(
         npm_package="@anthropic-ai/claude-code",
@@ -236,7 +239,7 @@ class ClaudeCodeTranslator(TranslatorBase):
         elif subtype == "permission_denied":
             # The tool's error result carries the CLI's explanation; this names the cause.
             tool = as_str(data.get("tool_name")) or "a tool"
-            return [WarningEvent(f"permission denied for {tool}")]
+            return [Notice(f"permission denied for {tool}")]
         return []
 
     def _stream_event(self, event: Mapping[str, Any], parent_id: str | None) -> list[Event]:
@@ -371,7 +374,7 @@ class ClaudeCodeTranslator(TranslatorBase):
             self._join[key] = shown.join_key
             rest = resume.got[len(shown.text) :]
             return [self._piece(shown.join_key, rest, thinking, parent_id)]
-        events: list[Event] = [WarningEvent(RETRY_DIFFERS_WARNING)] if shown.abandoned else []
+        events: list[Event] = [Notice(RETRY_DIFFERS_WARNING)] if shown.abandoned else []
         return [*events, self._piece(key, resume.got, thinking, parent_id)]
 
     def _piece(self, key: _Key, text: str, thinking: bool, parent_id: str | None) -> Event:
@@ -404,7 +407,7 @@ class ClaudeCodeTranslator(TranslatorBase):
             else:
                 shown = _Shown(self._texts[key], self._join.get(key, key), abandoned=bool(cut))
             self._cuts[(parent_id, thinking)] = _Cut(message_id, shown)
-        return [WarningEvent(STREAM_CUT_WARNING)]
+        return [Notice(STREAM_CUT_WARNING)]
 
     def _bind_retry(self, message_id: str, parent_id: str | None) -> None:
         """The first message after a cut answers it; a later one finds the cut stale."""

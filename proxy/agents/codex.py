@@ -29,6 +29,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayApi,
     RelayTransport,
     TranslatorBase,
     as_int,
@@ -42,12 +43,12 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     SessionStarted,
     ToolCall,
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 
 # Environment variable the generated provider config reads the relay token from.
 TOKEN_ENV = "JETTY_RELAY_API_KEY"
@@ -58,6 +59,8 @@ class CodexAdapter:
     """Adapter for OpenAI's Codex CLI."""
 
     name = "codex"
+    relay_api: RelayApi = "openai"
+    model_prefixes = ("gpt-", "o3-", "o4-", "codex-")
     relay_transport: RelayTransport = "tcp"
     binary = BinaryInfo(
         npm_package="@openai/codex",
@@ -166,7 +169,7 @@ class CodexTranslator(TranslatorBase):
         elif kind == "error":
             message = as_str(data.get("message"))
             if message.startswith("Reconnecting"):
-                events.append(WarningEvent(message))
+                events.append(Notice(message))
             elif message:
                 self._pending_error = self.last_error = message
         return events
@@ -207,7 +210,7 @@ class CodexTranslator(TranslatorBase):
             return self._plan(item_id, item)
         if kind == "error":
             message = as_str(item.get("message"))
-            return [WarningEvent(message)] if message else []
+            return [Notice(message)] if message else []
         tool = _tool(item)
         if tool is None:
             return []

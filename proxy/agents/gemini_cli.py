@@ -27,6 +27,7 @@ from proxy.agents.base import (
     BinaryInfo,
     BlockJoiner,
     Invocation,
+    RelayApi,
     RelayTransport,
     TranslatorBase,
     as_int,
@@ -40,12 +41,12 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     SessionStarted,
     ToolCall,
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 
 _SUMMARY_KEYS = (
     "command",
@@ -73,6 +74,8 @@ class GeminiCliAdapter:
     """Adapter for Google's Gemini CLI."""
 
     name = "gemini-cli"
+    relay_api: RelayApi = "google"
+    model_prefixes = ("gemini-",)
     relay_transport: RelayTransport = "tcp"
     binary = BinaryInfo(
         npm_package="@google/gemini-cli",
@@ -173,7 +176,7 @@ class GeminiCliTranslator(TranslatorBase):
         if kind == "error":
             message = as_str(data.get("message")) or "unknown error"
             if data.get("severity") == "warning":
-                return [WarningEvent(message)]
+                return [Notice(message)]
             self.last_error = message
             self._errors.append(message)
             return [_error(message)]

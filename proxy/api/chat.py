@@ -106,8 +106,6 @@ async def chat_completions(request: Request) -> Response:
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage")
         return await start_run(
             services.runs,
-            services.store,
-            services.blobs,
             principal,
             chat.model,
             chat.messages,
@@ -115,6 +113,7 @@ async def chat_completions(request: Request) -> Response:
             stream=bool(chat.stream),
             include_usage=include_usage is True,
             base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
+            keepalive=services.settings.keepalive_seconds,
         )
     record = _Record(
         collection=check_name(collection, "jetty.collection")

@@ -10,7 +10,7 @@ from proxy.api.recording import ChatRecorder
 from proxy.auth import Authenticator, Principal
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
-from proxy.runs.runtime import RunService
+from proxy.runs.service import Runs
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
@@ -28,7 +28,7 @@ class Services:
     metrics: Metrics
     blobs: BlobStore
     recorder: ChatRecorder[ChatRecord]
-    runs: RunService | None = None
+    runs: Runs | None = None
 
 
 def services_of(request: Request) -> Services:

@@ -3,7 +3,7 @@
 The proxy's own entries are the presets the caller may use (``jetty/NAME``: choosing one runs
 the preset, see :mod:`proxy.presets`) and its snapshots (``snapshot/NAME``), so that a client
 can discover the environments it may name in ``jetty.snapshot``. Snapshots are left out when
-the server runs sandboxes without an image engine (the local backend).
+the sandbox backend builds no images (the local one, say): runs cannot use them there.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ async def list_models(request: Request) -> Response:
     models = {m["id"]: m for m in await services.upstreams.list_models()}
     for preset in model_entries(services.settings.presets, principal.can_access):
         models[preset["id"]] = preset
-    if services.settings.backend != "local":
+    if services.runs is not None and services.runs.environments is not None:
         for snapshot in Catalog.from_settings(services.settings):
             entry: dict[str, Any] = {
                 "id": SNAPSHOT_PREFIX + snapshot.name,

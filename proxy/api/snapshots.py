@@ -8,19 +8,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.api.context import authenticate, services_of
-from proxy.environments import Catalog, EnvironmentFailed, Snapshot
-from proxy.environments.engine import ImageEngine
-from proxy.sandbox import SandboxError
-from proxy.sandbox.selection import resolve_docker_host
-from proxy.settings import Settings
+from proxy.environments import Catalog, EnvironmentFailed, Environments, Snapshot
 
 
 async def list_snapshots(request: Request) -> Response:
     """Each snapshot with ``built`` true or false, or null when no engine can tell."""
     await authenticate(request)
-    settings = services_of(request).settings
-    catalog = Catalog.from_settings(settings)
-    images = await _images(settings, list(catalog))
+    services = services_of(request)
+    catalog = Catalog.from_settings(services.settings)
+    environments = services.runs.environments if services.runs else None
+    images = await _images(environments, list(catalog))
     data = [
         _entry(snapshot, images.get(snapshot.name), images, catalog.default) for snapshot in catalog
     ]
@@ -28,18 +25,15 @@ async def list_snapshots(request: Request) -> Response:
 
 
 async def _images(
-    settings: Settings, snapshots: list[Snapshot]
+    environments: Environments | None, snapshots: list[Snapshot]
 ) -> dict[str, dict[str, Any] | None]:
     """The engine's record of each snapshot's image; empty when there is no engine to ask."""
-    if settings.backend == "local":
+    if environments is None:
         return {}
-    engine = ImageEngine.from_url(resolve_docker_host(settings.docker_host))
     try:
-        return {snapshot.name: await engine.inspect(snapshot.image) for snapshot in snapshots}
-    except (SandboxError, EnvironmentFailed):
+        return {s.name: await environments.snapshot_image(s) for s in snapshots}
+    except EnvironmentFailed:
         return {}
-    finally:
-        await engine.aclose()
 
 
 def _entry(

@@ -110,7 +110,7 @@ async def set_statuses(request: Request) -> Response:
                 )
             changed = current
         result[item] = changed.status
-        live = services.runs.engine.live.get(item) if services.runs else None
+        live = services.runs.live(item) if services.runs else None
         if status == "cancelled" and live is not None:
             live.cancel()  # stops the agent; its results so far are still kept
     return JSONResponse({"statuses": result})

@@ -8,7 +8,7 @@ an image the sandbox backend can start::
     progress.py    the engine's pull/build messages summarised into readable lines (pure)
     engine.py      pull, build and the bash check over the Docker Engine API
     cache.py       what we pulled or built, and pruning it, least recently used first
-    resolve.py     `Environments`: check before a run, resolve during it
+    resolve.py     `Environments`: check before a run, prepare during it
     errors.py      what can go wrong, each with its HTTP status and code
 """
 
@@ -25,11 +25,12 @@ from proxy.environments.errors import (
     UnknownSnapshot,
     WrongPlatform,
 )
-from proxy.environments.resolve import Environments, ResolvedImage, resolve_environment
+from proxy.environments.resolve import CheckedEnvironment, Environments, ResolvedImage
 
 __all__ = [
     "BuildFailed",
     "Catalog",
+    "CheckedEnvironment",
     "EnvironmentEngineUnavailable",
     "EnvironmentFailed",
     "Environments",
@@ -43,5 +44,4 @@ __all__ = [
     "UnknownSnapshot",
     "WrongPlatform",
     "check_environment",
-    "resolve_environment",
 ]

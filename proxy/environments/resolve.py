@@ -1,18 +1,17 @@
 """Turn a run's `Environment` into an image on the engine: look up, pull or build it.
 
-Two halves, for the two moments of a request::
+Two halves, for the two moments of a request, and the decision travels between them::
 
     environments = Environments.from_settings(settings)     # once, in the app's lifespan
-    reference = await environments.check(plan.environment)  # before the run: 4xx/503
-    resolved = await resolve_environment(                   # in the run: slow, streamed
-        plan.environment, environments=environments, progress=say
-    )
+    checked = await environments.check(plan.environment)    # before the run: 4xx/503
+    resolved = await environments.prepare(checked, progress=say)  # in the run: slow, streamed
 
 `Environments.check` refuses what needs no pull or build to know (unknown snapshot, bad
-package, unbuilt snapshot) and returns the image reference the run will use. `resolve` does
-the slow part, reporting through ``progress``; the second time round it finds the image and
-does neither. Every verdict that costs a container (does the image run bash?) is cached per
-image id for the life of the object.
+package, unbuilt snapshot) and decides, once, the image the run will use: a
+`CheckedEnvironment`. `prepare` does the slow part for that decision, reporting through
+``progress``; the second time round it finds the image and does neither. `resolve` is both in
+one call. Every verdict that costs a container (does the image run bash?) is cached per image
+id for the life of the object.
 """
 
 from __future__ import annotations
@@ -47,10 +46,10 @@ from proxy.environments.errors import (
 )
 from proxy.jetty.plan import Environment
 from proxy.sandbox.base import SandboxError
-from proxy.sandbox.selection import resolve_docker_host
+from proxy.sandbox.dockerapi import resolve_docker_host
 from proxy.settings import Settings
 
-__all__ = ["PLATFORM", "Environments", "ResolvedImage", "resolve_environment"]
+__all__ = ["PLATFORM", "CheckedEnvironment", "Environments", "ResolvedImage"]
 
 logger = logging.getLogger("proxy.environments")
 
@@ -59,6 +58,22 @@ LABEL_SNAPSHOT = "jetty-proxy.snapshot"
 LABEL_DIGEST = "jetty-proxy.environment.digest"
 LABEL_BASH = "jetty-proxy.bash"
 _VERDICTS_KEPT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedEnvironment:
+    """An environment that passed the checks: the image a run will use, decided once.
+
+    ``reference`` is that image. ``snapshot`` is set when it is a snapshot's; ``build`` (with
+    its ``base`` image) when it is a package build. A backend without an image engine runs
+    ``reference`` as it is; with one, `Environments.prepare` makes sure it is there.
+    """
+
+    environment: Environment
+    reference: str
+    snapshot: Snapshot | None = None
+    build: BuildContext | None = None
+    base: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +86,6 @@ class ResolvedImage:
     pulled: bool = False
     built: bool = False
     digest: str | None = None
-
-
-async def resolve_environment(
-    environment: Environment, *, environments: Environments, progress: Progress
-) -> ResolvedImage:
-    """Look up, pull or build ``environment``; see `Environments.resolve`."""
-    return await environments.resolve(environment, progress=progress)
 
 
 class Environments:
@@ -114,44 +122,54 @@ class Environments:
     async def aclose(self) -> None:
         await self.engine.aclose()
 
-    async def check(self, environment: Environment) -> str:
-        """Refuse what can be refused now; return the image reference the run will use."""
+    async def check(self, environment: Environment) -> CheckedEnvironment:
+        """Refuse what can be refused now; decide the image the run will use."""
         check_environment(environment, self.catalog)
         async with self._engine_errors():
             snapshot = self._snapshot_of(environment)
             if snapshot is not None:
                 await self._snapshot_info(snapshot)
-                return snapshot.image
+                return CheckedEnvironment(environment, snapshot.image, snapshot=snapshot)
             if environment.kind == "build":
-                return self._context(environment, await self._base_image(environment)).tag
+                base = await self._base_image(environment)
+                context = self._context(environment, base)
+                return CheckedEnvironment(environment, context.tag, build=context, base=base)
             assert environment.reference is not None  # check_environment made sure
-            return environment.reference
+            return CheckedEnvironment(environment, environment.reference)
 
-    async def resolve(self, environment: Environment, *, progress: Progress) -> ResolvedImage:
-        """Look up, pull or build ``environment``, reporting slow steps through ``progress``.
+    async def prepare(self, checked: CheckedEnvironment, *, progress: Progress) -> ResolvedImage:
+        """Look up, pull or build the image ``checked`` names, reporting slow steps through
+        ``progress``.
 
-        Raises an `EnvironmentFailed` subclass saying what is wrong with the image, a 400
-        for what `check` would refuse, and `EnvironmentEngineUnavailable` when the engine
-        fails. Gives up after the configured timeout.
+        Raises an `EnvironmentFailed` subclass saying what is wrong with the image, and
+        `EnvironmentEngineUnavailable` when the engine fails. Gives up after the configured
+        timeout.
         """
-        check_environment(environment, self.catalog)
         try:
             with anyio.fail_after(self.timeout):
                 async with self._engine_errors():
-                    snapshot = self._snapshot_of(environment)
-                    if snapshot is not None:
-                        info = await self._snapshot_info(snapshot)
-                        await self._verify(snapshot.image, info, pulled=False)
-                        return ResolvedImage(snapshot.image, info["Id"], "snapshot")
-                    if environment.kind == "build":
-                        return await self._build(environment, progress)
-                    assert environment.reference is not None
-                    return await self._image(environment.reference, progress)
+                    return await self._prepare(checked, progress)
         except TimeoutError:
             raise EnvironmentFailed(
                 f"Preparing the environment took longer than {self.timeout:.0f} s.",
                 code="environment_timeout",
             ) from None
+
+    async def resolve(self, environment: Environment, *, progress: Progress) -> ResolvedImage:
+        """`check`, then `prepare`: what `check` refuses is a 400 here too."""
+        return await self.prepare(await self.check(environment), progress=progress)
+
+    async def _prepare(self, checked: CheckedEnvironment, progress: Progress) -> ResolvedImage:
+        if checked.snapshot is not None:
+            info = await self._snapshot_info(checked.snapshot)
+            await self._verify(checked.reference, info, pulled=False)
+            return ResolvedImage(checked.reference, info["Id"], "snapshot")
+        if checked.build is not None and checked.base is not None:
+            if checked.environment.base_image is None:
+                # Built on the default snapshot: still built (never pulled: it is ours).
+                await self._base_image(checked.environment)
+            return await self._build(checked.environment, checked.build, checked.base, progress)
+        return await self._image(checked.reference, progress)
 
     async def build_snapshot(
         self,
@@ -259,9 +277,9 @@ class Environments:
         await self._prune_after(info["Id"])
         return ResolvedImage(reference, info["Id"], "image", pulled=True, digest=_digest(info))
 
-    async def _build(self, environment: Environment, progress: Progress) -> ResolvedImage:
-        base = await self._base_image(environment)
-        context = self._context(environment, base)
+    async def _build(
+        self, environment: Environment, context: BuildContext, base: str, progress: Progress
+    ) -> ResolvedImage:
         async with self._lock(context.tag):
             info = await self.engine.inspect(context.tag)
             if info is not None:

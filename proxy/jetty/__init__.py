@@ -13,11 +13,12 @@ agent, provider and environment, and collects the runbook's secrets. It does no 
 
 from proxy.jetty.imageref import ImageRef, InvalidImageRef, parse_image_ref
 from proxy.jetty.plan import (
-    AGENT_PROVIDERS,
+    API_PROVIDERS,
     DEFAULT_INSTRUCTION,
     Environment,
     PlanDefaults,
     RunPlan,
+    agent_providers,
     resolve_plan,
     system_text,
 )
@@ -33,7 +34,7 @@ from proxy.jetty.runbook import (
 from proxy.jetty.schema import JettyBlock, parse_jetty_block
 
 __all__ = [
-    "AGENT_PROVIDERS",
+    "API_PROVIDERS",
     "DEFAULT_INSTRUCTION",
     "RESULTS_DIR",
     "Environment",
@@ -45,6 +46,7 @@ __all__ = [
     "RunPlan",
     "Runbook",
     "SecretDecl",
+    "agent_providers",
     "fetch_runbook_url",
     "parse_image_ref",
     "parse_jetty_block",

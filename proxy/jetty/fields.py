@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_core import ErrorDetails
 
+from proxy.agents import agent_names
 from proxy.jetty.imageref import InvalidImageRef, parse_image_ref
 
-AgentName = Literal["claude-code", "codex", "gemini-cli"]
 ProviderName = Literal["anthropic", "openai", "google", "openrouter", "bedrock"]
 ToolActivityMode = Literal["reasoning", "content", "none"]
 
@@ -154,7 +154,7 @@ def stringify_scalar(value: object) -> object:
     raise ValueError("must be a string, number or boolean")
 
 
-Agent = Annotated[AgentName, _one_of("agent", get_args(AgentName))]
+Agent = Annotated[str, _one_of("agent", agent_names())]
 Provider = Annotated[ProviderName, _one_of("model_provider", get_args(ProviderName))]
 ToolActivity = Annotated[ToolActivityMode, _one_of("tool_activity", get_args(ToolActivityMode))]
 ResourceName = Annotated[

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
-from proxy.agents import infer_agent
+from proxy.agents import UnknownAgentError, get_adapter, infer_agent
+from proxy.agents.base import RelayApi
 from proxy.errors import InvalidField
 from proxy.jetty.fields import ToolActivityMode
 from proxy.jetty.imageref import parse_image_ref
@@ -31,34 +32,38 @@ from proxy.jetty.runbook import FrontMatter, parse_runbook, render_template
 from proxy.jetty.schema import JettyBlock
 
 __all__ = [
-    "AGENT_PROVIDERS",
+    "API_PROVIDERS",
     "DEFAULT_INSTRUCTION",
-    "DEFAULT_PROVIDERS",
     "PROVIDER_SECRETS",
     "PROVIDER_SECRET_NAMES",
     "Environment",
     "PlanDefaults",
     "ProviderSecretNames",
     "RunPlan",
+    "agent_providers",
     "resolve_plan",
     "system_text",
 ]
 
 DEFAULT_INSTRUCTION = "Execute the runbook."
 
-# Which model providers each agent can talk to. Claude Code speaks only Anthropic Messages,
-# Codex only the OpenAI Responses API, Gemini CLI only the Gemini API; a provider belongs here
-# when it serves the agent's protocol.
-AGENT_PROVIDERS: Mapping[str, frozenset[str]] = MappingProxyType(
+# The providers that serve each model API (see AgentAdapter.relay_api), the default first:
+# an agent can use those of the API it speaks.
+API_PROVIDERS: Mapping[RelayApi, tuple[str, ...]] = MappingProxyType(
     {
-        "claude-code": frozenset({"anthropic", "openrouter", "bedrock"}),
-        "codex": frozenset({"openai", "openrouter"}),
-        "gemini-cli": frozenset({"google"}),
+        "anthropic": ("anthropic", "openrouter", "bedrock"),
+        "openai": ("openai", "openrouter"),
+        "google": ("google",),
     }
 )
-DEFAULT_PROVIDERS: Mapping[str, str] = MappingProxyType(
-    {"claude-code": "anthropic", "codex": "openai", "gemini-cli": "google"}
-)
+
+
+def agent_providers(agent: str) -> tuple[str, ...]:
+    """The model providers ``agent`` can use, its default first (none for an unknown agent)."""
+    try:
+        return API_PROVIDERS[get_adapter(agent).relay_api]
+    except UnknownAgentError:
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +126,12 @@ class PlanDefaults:
     start-up rather than on the first request.
     """
 
-    model_providers: Mapping[str, str] = field(default_factory=lambda: DEFAULT_PROVIDERS)
+    # Agent -> provider, for agents whose default is not the first of their providers.
+    model_providers: Mapping[str, str] = field(default_factory=dict)
     snapshot: str | None = None
     image: str | None = None
-    timeout_sec: int = 1800
+    # Seconds (whole ones from requests and settings).
+    timeout_sec: float = 1800
     network_enabled: bool = False
     cpus: float | None = None
     memory_bytes: int | None = None
@@ -132,12 +139,12 @@ class PlanDefaults:
 
     def __post_init__(self) -> None:
         for agent, provider in self.model_providers.items():
-            if provider not in AGENT_PROVIDERS.get(agent, ()):
+            if provider not in agent_providers(agent):
                 raise ValueError(f"default model provider {provider!r} cannot serve {agent!r}")
         if self.image is not None:
             parse_image_ref(self.image)
-        if self.timeout_sec < 1:
-            raise ValueError("the default timeout must be at least one second")
+        if self.timeout_sec <= 0:
+            raise ValueError("the default timeout must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,7 @@ class RunPlan:
     system_prompt: str
     instruction: str
     environment: Environment
-    timeout_sec: int
+    timeout_sec: float
     network_enabled: bool
     cpus: float | None
     memory_bytes: int | None
@@ -224,10 +231,10 @@ def resolve_plan(
         block.model_provider
         or front.model_provider
         or defaults.model_providers.get(agent)
-        or DEFAULT_PROVIDERS[agent]
+        or agent_providers(agent)[0]
     )
-    if provider not in AGENT_PROVIDERS[agent]:
-        works = ", ".join(sorted(AGENT_PROVIDERS[agent]))
+    if provider not in agent_providers(agent):
+        works = ", ".join(sorted(agent_providers(agent)))
         # Only an explicit provider can mismatch: the defaults are checked against the table.
         raise InvalidField(
             "jetty.model_provider" if block.model_provider else source,

@@ -35,17 +35,15 @@ from types import MappingProxyType
 
 from pydantic import SecretStr
 
-from proxy.errors import BadRequest, InvalidField
-from proxy.jetty.plan import PROVIDER_SECRETS
+from proxy.agents import get_adapter
+from proxy.errors import InvalidField
+from proxy.jetty.plan import PROVIDER_SECRETS, agent_providers
 from proxy.relay.tokens import Credential, KeyHeader, ProviderCreds
+from proxy.runs.errors import ProviderNotConfigured
 from proxy.settings import Settings
 
-__all__ = ["AGENT_RELAYS", "ProviderNotConfigured", "select_credentials"]
+__all__ = ["ProviderNotConfigured", "select_credentials"]
 
-# The relay route (named by the API it speaks) each agent calls.
-AGENT_RELAYS: Mapping[str, str] = MappingProxyType(
-    {"claude-code": "anthropic", "codex": "openai", "gemini-cli": "google"}
-)
 # Providers whose Anthropic-Messages endpoint takes the key as a bearer token.
 _BEARER_GATEWAYS = frozenset({"openrouter", "bedrock"})
 _SETTING_NAMES = MappingProxyType(
@@ -60,13 +58,6 @@ _SETTING_NAMES = MappingProxyType(
 PARAM = "jetty.model_provider"
 
 
-class ProviderNotConfigured(BadRequest):
-    """The run's model provider has no base URL or key, neither on the server nor in the
-    collection: refused before anything starts."""
-
-    code = "model_provider_not_configured"
-
-
 def select_credentials(
     agent: str, provider: str, settings: Settings, collection: str, secrets: Mapping[str, str]
 ) -> ProviderCreds:
@@ -77,9 +68,10 @@ def select_credentials(
     no base URL or no key is known, and :class:`~proxy.errors.InvalidField` (400,
     ``jetty.collection``) when the collection's provider secrets are unusable.
     """
-    relay = AGENT_RELAYS.get(agent)
-    if relay is None or provider not in PROVIDER_SECRETS:
+    if provider not in agent_providers(agent) or provider not in PROVIDER_SECRETS:
         raise InvalidField(PARAM, f"Agent '{agent}' cannot use model provider '{provider}'")
+    # The relay route the agent calls is named by the API it speaks.
+    relay = get_adapter(agent).relay_api
     base_url, key = _collection_credential(provider, collection, secrets)
     server_url, server_key = _server_credential(provider, settings)
     if key is None:

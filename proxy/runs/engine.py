@@ -1,10 +1,10 @@
-"""The run lifecycle: the one place that knows sandbox + agent + relay + store together.
+"""The run engine: starts, tracks, cancels and recovers runs.
 
-A run is prepared by the HTTP edge (everything that can be refused with a 4xx is
-checked before any sandbox exists), then handed to :meth:`RunEngine.start`, which
-runs it in the engine's own task group. That is why a run can outlive the request
-that started it (``detach``), and why a client disconnect is a *cancel request*
-rather than the death of the run's task. Every sandbox has exactly one owner: its run's
+A run is checked first (`proxy.runs.checks`: everything that can be refused with a 4xx is
+refused before any sandbox exists), then handed to :meth:`RunEngine.start`, which runs it in
+the engine's own task group. That is why a run can outlive the request that started it
+(``detach``), and why a client disconnect is a *cancel request* rather than the death of the
+run's task. Every sandbox has exactly one owner: its run's
 :class:`~proxy.runs.lifecycle.RunLifecycle`, which removes it in a shielded ``finally``, or,
 between the turns of a conversation, :class:`~proxy.runs.followup.KeptSandboxes`.
 """
@@ -18,35 +18,15 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from anyio.abc import TaskGroup
 
-from proxy.environments import Environments
-from proxy.relay.tokens import RunTokens
-from proxy.runs.followup import KeptSandboxes
-from proxy.runs.launch import (
-    AGENT_HOME,
-    LIVE_STATUSES,
-    RELAY_MOUNT,
-    SANDBOX_OF,
-    SERVER,
-    AgentSetup,
-    EngineConfig,
-    RunLaunch,
-)
+from proxy.runs.deps import RunDeps
+from proxy.runs.launch import LIVE_STATUSES, SANDBOX_OF, SERVER, RunLaunch
 from proxy.runs.lifecycle import RunLifecycle
 from proxy.runs.live import LiveRun
 from proxy.runs.presence import Presence
-from proxy.sandbox import Orphans, SandboxBackend
-from proxy.store import Store, StoreError
-from proxy.store.blobs import BlobStore
+from proxy.sandbox import Orphans
+from proxy.store import StoreError
 
-__all__ = [
-    "AGENT_HOME",
-    "RELAY_MOUNT",
-    "SANDBOX_OF",
-    "AgentSetup",
-    "EngineConfig",
-    "RunEngine",
-    "RunLaunch",
-]
+__all__ = ["RunEngine"]
 
 logger = logging.getLogger("proxy.runs")
 
@@ -58,48 +38,24 @@ class RunEngine:
     """Starts runs, tracks the live ones, cancels them, and cleans up after a restart."""
 
     def __init__(
-        self,
-        *,
-        store: Store,
-        blobs: BlobStore,
-        backend: SandboxBackend,
-        tokens: RunTokens,
-        config: EngineConfig,
-        task_group: TaskGroup,
-        environments: Environments | None = None,
-        presence: Presence | None = None,
+        self, deps: RunDeps, task_group: TaskGroup, *, presence: Presence | None = None
     ) -> None:
-        self._store = store
-        self._blobs = blobs
-        self._backend = backend
-        self._tokens = tokens
-        self._config = config
+        self.deps = deps
         self._tg = task_group
-        # None when the backend runs no images (local): launch.image is then used as it is.
-        self._environments = environments
         self.live: dict[str, LiveRun] = {}
-        self.kept = KeptSandboxes(task_group, config.keep_sandbox_seconds)
         # The servers of this machine known gone at once (see proxy.runs.presence).
         self._presence = presence
 
-    @property
-    def backend(self) -> SandboxBackend:
-        return self._backend
-
-    @property
-    def server_id(self) -> str:
-        return self._config.server_id
-
     async def beat(self) -> None:
         """Record that this server is alive (see `recover`)."""
-        await self._store.beat(self._config.server_id)
+        await self.deps.store.beat(self.deps.config.server_id)
 
     async def keep_beating(self) -> None:
         """Beat every ``heartbeat_seconds`` and look for orphans every ``sweep_seconds``
         (sandboxes and runs of servers that died since this one started) — but only once
         this server has beaten without a miss for ``server_stale_seconds``: after a
         database outage every server's beats are late, and none is gone for that."""
-        config = self._config
+        config = self.deps.config
         clock = anyio.current_time
         healthy_since: float | None = clock()
         last_sweep = clock()
@@ -127,7 +83,7 @@ class RunEngine:
             try:
                 removed = await self.recover()
                 # Servers that crashed long ago: their sandboxes and runs are seen to.
-                await self._store.forget_servers_before(datetime.now(UTC) - _FORGET_AFTER)
+                await self.deps.store.forget_servers_before(datetime.now(UTC) - _FORGET_AFTER)
             except Exception:  # a failed look must not stop the heartbeat
                 logger.exception("looking for sandboxes of stopped servers failed")
             else:
@@ -144,16 +100,17 @@ class RunEngine:
         servers, sharing its database and engine, keep theirs. Called at start, then by
         `keep_beating`.
         """
-        since = datetime.now(UTC) - timedelta(seconds=self._config.server_stale_seconds)
-        beating = await self._store.live_servers(since)
+        store, config = self.deps.store, self.deps.config
+        since = datetime.now(UTC) - timedelta(seconds=config.server_stale_seconds)
+        beating = await store.live_servers(since)
         if self._presence is not None:
             beating -= await anyio.to_thread.run_sync(self._presence.gone)
-        live_servers = beating | {self._config.server_id}
-        removed = await self._backend.remove_orphans(
-            Orphans(set(self.live), self._config.owner, live_servers)
+        live_servers = beating | {config.server_id}
+        removed = await self.deps.backend.remove_orphans(
+            Orphans(set(self.live), config.owner, live_servers)
         )
         gone = {run_id for run_id in removed if run_id}
-        for trajectory in await self._store.live_trajectories():
+        for trajectory in await store.live_trajectories():
             if trajectory.id in self.live:
                 continue
             # A follow-up turn that ran in its previous turn's kept sandbox: the sandbox carries
@@ -166,7 +123,7 @@ class RunEngine:
                 gone.add(trajectory.id)
         for run_id in sorted(gone):
             # Only runs that were live: a kept sandbox's run had finished, and stays as it was.
-            failed = await self._store.transition(
+            failed = await store.transition(
                 run_id,
                 "failed",
                 allowed_from=LIVE_STATUSES,
@@ -174,7 +131,7 @@ class RunEngine:
             )
             if failed is not None:
                 with suppress(LookupError):
-                    await self._store.update_trajectory(
+                    await store.update_trajectory(
                         run_id, error="interrupted: the proxy stopped while the run was live"
                     )
         return removed
@@ -195,9 +152,8 @@ class RunEngine:
 
     async def _lifecycle(self, launch: RunLaunch, live: LiveRun) -> None:
         try:
-            with anyio.CancelScope() as scope:
-                live._cancel_scope = scope
-                await RunLifecycle(self, launch, live).execute()
+            with live.cancellable():
+                await RunLifecycle(self.deps, launch, live).execute()
         except Exception as exc:  # a bug must fail the run, not the server
             logger.exception("run %s crashed", launch.run_id)
             live.close("failed", f"internal error: {type(exc).__name__}", "internal_error")

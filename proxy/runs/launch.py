@@ -1,15 +1,16 @@
-"""What the HTTP edge hands the run engine: a checked run, and the engine's configuration."""
+"""What the checks hand the run engine (a checked run), and the engine's configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.agents import AgentAdapter
-from proxy.agents.install import InstalledAgent
+from proxy.environments import CheckedEnvironment
 from proxy.jetty import RunPlan
 from proxy.relay.tokens import ProviderCreds
+from proxy.runs.agent import AgentSetup
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.followup import Continuation
 from proxy.store.records import TrajectoryStatus
@@ -24,13 +25,15 @@ SERVER = "server"
 LIVE_STATUSES: tuple[TrajectoryStatus, ...] = ("pending", "running")
 
 
-@dataclass(frozen=True)
-class AgentSetup:
-    """The agent CLI on the host, ready to mount: its install and, for agents that only take
-    a URL, the directory of the loopback forwarder."""
-
-    installed: InstalledAgent
-    forwarder_dir: Path | None = None
+def environment_record(
+    image: str, backend: str, server: str, *, sandbox_of: str | None = None
+) -> dict[str, str]:
+    """A run's trajectory ``environment``, always whole (it is written whole): recovery reads
+    its `SERVER` and `SANDBOX_OF` (see `proxy.runs.engine.RunEngine.recover`)."""
+    record = {"image": image, "backend": backend, SERVER: server}
+    if sandbox_of is not None:
+        record[SANDBOX_OF] = sandbox_of
+    return record
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,13 @@ class RunLaunch:
     task: str
     plan: RunPlan
     adapter: AgentAdapter
-    # The agent, when it was ready at the edge; else ``setup`` installs it inside the run.
+    # The agent, when it was ready at the checks; else the run installs it, in its stream.
     agent: AgentSetup | None
-    image: str
+    # The image the run uses, decided by the checks (prepared in the run on an image engine).
+    environment: CheckedEnvironment
     inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
     # Absolute URL of this server as the client reached it, for links to result files.
     base_url: str = ""
-    setup: Callable[[], Awaitable[AgentSetup]] | None = None
     # Where this run's model calls go instead of the server's defaults (provider, collection key).
     credentials: ProviderCreds | None = None
     # A follow-up turn: the run it continues, and that run's input files (put back when the

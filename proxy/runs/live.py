@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ class LiveRun:
     detached: bool = False
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _cancel_scope: anyio.CancelScope | None = None
+    _cancel_asked: bool = False
 
     @property
     def done(self) -> bool:
@@ -58,8 +60,22 @@ class LiveRun:
 
     def cancel(self) -> None:
         """Ask the lifecycle to stop the run (it cleans up and then closes it)."""
+        self._cancel_asked = True
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
+
+    @contextmanager
+    def cancellable(self) -> Iterator[None]:
+        """The block that `cancel` stops: the engine runs the run's lifecycle in it. A cancel
+        asked for before the block began stops it at once."""
+        with anyio.CancelScope() as scope:
+            self._cancel_scope = scope
+            if self._cancel_asked:
+                scope.cancel()
+            try:
+                yield
+            finally:
+                self._cancel_scope = None
 
     async def follow(self) -> AsyncIterator[Event]:
         """Every event from the first, then live ones, until the run is over."""

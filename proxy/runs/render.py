@@ -20,6 +20,7 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     Progress,
     ReasoningDelta,
     TextDelta,
@@ -27,7 +28,6 @@ from proxy.events import (
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 
 ToolActivity: TypeAlias = Literal["reasoning", "content", "none"]
 FinishReason: TypeAlias = Literal["stop", "length"]
@@ -109,7 +109,7 @@ class ChunkRenderer:
                 return self._emit("reasoning_content", text)
             case Progress(text=text):
                 return self._line("reasoning_content", text)
-            case WarningEvent(text=text):
+            case Notice(text=text):
                 return self._line("reasoning_content", f"warning: {text}")
             case AgentError(message=message):
                 return self._line("reasoning_content", f"error: {message}")

@@ -3,8 +3,10 @@
 * the model relay, served on a unix socket in a private directory that each sandbox
   mounts read-only (so agents need no network to reach their model);
 * the sandbox backend chosen by the settings;
-* the agent CLI cache;
-* the run engine and the task group its runs live in.
+* the agent CLI cache, and the image engine when the backend builds images;
+* the run engine and the task group its runs live in,
+
+handed to the app as one `~proxy.runs.service.Runs`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -30,10 +31,13 @@ from proxy.jetty import PlanDefaults
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
-from proxy.runs.engine import EngineConfig, RunEngine
+from proxy.runs.deps import RunDeps
+from proxy.runs.engine import RunEngine
 from proxy.runs.followup import KeptSandboxes
+from proxy.runs.launch import EngineConfig
 from proxy.runs.presence import Presence
-from proxy.sandbox import SandboxBackend, select_backend
+from proxy.runs.service import Runs
+from proxy.sandbox import Isolation, SandboxBackend, open_backend
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -42,21 +46,6 @@ from proxy.store.blobs import BlobStore
 logger = logging.getLogger("proxy.runs")
 
 RELAY_SOCKET_NAME = "relay.sock"
-
-
-@dataclass
-class RunService:
-    """What runbook requests need beyond the common services."""
-
-    engine: RunEngine
-    agents: AgentCache
-    defaults: PlanDefaults
-    http: httpx.AsyncClient
-    keepalive_seconds: float
-    # The server's settings: model provider URLs and keys for each run (proxy/runs/credentials.py).
-    settings: Settings
-    # Snapshots, pulls and builds; None when the backend runs no images (local).
-    environments: Environments | None = None
 
 
 class _QuietServer(uvicorn.Server):
@@ -112,23 +101,21 @@ async def run_service(
     *,
     backend: SandboxBackend | None = None,
     relay_transport: httpx.AsyncBaseTransport | None = None,
-) -> AsyncIterator[RunService]:
+) -> AsyncIterator[Runs]:
     """Start the relay, the backend and the engine; stop runs and clean up on exit."""
     tokens = RunTokens()
-    the_backend = backend or await select_backend(
-        settings.backend,
-        settings.docker_host,
-        local_bwrap=settings.local_bwrap,
-        owner=sandbox_owner(settings),
-    )
-    if the_backend.name == "local":
+    the_backend = backend or await open_backend(settings, owner=sandbox_owner(settings))
+    capabilities = the_backend.capabilities
+    if capabilities.isolation is not Isolation.FULL:
         logger.warning(
-            "sandbox backend: local — runs are NOT isolated from this machine"
-            " (start a Docker engine, or set JETTY_PROXY_BACKEND=docker to insist on one)"
+            "sandbox backend: %s — runs are not fully isolated from this machine (isolation:"
+            " %s; start a Docker engine, or set JETTY_PROXY_BACKEND=docker to insist on one)",
+            the_backend.name,
+            capabilities.isolation,
         )
     else:
         logger.info("sandbox backend: %s", the_backend.name)
-    images = the_backend.name == "docker"
+    images = capabilities.builds_images
     defaults = PlanDefaults(
         snapshot=settings.effective_default_snapshot if images else None,
         image=settings.default_image,
@@ -144,11 +131,12 @@ async def run_service(
                 httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
                 anyio.create_task_group() as tg,
             ):
-                engine = RunEngine(
+                deps = RunDeps(
                     store=store,
                     blobs=blobs,
-                    backend=the_backend,
                     tokens=tokens,
+                    backend=the_backend,
+                    agents=AgentCache.from_settings(settings),
                     config=EngineConfig(
                         relay_socket=socket_path,
                         results=ResultLimits(
@@ -159,26 +147,21 @@ async def run_service(
                         keep_sandbox_seconds=settings.keep_sandbox_seconds,
                         session_max_bytes=settings.session_max_bytes,
                     ),
-                    task_group=tg,
+                    kept=KeptSandboxes(tg, settings.keep_sandbox_seconds),
+                    defaults=defaults,
+                    settings=settings,
+                    http=http,
                     environments=environments,
-                    presence=presence,
                 )
-                kept = engine.kept
+                kept = deps.kept
+                engine = RunEngine(deps, tg, presence=presence)
                 await engine.beat()
                 removed = await engine.recover()
                 if removed:
                     logger.warning("removed %d sandboxes left by an earlier process", len(removed))
                 tg.start_soon(engine.keep_beating, name="server-heartbeat")
                 try:
-                    yield RunService(
-                        engine=engine,
-                        agents=AgentCache.from_settings(settings),
-                        defaults=defaults,
-                        http=http,
-                        keepalive_seconds=settings.keepalive_seconds,
-                        settings=settings,
-                        environments=environments,
-                    )
+                    yield Runs(deps, engine)
                 finally:
                     # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
                     tg.cancel_scope.cancel()

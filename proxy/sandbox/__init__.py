@@ -2,15 +2,19 @@
 
 - `DockerBackend`: a container per run, over the Docker Engine API.
 - `LocalBackend`: a process per run in a per-run directory (bubblewrap when available).
-- `select_backend`: choose one at startup ("auto", "docker" or "local").
+- `open_backend`: open the one the settings name ("auto", "docker" or "local"); each backend
+  is registered by one line of `proxy.sandbox.selection.BACKENDS`.
+- `ScriptedBackend`: plays scripted sandboxes in memory, for tests of code that runs them.
 """
 
 from proxy.sandbox.base import (
+    Capabilities,
     CopiedFile,
     CopyReport,
     EngineUnavailable,
     ExitStatus,
     ImageNotFound,
+    Isolation,
     Mount,
     Orphans,
     Sandbox,
@@ -25,9 +29,11 @@ from proxy.sandbox.base import (
 )
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
 from proxy.sandbox.local import LocalBackend, LocalSandbox
-from proxy.sandbox.selection import select_backend
+from proxy.sandbox.scripted import Pause, Script, ScriptedBackend, ScriptedSandbox
+from proxy.sandbox.selection import open_backend
 
 __all__ = [
+    "Capabilities",
     "CopiedFile",
     "CopyReport",
     "DockerBackend",
@@ -35,18 +41,23 @@ __all__ = [
     "EngineUnavailable",
     "ExitStatus",
     "ImageNotFound",
+    "Isolation",
     "LocalBackend",
     "LocalSandbox",
     "Mount",
     "Orphans",
+    "Pause",
     "Sandbox",
     "SandboxBackend",
     "SandboxError",
     "SandboxLimitError",
     "SandboxSpec",
     "SandboxStateError",
+    "Script",
+    "ScriptedBackend",
+    "ScriptedSandbox",
     "SkipReason",
     "SkippedFile",
     "UnsafePathError",
-    "select_backend",
+    "open_backend",
 ]

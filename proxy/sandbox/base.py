@@ -1,6 +1,7 @@
 """The sandbox seam: one small protocol that every backend implements.
 
-A backend (`SandboxBackend`) launches a `Sandbox` from a `SandboxSpec`. A sandbox is created
+A backend (`SandboxBackend`) says what it can do (`Capabilities`: the rest of the proxy asks
+those, never a backend's name) and launches a `Sandbox` from a `SandboxSpec`. A sandbox is created
 stopped, so files can be put into it first; then it is started, its stdout is read as lines,
 its exit is awaited, files are copied out (also after the process has exited) and finally it
 is closed. Retries, timeouts policy and bookkeeping belong to the caller (the run lifecycle),
@@ -73,6 +74,43 @@ class SandboxStateError(SandboxError):
 
 class UnsafePathError(SandboxError, ValueError):
     """A file name is absolute, contains '..', NUL or a backslash, or is empty."""
+
+
+class Isolation(enum.StrEnum):
+    """How far a backend's sandboxes are kept from the machine the proxy runs on."""
+
+    #: A process of the proxy's user, with its files, network and no resource limits.
+    NONE = "none"
+    #: Namespaces of its own and no network, but the host's files readable and no limits.
+    PARTIAL = "partial"
+    #: A file system, network and resource limits of its own (a container).
+    FULL = "full"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. The run path asks these questions, never the backend's name.
+
+    ``runs_images``: a sandbox starts from the OCI image its spec names (else the image is
+    ignored and runs see this machine's files). ``builds_images``: those images live on an
+    engine this proxy can pull and build on, so snapshots are built there and a run's image is
+    pulled or built before its sandbox starts, with progress in the stream (see
+    `proxy.environments`). ``inline_files``: the start command reaches the sandbox as given, so
+    small files can be written by it instead of being copied in first. ``reruns``:
+    `Sandbox.rerun` works, so a finished run's sandbox can wait for the conversation's next
+    turn. ``isolation``: see `Isolation`. A capability added later defaults to what a backend
+    that does not know it can do (nothing), so existing backends need no edit.
+    """
+
+    runs_images: bool = False
+    builds_images: bool = False
+    inline_files: bool = False
+    reruns: bool = False
+    isolation: Isolation = Isolation.NONE
+
+    def __post_init__(self) -> None:
+        if self.builds_images and not self.runs_images:
+            raise ValueError("a backend that builds images must run them")
 
 
 @dataclass(frozen=True)
@@ -265,6 +303,9 @@ class Sandbox(Protocol):
     async def rerun(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
         """Make a sandbox whose process has exited ready to run ``argv`` with ``env``.
 
+        Only for backends whose `Capabilities` say ``reruns`` (others raise
+        `SandboxStateError`).
+
         The filesystem is kept as the last process left it (that is the point: a follow-up
         turn of a conversation continues in the same sandbox). Afterwards the sandbox is in the
         created state again: `put_files`, `start`, `stdout_lines` (only the new process's
@@ -284,7 +325,14 @@ class SandboxBackend(Protocol):
     """Launches sandboxes on one engine."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """For people: logs, progress lines, a run's record. Never a reason to branch."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend can do."""
+        ...
 
     async def ping(self) -> bool:
         """True when the engine answers. Never raises."""

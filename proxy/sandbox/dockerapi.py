@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from proxy.sandbox.base import (
 )
 
 API_VERSION = "1.41"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 # Docker's default set minus NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, SETPCAP, NET_BIND_SERVICE
 # and AUDIT_WRITE: what a root agent needs to install packages (apt switches to its _apt
@@ -33,6 +35,11 @@ API_VERSION = "1.41"
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 
 _LIMIT_WORDS = re.compile(r"cpu|memory|pids|limit", re.IGNORECASE)
+
+
+def resolve_docker_host(docker_host: str | None) -> str:
+    """``docker_host``, else ``$DOCKER_HOST``, else the engine's standard socket."""
+    return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
 def container_config(spec: SandboxSpec) -> dict[str, Any]:

@@ -59,6 +59,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -66,8 +67,10 @@ import anyio.to_thread
 
 from proxy.sandbox.base import (
     LABEL_SERVER,
+    Capabilities,
     CopyReport,
     ExitStatus,
+    Isolation,
     Orphans,
     SandboxError,
     SandboxSpec,
@@ -86,6 +89,7 @@ from proxy.sandbox.files import (
 from proxy.sandbox.frames import LineSplitter
 from proxy.sandbox.rundirs import (
     MARK_ENV,
+    installation_dir,
     kill_marked,
     make_run_dir,
     record_pid,
@@ -93,6 +97,9 @@ from proxy.sandbox.rundirs import (
     remove_tree,
     signal_group,
 )
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +113,14 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # parenthesis) and what may follow it (a slash, the end, whitespace, a quote, : , ; or ")").
 _PATH_BEFORE = r"(?<![^\s'\"=:,;(])"
 _PATH_AFTER = r"(?=[/\s'\":,;)]|$)"
+
+
+async def open_local(settings: Settings, owner: str | None) -> LocalBackend:
+    """The local backend, with bubblewrap as ``settings.local_bwrap`` says. With ``owner``
+    (see `proxy.runs.runtime.sandbox_owner`) runs go to the installation's own directory,
+    where a restarted proxy finds what a crashed one left; without, to a fresh temp dir."""
+    base_dir = installation_dir(owner) if owner is not None else None
+    return LocalBackend(base_dir, use_bwrap=settings.local_bwrap)
 
 
 class LocalBackend:
@@ -136,6 +151,13 @@ class LocalBackend:
     def isolated(self) -> bool:
         """True when runs go through bubblewrap."""
         return self._bwrap is not None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # No inline files: sandbox paths in argv are rewritten to host paths (without
+        # bubblewrap), which must not happen to file contents.
+        isolation = Isolation.PARTIAL if self.isolated else Isolation.NONE
+        return Capabilities(reruns=True, isolation=isolation)
 
     async def ping(self) -> bool:
         return True

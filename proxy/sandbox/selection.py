@@ -1,59 +1,77 @@
-"""Pick a sandbox backend at startup."""
+"""Pick a sandbox backend at startup, by name, from a table.
+
+A backend is registered by one line of `BACKENDS`: its name (the ``backend`` setting) and
+where its opener is, as ``"module:attr"``. The module is imported only when the backend is
+chosen, so a backend's own dependencies stay optional. An opener is::
+
+    async def open_it(settings: Settings, owner: str | None) -> SandboxBackend
+
+and raises `EngineUnavailable` when its engine does not answer. ``owner`` names this
+installation (see `proxy.runs.runtime.sandbox_owner`). "auto" opens the first of `AUTO` that
+answers.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from proxy.sandbox.base import EngineUnavailable, SandboxBackend
-from proxy.sandbox.docker import DockerBackend
-from proxy.sandbox.local import LocalBackend
-from proxy.sandbox.rundirs import installation_dir
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
+
+__all__ = ["AUTO", "BACKENDS", "Opener", "backend_names", "check_backend_name", "open_backend"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+Opener = Callable[["Settings", "str | None"], Awaitable[SandboxBackend]]
 
-BackendKind = Literal["auto", "docker", "local"]
+#: Every sandbox backend, by the name the ``backend`` setting uses.
+BACKENDS: Mapping[str, str] = MappingProxyType(
+    {
+        "docker": "proxy.sandbox.docker:open_docker",
+        "local": "proxy.sandbox.local:open_local",
+    }
+)
+#: What "auto" tries, in order.
+AUTO = ("docker", "local")
 
 
-def resolve_docker_host(docker_host: str | None) -> str:
-    """``docker_host``, else ``$DOCKER_HOST``, else the engine's standard socket."""
-    return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+def backend_names() -> tuple[str, ...]:
+    """The values of the ``backend`` setting."""
+    return ("auto", *BACKENDS)
 
 
-async def select_backend(
-    kind: BackendKind,
-    docker_host: str | None = None,
-    *,
-    local_bwrap: bool | None = None,
-    owner: str | None = None,
-) -> SandboxBackend:
-    """Return the backend for ``kind``.
+def check_backend_name(name: str) -> str:
+    """``name`` if it is a value of the ``backend`` setting, else a `ValueError` saying which
+    are."""
+    if name not in backend_names():
+        raise ValueError(f"unknown sandbox backend {name!r}: use {', '.join(backend_names())}")
+    return name
 
-    "docker" requires an engine answering ``_ping`` (else `EngineUnavailable`); "auto" uses
-    Docker when it answers and falls back to the local backend otherwise; "local" never
-    touches Docker. ``local_bwrap`` is the local backend's ``use_bwrap`` (None: when
-    installed). With ``owner`` (see `proxy.runs.runtime.sandbox_owner`) local runs go to the
-    installation's own directory, where a restarted proxy finds what a crashed one left;
-    without, to a fresh temp dir. The caller owns the result and must ``aclose()`` it.
-    """
 
-    def local() -> LocalBackend:
-        base_dir = installation_dir(owner) if owner is not None else None
-        return LocalBackend(base_dir, use_bwrap=local_bwrap)
+def opener(name: str) -> Opener:
+    """The opener of backend ``name``, imported now; `ValueError` for an unknown name."""
+    if name not in BACKENDS:
+        raise ValueError(f"no sandbox backend is called {name!r}; known: {', '.join(BACKENDS)}")
+    module, _, attr = BACKENDS[name].partition(":")
+    found: Opener = getattr(importlib.import_module(module), attr)
+    return found
 
-    if kind == "local":
-        return local()
-    if kind not in ("auto", "docker"):
-        raise ValueError(f"unknown sandbox backend {kind!r}: use auto, docker or local")
-    url = resolve_docker_host(docker_host)
-    docker = DockerBackend.from_url(url)
-    if await docker.ping():
-        return docker
-    await docker.aclose()
-    if kind == "docker":
-        raise EngineUnavailable(f"no Docker engine answers at {url}")
-    logger.info("no Docker engine answers at %s; using the local sandbox backend", url)
-    return local()
+
+async def open_backend(settings: Settings, *, owner: str | None = None) -> SandboxBackend:
+    """The backend ``settings.backend`` names: "docker" requires an engine that answers
+    (else `EngineUnavailable`); "auto" falls back from one to the next of `AUTO`. The caller
+    owns the result and must ``aclose()`` it."""
+    if settings.backend != "auto":
+        return await opener(settings.backend)(settings, owner)
+    for name in AUTO[:-1]:
+        try:
+            return await opener(name)(settings, owner)
+        except EngineUnavailable as exc:
+            logger.info("%s; trying the next sandbox backend", exc)
+    return await opener(AUTO[-1])(settings, owner)

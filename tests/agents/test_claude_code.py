@@ -16,6 +16,7 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     ReasoningDelta,
     SessionStarted,
     TextDelta,
@@ -23,7 +24,6 @@ from proxy.events import (
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 from tests.agents.replay import fixture_names, reasoning, replay, text
 
 AGENT = "claude-code"
@@ -129,7 +129,7 @@ def test_default_permission_mode_denial() -> None:
         ReasoningDelta(THOUGHT),
         TextDelta("I'll create the file now."),
         ToolCall("toolu_01Fake", "Bash", BASH_INPUT, "echo hi > probe.txt"),
-        WarningEvent("permission denied for Bash"),
+        Notice("permission denied for Bash"),
         ToolResult("toolu_01Fake", denial, is_error=True),
         TextDelta("\n\n" + DONE),
         Usage(200, 24, 0, 0, cost_usd=0.00128),
@@ -195,7 +195,7 @@ def test_cut_stream_retried_whole_sends_only_the_continuation() -> None:
     assert events == [
         SessionStarted("b045cd7f-347c-4c14-9c53-a8da036f89cd", "claude-sonnet-4-5"),
         TextDelta("I will write "),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         TextDelta("the file now."),
         *_cut_tail("toolu_fc5f1772740b4a0980bd5f57", 0.0005115, 2),
     ]
@@ -207,8 +207,8 @@ def test_cut_stream_whose_retry_says_something_else_is_set_apart() -> None:
     assert events == [
         SessionStarted("4b844d93-c9ee-431d-923e-215655396664", "claude-sonnet-4-5"),
         TextDelta("Let me look at the re"),
-        WarningEvent(STREAM_CUT_WARNING),
-        WarningEvent(RETRY_DIFFERS_WARNING),
+        Notice(STREAM_CUT_WARNING),
+        Notice(RETRY_DIFFERS_WARNING),
         TextDelta("\n\nI will write the file now."),
         *_cut_tail("toolu_300e75743bc9417aafae0fb2", 0.0005115, 2),
     ]
@@ -222,7 +222,7 @@ def test_cut_tool_call_continuation_does_not_recap_the_kept_text() -> None:
         SessionStarted("956e87f7-ab14-40a0-b687-6385b81dbe22", "claude-sonnet-4-5"),
         TextDelta("I will write "),
         TextDelta("the file now."),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         *_cut_tail("toolu_27a837eb3eba4e5cbb4b7a36", 0.00058725, 3),
     ]
 
@@ -307,7 +307,7 @@ def test_streamed_retry_is_held_while_it_repeats_the_cut_text() -> None:
     assert events == [
         TextDelta("Hello "),
         TextDelta("wor"),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         TextDelta("ld"),
         TextDelta("!"),
         TextDelta(" Bye."),
@@ -325,8 +325,8 @@ def test_streamed_retry_that_diverges_late_shows_all_it_held() -> None:
     )
     assert events == [
         TextDelta("Hello world"),
-        WarningEvent(STREAM_CUT_WARNING),
-        WarningEvent(RETRY_DIFFERS_WARNING),
+        Notice(STREAM_CUT_WARNING),
+        Notice(RETRY_DIFFERS_WARNING),
         TextDelta("\n\nHello there"),
     ]
 
@@ -343,7 +343,7 @@ def test_cut_thinking_is_not_repeated_either() -> None:
     )
     assert events == [
         ReasoningDelta("Let me"),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         ReasoningDelta(" check."),
         TextDelta("Hi"),
     ]
@@ -363,7 +363,7 @@ def test_a_cut_only_concerns_the_next_message() -> None:
     )
     assert events == [
         TextDelta("I will"),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         ToolCall("toolu_1", "Bash", {"command": "ls"}, "ls"),
         TextDelta("\n\nI will not."),
     ]
@@ -382,8 +382,8 @@ def test_a_second_cut_compares_with_what_the_screen_shows() -> None:
     )
     assert events == [
         TextDelta("Hello wor"),
-        WarningEvent(STREAM_CUT_WARNING),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         TextDelta("ld"),
     ]
 
@@ -409,7 +409,7 @@ def test_a_cut_in_a_sub_agent_does_not_touch_the_main_answer() -> None:
     assert events == [
         TextDelta("Main text"),
         ReasoningDelta("Sub wor"),
-        WarningEvent(STREAM_CUT_WARNING),
+        Notice(STREAM_CUT_WARNING),
         ReasoningDelta("k done."),
     ]
 
@@ -424,7 +424,7 @@ def test_abandoned_tool_call_is_never_reported() -> None:
         _cut("m1", 0),
         _stream({"type": "content_block_stop", "index": 0}),
     )
-    assert events == [WarningEvent(STREAM_CUT_WARNING)]
+    assert events == [Notice(STREAM_CUT_WARNING)]
 
 
 def test_tool_call_streamed_only_as_json_deltas() -> None:

@@ -12,6 +12,7 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     ReasoningDelta,
     SessionStarted,
     TextDelta,
@@ -19,7 +20,6 @@ from proxy.events import (
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 from tests.agents.replay import fixture_names, replay
 
 AGENT = "codex"
@@ -88,12 +88,10 @@ def test_cfgurl_websocket_retries_are_warnings_not_failure() -> None:
     assert replay(AGENT, "codex_cfgurl.jsonl") == [
         SessionStarted("01a21c94-ed34-7de3-8622-4c6560454034"),
         *[
-            WarningEvent(
-                f"Reconnecting... {n}/5 (unexpected status 404 Not Found: not here, {url})"
-            )
+            Notice(f"Reconnecting... {n}/5 (unexpected status 404 Not Found: not here, {url})")
             for n in (2, 3, 4, 5)
         ],
-        WarningEvent(
+        Notice(
             "Falling back from WebSockets to HTTPS transport. "
             f"unexpected status 404 Not Found: not here, {url}"
         ),

@@ -9,6 +9,7 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     Progress,
     ReasoningDelta,
     SessionStarted,
@@ -18,7 +19,6 @@ from proxy.events import (
     Usage,
     from_dict,
 )
-from proxy.events import Warning as WarningEvent
 
 ONE_OF_EACH: list[Event] = [
     SessionStarted("s1", "claude-sonnet-4-6"),
@@ -28,7 +28,7 @@ ONE_OF_EACH: list[Event] = [
     ToolResult("t1", "out", is_error=True, exit_code=2, parent_id="p"),
     Usage(10, 5, 3, 2, cost_usd=0.25, reasoning_tokens=1),
     Progress("starting sandbox"),
-    WarningEvent("retrying"),
+    Notice("retrying"),
     AgentError("boom", "api_error", 502),
     Finished(ok=False, reason="api_error", result_text=None, num_turns=3),
 ]

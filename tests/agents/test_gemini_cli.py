@@ -11,13 +11,13 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     SessionStarted,
     TextDelta,
     ToolCall,
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 from tests.agents.replay import fixture_names, replay, text
 
 AGENT = "gemini-cli"
@@ -118,7 +118,7 @@ def test_error_severities() -> None:
         {"type": "result", "status": "error", "error": {"message": "quota exceeded (status 429)"}},
     )
     assert events == [
-        WarningEvent("Loop detected, stopping"),
+        Notice("Loop detected, stopping"),
         AgentError("quota exceeded (status 429)", "api_error", 429),
         Finished(ok=False, reason="api_error"),
     ]

@@ -131,7 +131,7 @@ async def test_an_unreachable_registry_says_so(environments: Environments) -> No
 async def test_a_package_build_is_made_once_reused_and_its_packages_import(
     environments: Environments, docker_host: str
 ) -> None:
-    tag = await environments.check(BUILD)
+    tag = (await environments.check(BUILD)).reference
     assert tag.startswith("jetty-env/build:")
     await forget(docker_host, tag)
     said = Said()
@@ -173,7 +173,7 @@ async def test_a_failed_build_is_a_clear_error_with_the_log_tail(
     environments: Environments, docker_host: str
 ) -> None:
     missing = Environment("build", None, TEST_IMAGE, apt_packages=("jetty-no-such-package",))
-    tag = await environments.check(missing)
+    tag = (await environments.check(missing)).reference
     await forget(docker_host, tag)
     with pytest.raises(BuildFailed) as caught:
         await environments.resolve(missing, progress=Said())
@@ -218,7 +218,8 @@ async def test_a_snapshot_is_used_as_built(
 
     monkeypatch.setattr(environments.engine, "runs_bash", no_check)
     said = Said()
-    assert await environments.check(Environment("snapshot", "python312-uv")) == python312_uv
+    checked = await environments.check(Environment("snapshot", "python312-uv"))
+    assert checked.reference == python312_uv
     resolved = await environments.resolve(Environment("snapshot", "python312-uv"), progress=said)
     assert (resolved.kind, resolved.reference, resolved.pulled, resolved.built) == (
         "snapshot",

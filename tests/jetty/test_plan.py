@@ -6,16 +6,16 @@ from typing import Any
 
 import pytest
 
-from proxy.agents import agent_names
+from proxy.agents import agent_names, get_adapter
 from proxy.errors import InvalidField
 from proxy.jetty.plan import (
-    AGENT_PROVIDERS,
+    API_PROVIDERS,
     DEFAULT_INSTRUCTION,
-    DEFAULT_PROVIDERS,
     PROVIDER_SECRET_NAMES,
     Environment,
     PlanDefaults,
     RunPlan,
+    agent_providers,
     resolve_plan,
     system_text,
 )
@@ -141,10 +141,14 @@ def test_a_mismatch_from_the_front_matter_blames_the_runbook() -> None:
     assert refused("agent: codex\n", {"model_provider": "google"}).param == "jetty.model_provider"
 
 
-def test_tables_cover_every_agent() -> None:
-    assert set(AGENT_PROVIDERS) == set(agent_names()) == set(DEFAULT_PROVIDERS)
-    for agent, provider in DEFAULT_PROVIDERS.items():
-        assert provider in AGENT_PROVIDERS[agent]
+def test_every_agent_has_providers_and_its_default_is_the_first() -> None:
+    assert {agent: agent_providers(agent)[0] for agent in agent_names()} == {
+        "claude-code": "anthropic",
+        "codex": "openai",
+        "gemini-cli": "google",
+    }
+    assert set(API_PROVIDERS) == {get_adapter(agent).relay_api for agent in agent_names()}
+    assert agent_providers("no-such-agent") == ()
 
 
 def test_bad_server_defaults_fail_at_construction() -> None:

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 
 from proxy.agents import agent_names
 from proxy.errors import InvalidField
-from proxy.jetty.fields import AgentName
 from proxy.jetty.schema import JettyBlock, parse_jetty_block
 
 GIB = 1024**3
@@ -63,8 +62,11 @@ def test_full_block() -> None:
     assert block.template_variables == {"dataset": "sales.csv", "limit": "10"}
 
 
-def test_agent_literal_matches_the_adapter_registry() -> None:
-    assert get_args(AgentName) == agent_names()
+def test_the_agents_are_those_of_the_adapter_registry() -> None:
+    for name in agent_names():
+        assert parse_jetty_block({"runbook": True, "agent": name}).agent == name
+    with pytest.raises(InvalidField, match="unknown agent 'aider'; known: claude-code, codex"):
+        parse_jetty_block({"runbook": True, "agent": "aider"})
 
 
 @pytest.mark.parametrize(

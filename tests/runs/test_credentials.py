@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from proxy.agents import agent_names, get_adapter
 from proxy.errors import InvalidField
-from proxy.jetty.plan import AGENT_PROVIDERS, PROVIDER_SECRET_NAMES
+from proxy.jetty.plan import PROVIDER_SECRET_NAMES, agent_providers
 from proxy.relay.tokens import Credential, ProviderCreds
-from proxy.runs.credentials import AGENT_RELAYS, ProviderNotConfigured, select_credentials
+from proxy.runs.credentials import ProviderNotConfigured, select_credentials
 from proxy.settings import Settings
 
 SERVER_KEYS = {
@@ -61,7 +62,7 @@ def test_the_provider_selects_the_upstream_and_key(
 ) -> None:
     creds = select_credentials(agent, provider, settings(tmp_path), "acme", {})
     route, credential = only(creds)
-    assert route == relay == AGENT_RELAYS[agent]
+    assert route == relay == get_adapter(agent).relay_api
     assert credential.base_url == base_url
     assert secret(credential) == key
     assert credential.key_header == header
@@ -72,10 +73,10 @@ def test_every_agent_provider_pair_is_handled(tmp_path: Path) -> None:
     configured = settings(
         tmp_path, bedrock_base_url="http://gateway.internal:4000/", bedrock_api_key="gw-key"
     )
-    for agent, providers in AGENT_PROVIDERS.items():
-        for provider in providers:
+    for agent in agent_names():
+        for provider in agent_providers(agent):
             route, _ = only(select_credentials(agent, provider, configured, "acme", {}))
-            assert route == AGENT_RELAYS[agent]
+            assert route == get_adapter(agent).relay_api
 
 
 def test_openrouter_base_url_is_the_api_root_with_or_without_v1(tmp_path: Path) -> None:

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from proxy.api.runs import _continuation
-from proxy.errors import Conflict
-from proxy.jetty import RunPlan, parse_jetty_block, resolve_plan
-from proxy.jetty.plan import PlanDefaults
 from proxy.runs.followup import (
-    Continuation,
     KeptSandboxes,
     marker_line,
     pack_home,
@@ -24,7 +18,7 @@ from proxy.runs.followup import (
     public_session,
     unpack_home,
 )
-from proxy.store import Store
+from proxy.sandbox import SandboxSpec, Script, ScriptedBackend, ScriptedSandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -123,99 +117,35 @@ def test_public_session_hides_the_blob_key() -> None:
     assert shown == {"turn": 2, "agent_session_id": "s", "saved_home": True}
 
 
-class _FakeSandbox:
-    def __init__(self) -> None:
-        self.closed = 0
-
-    async def close(self) -> None:
-        self.closed += 1
+async def _sandboxes(count: int) -> list[ScriptedSandbox]:
+    backend = ScriptedBackend(lambda _: Script())
+    specs = [
+        SandboxSpec(run_id=f"r{i}", collection="c", image="i", argv=["a"]) for i in range(count)
+    ]
+    return [await backend.launch(spec) for spec in specs]
 
 
 async def test_kept_sandbox_is_taken_once_or_closed_when_idle() -> None:
-    taken, idle = _FakeSandbox(), _FakeSandbox()
+    taken, idle = await _sandboxes(2)
     async with anyio.create_task_group() as tg:
         kept = KeptSandboxes(tg, idle_seconds=0.2)
-        assert kept.keep("run-a", taken, "img")  # type: ignore[arg-type]
-        assert kept.keep("run-b", idle, "img")  # type: ignore[arg-type]
-        assert not kept.keep("run-b", idle, "img")  # type: ignore[arg-type]
-        got = kept.take("run-a")
-        assert got is not None and got[0] is taken and got[1] == "img"  # type: ignore[comparison-overlap]
+        assert kept.keep("run-a", taken, "img")
+        assert kept.keep("run-b", idle, "img")
+        assert not kept.keep("run-b", idle, "img")
+        assert kept.take("run-a") == (taken, "img")
         assert kept.take("run-a") is None
         await anyio.sleep(0.5)
         assert "run-b" not in kept
         assert kept.take("run-b") is None
-    assert (taken.closed, idle.closed) == (0, 1)
+    assert (taken.closed, idle.closed) == (False, True)
 
 
 async def test_keeping_disabled_and_close_all() -> None:
-    sandbox = _FakeSandbox()
+    [sandbox] = await _sandboxes(1)
     async with anyio.create_task_group() as tg:
-        assert not KeptSandboxes(tg, idle_seconds=0).keep("r", sandbox, "i")  # type: ignore[arg-type]
+        assert not KeptSandboxes(tg, idle_seconds=0).keep("r", sandbox, "i")
         kept = KeptSandboxes(tg, idle_seconds=600)
-        assert kept.keep("r", sandbox, "i")  # type: ignore[arg-type]
+        assert kept.keep("r", sandbox, "i")
         await kept.close_all()
         assert "r" not in kept
-    assert sandbox.closed == 1
-
-
-def _plan(messages: list[Mapping[str, Any]], agent: str = "claude-code") -> RunPlan:
-    block = parse_jetty_block({"runbook": True, "agent": agent, "image": "img:1"})
-    return resolve_plan("claude-sonnet-4-6", messages, block, "# Runbook", PlanDefaults(), {})
-
-
-def _history(run_id: str) -> list[Mapping[str, Any]]:
-    return [
-        {"role": "user", "content": "go"},
-        {"role": "assistant", "content": f"Done.{marker_line(run_id, 'u')}"},
-        {"role": "user", "content": "more"},
-    ]
-
-
-async def test_continuation_of_a_finished_run(store: Store) -> None:
-    first = await store.create_trajectory("acme", "chat", agent="claude-code")
-    await store.update_trajectory(
-        first.id,
-        status="completed",
-        session={"conversation": first.id, "turn": 1, "agent_session_id": "s1", "home_blob": "b"},
-    )
-    messages = _history(first.id)
-    continuation, plan = await _continuation(store, list(messages), "acme", _plan(messages))
-    assert isinstance(continuation, Continuation)
-    assert (continuation.turn, continuation.agent_session_id, continuation.home_blob) == (
-        2,
-        "s1",
-        "b",
-    )
-    assert continuation.session() == {"conversation": first.id, "turn": 2, "continues": first.id}
-    assert plan.instruction == "more"
-    assert plan.warnings == ()
-
-
-async def test_a_live_run_is_a_conflict(store: Store) -> None:
-    first = await store.create_trajectory("acme", "chat", agent="claude-code")
-    messages = _history(first.id)
-    with pytest.raises(Conflict, match="still running"):
-        await _continuation(store, list(messages), "acme", _plan(messages))
-
-
-@pytest.mark.parametrize(
-    ("collection", "agent", "why"),
-    [
-        ("other", "claude-code", "not a run of collection 'other'"),
-        ("acme", "codex", "it ran claude-code, and this turn runs codex"),
-    ],
-)
-async def test_runs_that_cannot_be_continued_start_fresh_with_a_warning(
-    store: Store, collection: str, agent: str, why: str
-) -> None:
-    first = await store.create_trajectory("acme", "chat", agent="claude-code", status="completed")
-    messages = _history(first.id)
-    continuation, plan = await _continuation(
-        store, list(messages), collection, _plan(messages, agent)
-    )
-    assert continuation is None
-    assert why in plan.warnings[-1]
-    unknown = _history("0f0f0f0f")
-    continuation, plan = await _continuation(store, list(unknown), "acme", _plan(unknown))
-    assert continuation is None
-    assert "not a run of collection 'acme'" in plan.warnings[-1]
+    assert sandbox.closed

@@ -11,7 +11,7 @@ import pytest
 from proxy.runs.launch import SERVER
 from proxy.runs.presence import Presence
 from proxy.store import Store
-from tests.support.leftovers import INTERRUPTED, Leftovers, engine_on, statuses_of
+from tests.support.leftovers import INTERRUPTED, engine_on, left_on, statuses_of, still_there
 
 pytestmark = pytest.mark.anyio
 
@@ -67,12 +67,12 @@ async def test_a_crashed_server_of_this_machine_is_gone_before_its_heartbeat_is_
     running.claim()
     me = Presence(locks, "me")
     me.claim()
-    backend = Leftovers({runs[0].id: "crashed", runs[1].id: "running"})
+    backend = await left_on({runs[0].id: "crashed", runs[1].id: "running"})
     try:
         async with engine_on(store, tmp_path, backend, server_id="me", presence=me) as engine:
             assert await engine.recover() == [runs[0].id]
     finally:
         running.release()
         me.release()
-    assert backend.live_servers == {"running", "me"}
+    assert still_there(backend) == [runs[1].id]
     assert await statuses_of(store, *runs) == [INTERRUPTED, ("running", None)]

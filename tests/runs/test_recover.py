@@ -19,13 +19,19 @@ import httpx
 import pytest
 
 from proxy.app import create_app
-from proxy.runs.engine import SANDBOX_OF
-from proxy.runs.launch import SERVER
+from proxy.runs.launch import SANDBOX_OF, SERVER
 from proxy.runs.runtime import sandbox_owner
 from proxy.sandbox.rundirs import installation_dir
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
-from tests.support.leftovers import INTERRUPTED, Leftovers, engine_on, statuses_of
+from tests.support.leftovers import (
+    INTERRUPTED,
+    engine_on,
+    leave,
+    left_on,
+    statuses_of,
+    still_there,
+)
 from tests.support.live import serve
 from tests.support.stores import make_store
 
@@ -41,10 +47,11 @@ async def test_a_follow_up_in_a_kept_sandbox_is_recovered_through_its_label(
     )
     own = await store.create_trajectory("acme", "chat", status="running")
     elsewhere = await store.create_trajectory("acme", "chat", status="running")
-    backend = Leftovers({first.id: None, own.id: None, "": None})
+    backend = await left_on({first.id: None, own.id: None, "": None})
+    await leave(backend, {"theirs": None}, owner="another installation")
     async with engine_on(store, tmp_path, backend) as engine:
         await engine.recover()
-    assert backend.owner == "me"
+    assert still_there(backend) == ["theirs"]
     assert await statuses_of(store, first, follow_up, own, elsewhere) == [
         ("completed", None),
         INTERRUPTED,
@@ -65,11 +72,11 @@ async def test_the_sandboxes_and_runs_of_live_servers_are_theirs(
         for server in ("alive", "me-1", "gone")
     }
     # "gone" beat long ago: its run is failed even though no sandbox of it is left.
-    backend = Leftovers({runs["alive"].id: "alive", runs["me-1"].id: "me-1"})
+    backend = await left_on({runs["alive"].id: "alive", runs["me-1"].id: "me-1"})
     async with engine_on(store, tmp_path, backend, server_id="me-1") as engine:
         await engine.beat()
         assert await engine.recover() == []
-    assert backend.live_servers == {"alive", "me-1"}
+    assert still_there(backend) == [runs["alive"].id, runs["me-1"].id]
     assert await statuses_of(store, *runs.values()) == [
         ("running", None),
         ("running", None),
@@ -84,7 +91,7 @@ async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
     run = await store.create_trajectory(
         "acme", "chat", status="running", environment={SERVER: "crashed"}
     )
-    backend = Leftovers({run.id: "crashed"})
+    backend = await left_on({run.id: "crashed"})
     async with (
         engine_on(store, tmp_path, backend, server_id="me-1", **_quick(0.3, 0.05)) as engine,
         anyio.create_task_group() as tg,
@@ -93,7 +100,7 @@ async def test_a_server_that_stops_beating_is_swept_up_by_a_live_one(
         assert await engine.recover() == []  # "crashed" beat a moment ago: alive
         tg.start_soon(engine.keep_beating)
         with anyio.fail_after(5):
-            while backend.labelled:
+            while still_there(backend):
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
     assert await statuses_of(store, run) == [INTERRUPTED]
@@ -108,7 +115,7 @@ async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_p
     run = await store.create_trajectory(
         "acme", "chat", status="running", environment={SERVER: "other"}
     )
-    backend = Leftovers({run.id: "other"})
+    backend = await left_on({run.id: "other"})
     failing = _FailingBeats(store, failures=5)
     async with (
         engine_on(failing, tmp_path, backend, server_id="me-1", **_quick(0.4, 0.02)) as engine,
@@ -120,7 +127,7 @@ async def test_no_server_is_judged_by_one_that_missed_a_beat(store: Store, tmp_p
                 await anyio.sleep(0.01)
         recovered_at = anyio.current_time()
         with anyio.fail_after(5):
-            while backend.labelled:
+            while still_there(backend):
                 await anyio.sleep(0.01)
         waited = anyio.current_time() - recovered_at
         tg.cancel_scope.cancel()

@@ -9,6 +9,7 @@ from proxy.events import (
     AgentError,
     Event,
     Finished,
+    Notice,
     Progress,
     ReasoningDelta,
     SessionStarted,
@@ -17,7 +18,6 @@ from proxy.events import (
     ToolResult,
     Usage,
 )
-from proxy.events import Warning as WarningEvent
 from proxy.runs.render import (
     Aggregator,
     ChunkRenderer,
@@ -182,7 +182,7 @@ def test_status_lines_start_on_a_fresh_line() -> None:
         [
             Progress("starting sandbox"),
             ReasoningDelta("Thinking about"),
-            WarningEvent("retrying"),
+            Notice("retrying"),
             ReasoningDelta("more."),
             AgentError("upstream 502", "api_error", 502),
         ]

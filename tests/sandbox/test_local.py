@@ -17,6 +17,7 @@ import pytest
 
 from proxy.sandbox.base import (
     LABEL_SERVER,
+    Isolation,
     Mount,
     Orphans,
     SandboxError,
@@ -29,7 +30,8 @@ from proxy.sandbox.base import (
 from proxy.sandbox.bwrap import bwrap_command
 from proxy.sandbox.local import LocalBackend, LocalSandbox
 from proxy.sandbox.rundirs import MARK_ENV, installation_dir
-from proxy.sandbox.selection import select_backend
+from proxy.sandbox.selection import open_backend
+from proxy.settings import Settings
 from tests.support.ci import require_bwrap, unavailable
 
 pytestmark = pytest.mark.anyio
@@ -456,16 +458,22 @@ async def test_every_process_carries_the_run_mark(backend: LocalBackend) -> None
 
 
 async def test_selection_passes_the_bubblewrap_choice(tmp_path: Path) -> None:
-    plain = await select_backend("local", local_bwrap=False)
+    def settings(backend: str, bwrap: bool) -> Settings:
+        absent = f"unix://{tmp_path}/absent.sock"
+        return Settings(data_dir=tmp_path, backend=backend, docker_host=absent, local_bwrap=bwrap)
+
+    plain = await open_backend(settings("local", False))
     assert isinstance(plain, LocalBackend) and not plain.isolated
-    fallback = await select_backend("auto", f"unix://{tmp_path}/absent.sock", local_bwrap=False)
+    assert plain.capabilities.isolation is Isolation.NONE
+    fallback = await open_backend(settings("auto", False))
     assert isinstance(fallback, LocalBackend) and not fallback.isolated
     if shutil.which("bwrap") is None:
         with pytest.raises(SandboxError, match="bubblewrap was requested"):
-            await select_backend("local", local_bwrap=True)
+            await open_backend(settings("local", True))
     else:
-        isolated = await select_backend("local", local_bwrap=True)
+        isolated = await open_backend(settings("local", True))
         assert isinstance(isolated, LocalBackend) and isolated.isolated
+        assert isolated.capabilities.isolation is Isolation.PARTIAL
 
 
 async def test_remove_orphans_before_the_base_dir_exists(tmp_path: Path) -> None:
@@ -529,7 +537,7 @@ def test_installation_dir_refuses_what_is_not_privately_ours(
 
 
 async def test_a_backend_on_an_installation_dir_finds_what_an_earlier_one_left(
-    owner: str,
+    owner: str, tmp_path: Path
 ) -> None:
     base = installation_dir(owner)
     assert base is not None
@@ -537,7 +545,8 @@ async def test_a_backend_on_an_installation_dir_finds_what_an_earlier_one_left(
     orphan = await crashed.launch(_spec("echo $$; sleep 300", run_id="orphan"))
     await orphan.start()
     pid = int(await orphan.stdout_lines().__anext__())
-    restarted = await select_backend("local", local_bwrap=False, owner=owner)
+    local = Settings(data_dir=tmp_path, backend="local", local_bwrap=False)
+    restarted = await open_backend(local, owner=owner)
     assert await restarted.remove_orphans(Orphans()) == ["orphan"]
     await _assert_dies(pid)
     await orphan.close()

@@ -3,32 +3,46 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from proxy.sandbox import DockerBackend, EngineUnavailable, LocalBackend, select_backend
-from proxy.sandbox.selection import DEFAULT_DOCKER_HOST, resolve_docker_host
+from proxy.sandbox import DockerBackend, EngineUnavailable, LocalBackend, open_backend
+from proxy.sandbox.dockerapi import DEFAULT_DOCKER_HOST, resolve_docker_host
+from proxy.sandbox.selection import BACKENDS, opener
+from proxy.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
 
+def settings(tmp_path: Path, backend: str, docker_host: str | None = None) -> Settings:
+    return Settings(data_dir=tmp_path, backend=backend, docker_host=docker_host)
+
+
 async def test_auto_falls_back_to_local_when_no_engine_answers(tmp_path: Path) -> None:
-    backend = await select_backend("auto", f"unix://{tmp_path}/absent.sock")
+    backend = await open_backend(settings(tmp_path, "auto", f"unix://{tmp_path}/absent.sock"))
     assert isinstance(backend, LocalBackend)
     await backend.aclose()
 
 
 async def test_docker_requires_an_answering_engine(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match=r"absent\.sock"):
-        await select_backend("docker", f"unix://{tmp_path}/absent.sock")
+        await open_backend(settings(tmp_path, "docker", f"unix://{tmp_path}/absent.sock"))
 
 
-async def test_local_never_touches_docker() -> None:
-    backend = await select_backend("local", "unix:///does/not/matter.sock")
+async def test_local_never_touches_docker(tmp_path: Path) -> None:
+    backend = await open_backend(settings(tmp_path, "local", "unix:///does/not/matter.sock"))
     assert isinstance(backend, LocalBackend)
 
 
-async def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown sandbox backend"):
-        await select_backend("kubernetes", None)  # type: ignore[arg-type]
+def test_unknown_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="unknown sandbox backend 'kubernetes'"):
+        settings(tmp_path, "kubernetes")
+    with pytest.raises(ValueError, match="no sandbox backend is called 'auto'"):
+        opener("auto")
+
+
+def test_every_registered_backend_has_an_opener() -> None:
+    for name in BACKENDS:
+        assert callable(opener(name))
 
 
 def test_docker_host_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +54,8 @@ def test_docker_host_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.docker
-async def test_auto_picks_a_live_engine(docker_host: str) -> None:
-    backend = await select_backend("auto", docker_host)
+async def test_auto_picks_a_live_engine(tmp_path: Path, docker_host: str) -> None:
+    backend = await open_backend(settings(tmp_path, "auto", docker_host))
     assert isinstance(backend, DockerBackend)
+    assert backend.capabilities.builds_images
     await backend.aclose()

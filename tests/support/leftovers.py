@@ -1,4 +1,4 @@
-"""Recovery tests' parts: a backend with scripted leftovers, an engine over it, statuses."""
+"""Recovery tests' parts: sandboxes left on a scripted engine, an engine over it, statuses."""
 
 from __future__ import annotations
 
@@ -7,63 +7,47 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from proxy.relay.tokens import RunTokens
-from proxy.runs.artifacts import ResultLimits
-from proxy.runs.engine import EngineConfig, RunEngine
+from proxy.runs.engine import RunEngine
 from proxy.runs.presence import Presence
-from proxy.sandbox import Orphans
+from proxy.sandbox import SandboxSpec, Script, ScriptedBackend
+from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
 from proxy.store import Store
-from proxy.store.blobs import LocalBlobStore
 from proxy.store.records import Trajectory
+from tests.support.runs import OWNER, runs_on
 
 
-class Leftovers:
-    """A backend that finds sandboxes: run id -> the server that launched it (or None)."""
+async def left_on(labelled: dict[str, str | None], *, owner: str = OWNER) -> ScriptedBackend:
+    """An engine holding a sandbox for each run id, launched by the server named (or by an
+    older version, which named none), of this installation (``owner``)."""
+    backend = ScriptedBackend(lambda _: Script(hang=True))
+    await leave(backend, labelled, owner=owner)
+    return backend
 
-    name = "docker"
 
-    def __init__(self, labelled: dict[str, str | None]) -> None:
-        self.labelled = labelled
-        self.owner: str | None = None
-        self.live_servers: set[str] = set()
+async def leave(
+    backend: ScriptedBackend, labelled: dict[str, str | None], *, owner: str = OWNER
+) -> None:
+    for run_id, server in labelled.items():
+        labels = {LABEL_OWNER: owner} | ({LABEL_SERVER: server} if server else {})
+        spec = SandboxSpec(run_id=run_id, collection="acme", image="i", argv=["a"], labels=labels)
+        await (await backend.launch(spec)).start()
 
-    async def remove_orphans(self, orphans: Orphans) -> list[str]:
-        self.owner, self.live_servers = orphans.owner, set(orphans.live_servers)
-        removed = [
-            run_id for run_id, server in self.labelled.items() if not orphans.kept(run_id, server)
-        ]
-        for run_id in removed:
-            del self.labelled[run_id]
-        return removed
+
+def still_there(backend: ScriptedBackend) -> list[str]:
+    return [sandbox.run_id for sandbox in backend.open_sandboxes]
 
 
 @asynccontextmanager
 async def engine_on(
     store: Store,
     tmp_path: Path,
-    backend: Leftovers,
+    backend: ScriptedBackend,
     *,
     presence: Presence | None = None,
     **config: Any,
 ) -> AsyncIterator[RunEngine]:
-    async with anyio.create_task_group() as tg:
-        yield RunEngine(
-            store=store,
-            blobs=LocalBlobStore(tmp_path / "blobs"),
-            backend=backend,  # type: ignore[arg-type]
-            tokens=RunTokens(),
-            config=EngineConfig(
-                relay_socket=tmp_path / "relay.sock",
-                results=ResultLimits(1024, 10),
-                owner="me",
-                **config,
-            ),
-            task_group=tg,
-            presence=presence,
-        )
-        tg.cancel_scope.cancel()
+    async with runs_on(store, tmp_path, backend, presence=presence, **config) as runs:
+        yield runs.engine
 
 
 async def statuses_of(store: Store, *records: Trajectory) -> list[tuple[str, str | None]]:

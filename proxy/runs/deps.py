@@ -1,0 +1,44 @@
+"""What runs depend on, as one public, immutable value wired once in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from proxy.agents.install import AgentCache
+from proxy.environments import Environments
+from proxy.jetty import PlanDefaults
+from proxy.relay.tokens import RunTokens
+from proxy.runs.followup import KeptSandboxes
+from proxy.runs.launch import EngineConfig
+from proxy.sandbox import SandboxBackend
+from proxy.settings import Settings
+from proxy.store import Store
+from proxy.store.blobs import BlobStore
+
+__all__ = ["RunDeps"]
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    """The parts the checks, the engine and each run's lifecycle use (`proxy.runs.runtime`
+    makes them).
+
+    ``environments`` is the image engine, there when the backend builds images (see
+    `proxy.sandbox.Capabilities`); ``kept`` holds the sandboxes of finished runs waiting for
+    their conversation's next turn; ``http`` fetches ``jetty.runbook_url``; ``settings`` give
+    each run's model provider (`proxy.runs.credentials`).
+    """
+
+    store: Store
+    blobs: BlobStore
+    tokens: RunTokens
+    backend: SandboxBackend
+    agents: AgentCache
+    config: EngineConfig
+    kept: KeptSandboxes
+    defaults: PlanDefaults
+    settings: Settings
+    http: httpx.AsyncClient
+    environments: Environments | None = None

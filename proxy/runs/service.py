@@ -1,0 +1,109 @@
+"""The one entry to runs: start one from a parsed request, follow it, cancel it.
+
+The HTTP edge parses a runbook request into a `RunRequest` and calls `Runs.start`; what comes
+back is a `StartedRun` to render. Every refusal is raised before anything exists (see
+`proxy.runs.checks`); once it returns, the run is live in the engine and its trajectory
+exists::
+
+    started = await runs.start(RunRequest(principal, model, messages, block, base_url))
+    async for event in started.live.follow():
+        ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from proxy.environments import Environments
+from proxy.jetty import JettyBlock
+from proxy.jetty.fields import ToolActivityMode
+from proxy.runs.checks import Draft, RunRequest, admit
+from proxy.runs.deps import RunDeps
+from proxy.runs.engine import RunEngine
+from proxy.runs.launch import RunLaunch, environment_record
+from proxy.runs.live import LiveRun
+
+__all__ = ["RunRequest", "Runs", "StartedRun"]
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A run that started: follow ``live``; its chunks name ``model`` and show tool activity
+    as ``tool_activity`` says."""
+
+    live: LiveRun
+    model: str
+    tool_activity: ToolActivityMode
+
+    @property
+    def trajectory_id(self) -> str:
+        return self.live.run_id
+
+
+class Runs:
+    """This server's runs: the checks, the trajectory, the engine."""
+
+    def __init__(self, deps: RunDeps, engine: RunEngine) -> None:
+        self.deps = deps
+        self.engine = engine
+
+    @property
+    def environments(self) -> Environments | None:
+        """The image engine (snapshots, pulls, builds), when the backend builds images."""
+        return self.deps.environments
+
+    async def start(self, request: RunRequest) -> StartedRun:
+        """Check ``request`` (a `~proxy.errors.ProxyError` for any refusal), record its
+        trajectory and start it."""
+        draft = await admit(request, self.deps)
+        launch = await self._record(draft)
+        live = self.engine.start(launch)
+        return StartedRun(live, draft.plan.model, draft.plan.tool_activity)
+
+    def live(self, run_id: str) -> LiveRun | None:
+        """The run, while it is live on this server."""
+        return self.engine.live.get(run_id)
+
+    async def _record(self, draft: Draft) -> RunLaunch:
+        """The run's trajectory, created; and the launch that names it."""
+        environment = draft.environment
+        if environment is None:
+            raise RuntimeError("the environment check did not run")
+        continuation = draft.continuation
+        trajectory = await self.deps.store.create_trajectory(
+            draft.collection,
+            draft.task,
+            model=draft.plan.model,
+            agent=draft.plan.agent,
+            jetty=_recorded_block(draft.request.jetty),
+            environment=environment_record(
+                environment.reference, self.deps.backend.name, self.deps.config.server_id
+            ),
+            session=continuation.session() if continuation else None,
+        )
+        base_url = draft.request.base_url
+        return RunLaunch(
+            run_id=trajectory.id,
+            collection=draft.collection,
+            task=draft.task,
+            plan=draft.plan,
+            adapter=draft.adapter,
+            agent=draft.agent,
+            environment=environment,
+            inputs=draft.inputs,
+            base_url=base_url,
+            credentials=draft.credentials,
+            continuation=continuation,
+            previous_inputs=draft.previous_inputs,
+            trajectory_url=(
+                f"{base_url}/api/v1/trajectory/{quote(draft.collection, safe='')}/"
+                f"{quote(draft.task, safe='')}/{trajectory.id}"
+            ),
+        )
+
+
+def _recorded_block(block: JettyBlock) -> dict[str, Any]:
+    recorded: dict[str, Any] = block.model_dump(mode="json", exclude_none=True)
+    return recorded

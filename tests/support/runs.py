@@ -1,0 +1,94 @@
+"""Runs wired as the lifespan wires them, on a given store and sandbox backend, for run tests.
+
+The sandbox backend is usually `proxy.sandbox.ScriptedBackend`; everything else is real: the
+store, the blob directory, the run tokens, the agent cache, the engine and its task group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from proxy.agents.install import AgentCache
+from proxy.auth import LOCAL_PRINCIPAL
+from proxy.environments import Environments
+from proxy.jetty import PlanDefaults, parse_jetty_block
+from proxy.relay.tokens import RunTokens
+from proxy.runs.artifacts import ResultLimits
+from proxy.runs.deps import RunDeps
+from proxy.runs.engine import RunEngine
+from proxy.runs.followup import KeptSandboxes
+from proxy.runs.launch import EngineConfig
+from proxy.runs.presence import Presence
+from proxy.runs.service import RunRequest, Runs
+from proxy.sandbox import SandboxBackend
+from proxy.settings import Settings
+from proxy.store import Store
+from proxy.store.blobs import LocalBlobStore
+
+OWNER = "me"
+IMAGE = "img"
+RUNBOOK = "# Runbook\n\nWrite hello.txt into {{results_dir}}."
+PROVIDER_KEY = "sk-ant-test-0123456789"
+
+
+@asynccontextmanager
+async def runs_on(
+    store: Store,
+    tmp_path: Path,
+    backend: SandboxBackend,
+    *,
+    agents: AgentCache | None = None,
+    environments: Environments | None = None,
+    presence: Presence | None = None,
+    defaults: PlanDefaults | None = None,
+    **config: Any,
+) -> AsyncIterator[Runs]:
+    """`Runs` over ``backend`` until the block ends; then its live runs are cancelled and its
+    kept sandboxes closed, as when a server stops. ``config``: `EngineConfig` fields."""
+    fields: dict[str, Any] = {"owner": OWNER, "keep_sandbox_seconds": 600.0, **config}
+    settings = Settings(data_dir=tmp_path / "data", anthropic_api_key=PROVIDER_KEY)
+    async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
+        deps = RunDeps(
+            store=store,
+            blobs=LocalBlobStore(tmp_path / "blobs"),
+            tokens=RunTokens(),
+            backend=backend,
+            agents=agents or AgentCache(tmp_path / "agents"),
+            config=EngineConfig(
+                relay_socket=tmp_path / "relay.sock",
+                results=ResultLimits(1024 * 1024, 100),
+                **fields,
+            ),
+            kept=KeptSandboxes(tg, fields["keep_sandbox_seconds"]),
+            defaults=defaults or PlanDefaults(image=IMAGE),
+            settings=settings,
+            http=http,
+            environments=environments,
+        )
+        try:
+            yield Runs(deps, RunEngine(deps, tg, presence=presence))
+        finally:
+            tg.cancel_scope.cancel()
+    await deps.kept.close_all()
+
+
+def request(
+    messages: Sequence[Mapping[str, Any]] = (),
+    *,
+    model: str = "claude-sonnet-4-6",
+    runbook: str = RUNBOOK,
+    **jetty: Any,
+) -> RunRequest:
+    """A runbook request of the local user to collection acme, task t: ``runbook`` as its
+    system message, then ``messages`` (a user's "Go" when there are none)."""
+    block = parse_jetty_block({"runbook": True, "collection": "acme", "task": "t", **jetty})
+    history = [{"role": "system", "content": runbook}, *messages]
+    if not messages:
+        history.append({"role": "user", "content": "Go"})
+    return RunRequest(LOCAL_PRINCIPAL, model, history, block, "http://proxy.test")
