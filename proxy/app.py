@@ -101,6 +101,14 @@ def create_app(
             secret_box=SecretBox(load_or_create_key(secret_key, settings.data_dir)),
         )
         await the_store.migrate()
+        # Fixed now: a server started with keys (or that may not serve a local user) stays
+        # authenticated whatever happens to its keys later.
+        authenticator = Authenticator(
+            the_store,
+            cache_seconds=settings.auth_cache_seconds,
+            keys_required=await the_store.has_keys() or not settings.local_user_allowed,
+            grace_seconds=settings.auth_grace_seconds,
+        )
         upstreams = Upstreams(settings, transport=upstream_transport)
         blobs = LocalBlobStore(settings.blobs)
         recorder = ChatRecorder(functools.partial(record_chats, the_store), first_bytes)
@@ -120,9 +128,7 @@ def create_app(
                     "services": Services(
                         settings=settings,
                         store=the_store,
-                        authenticator=Authenticator(
-                            the_store, cache_seconds=settings.auth_cache_seconds
-                        ),
+                        authenticator=authenticator,
                         upstreams=upstreams,
                         metrics=metrics,
                         blobs=blobs,

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     keepalive_seconds: float = Field(default=15.0, gt=0)
     insecure_no_auth: bool = False
     auth_cache_seconds: float = Field(default=2.0, ge=0)
+    auth_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="while the database is unreachable, keys confirmed this recently are"
+        " still accepted (0: refuse them with 503)",
+    )
     log_level: str = "info"
 
     blob_dir: Path | None = Field(
@@ -234,6 +240,12 @@ class Settings(BaseSettings):
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
+
+    @property
+    def local_user_allowed(self) -> bool:
+        """Whether a server without keys may serve everyone as the single local user: on a
+        loopback bind, or when told so with ``--insecure-no-auth``."""
+        return self.is_loopback or self.insecure_no_auth
 
     def route_for(self, model: str) -> tuple[str, SecretStr | None]:
         """The upstream base URL and key for ``model``: first matching route wins."""

@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
     has_keys = with_store(settings, lambda store: store.has_keys())
-    if not has_keys and not settings.is_loopback and not settings.insecure_no_auth:
+    if not has_keys and not settings.local_user_allowed:
         print(
             f"jetty-proxy: refusing to serve on {settings.host} with no API keys: anyone who can"
             " reach it could use your upstream credentials.\n"
@@ -44,7 +44,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    auth = "API keys required" if has_keys else "no API keys configured: auth is off"
+    auth = (
+        "API keys required, even if all are revoked later"
+        if has_keys
+        else "no API keys configured: auth is off until one is created"
+    )
     print(
         f"jetty-proxy {__version__} on http://{settings.host}:{settings.port}"
         f" (data in {settings.data_dir}; {auth})",
