@@ -6,10 +6,12 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -30,6 +32,7 @@ from proxy.api.recording import ChatRecorder, FirstBytes
 from proxy.api.responses import handle_http_exception, handle_proxy_error, handle_unexpected
 from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
+from proxy.browsers import BrowserGuard
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
@@ -68,7 +71,7 @@ class ProxyApp(Starlette):
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContextMiddleware(
+        app: ASGIApp = RequestContextMiddleware(
             super().build_middleware_stack(),
             self._metrics,
             body_limit=lambda path: (
@@ -79,6 +82,29 @@ class ProxyApp(Starlette):
             first_bytes=self._first_bytes,
             direct=DirectRoute(self._direct, self.exception_handlers, self.router),
         )
+        if self._settings.allowed_origins:
+            # Outermost: preflights are answered before anything else sees them.
+            app = CORSMiddleware(
+                app,
+                allow_origins=self._settings.allowed_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["x-request-id", "x-jetty-trajectory-id"],
+            )
+        return app
+
+
+def browser_guard(settings: Settings) -> BrowserGuard:
+    """What web pages may send to this server while it has no keys (see proxy.browsers)."""
+    hosts = list(settings.allowed_hosts)
+    if settings.public_base_url:
+        hosts.append(urlsplit(settings.public_base_url).hostname or "")
+    return BrowserGuard(
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=hosts,
+        # On other binds the names the server is reached by are not known.
+        check_host=settings.is_loopback,
+    )
 
 
 def create_app(
@@ -108,6 +134,7 @@ def create_app(
             cache_seconds=settings.auth_cache_seconds,
             keys_required=await the_store.has_keys() or not settings.local_user_allowed,
             grace_seconds=settings.auth_grace_seconds,
+            browser_guard=browser_guard(settings),
         )
         upstreams = Upstreams(settings, transport=upstream_transport)
         blobs = LocalBlobStore(settings.blobs)

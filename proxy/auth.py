@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from proxy.browsers import BrowserGuard
 from proxy.errors import NotFound, ServiceUnavailable, Unauthorized
 from proxy.store import ApiKey, Store
 from proxy.store.faults import StoreUnavailable
@@ -76,6 +77,9 @@ class Authenticator:
     * otherwise the single local user is served until the first key is created; from then
       on keys are required for as long as the process runs.
 
+    Requests served as the local user must pass ``browser_guard`` (see
+    :mod:`proxy.browsers`): web pages may not use a server that has no keys.
+
     While the database is unreachable, a key that was live when last checked, at most
     ``grace_seconds`` ago, is still accepted (relayed chats go on through a short outage);
     any other key gets a 503 that asks the client to retry.
@@ -88,11 +92,13 @@ class Authenticator:
         cache_seconds: float,
         keys_required: bool,
         grace_seconds: float = 0.0,
+        browser_guard: BrowserGuard | None = None,
     ):
         self._store = store
         self._ttl = cache_seconds
         self._grace = grace_seconds
         self._required = keys_required
+        self._guard = browser_guard
         self._keys_checked_at = 0.0
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
@@ -100,8 +106,11 @@ class Authenticator:
     def keys_required(self) -> bool:
         return self._required
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], method: str) -> Principal:
+        """The caller of a request with these headers and method."""
         if not self._required and not await self._keys_exist():
+            if self._guard is not None:
+                self._guard.check(headers, method)
             return LOCAL_PRINCIPAL
         token = bearer_token(headers)
         if not token:

@@ -8,19 +8,20 @@ environment variables prefixed ``JETTY_PROXY_``, the TOML file given with
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from proxy.browsers import is_loopback_name, normalise_origin
 from proxy.presets import Preset, check_preset_names
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
@@ -116,6 +117,17 @@ class Settings(BaseSettings):
         " still accepted (0: refuse them with 503)",
     )
     log_level: str = "info"
+    # Comma-separated in the environment, lists in TOML.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="web origins (scheme://host:port) whose pages may use the server: CORS,"
+        " and, on a server without keys, leave to send requests",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names a loopback server without keys answers to, besides loopback"
+        " names and public_base_url's",
+    )
 
     blob_dir: Path | None = Field(
         default=None, description="where uploads and artifacts are kept; default data_dir/blobs"
@@ -190,6 +202,18 @@ class Settings(BaseSettings):
         description="CA bundle that package builds trust (a TLS-inspecting proxy between the"
         " engine and the package registries)",
     )
+
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        return [normalise_origin(origin) for origin in value]
 
     @field_validator("upstream_url")
     @classmethod
@@ -280,12 +304,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Whether binding ``host`` serves this machine only."""
+    return is_loopback_name(host.lower())
 
 
 def _validate_base_url(value: str) -> str:
