@@ -12,6 +12,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -29,7 +30,12 @@ from proxy.api import (
 from proxy.api.context import Services
 from proxy.api.middleware import DirectRoute, RequestContextMiddleware
 from proxy.api.recording import ChatRecorder, FirstBytes
-from proxy.api.responses import handle_http_exception, handle_proxy_error, handle_unexpected
+from proxy.api.responses import (
+    handle_client_disconnect,
+    handle_http_exception,
+    handle_proxy_error,
+    handle_unexpected,
+)
 from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
 from proxy.browsers import BrowserGuard
@@ -239,6 +245,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             ProxyError: handle_proxy_error,
+            ClientDisconnect: handle_client_disconnect,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },

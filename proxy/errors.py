@@ -10,6 +10,7 @@ all of them the same way::
     ├── Unauthorized                401 authentication_error
     ├── Forbidden                   403 permission_error
     ├── NotFound                    404 not_found_error
+    ├── RequestTimeout              408 invalid_request_error
     ├── Conflict                    409 conflict_error
     ├── PayloadTooLarge             413 invalid_request_error
     ├── UnprocessableEntity         422 invalid_request_error
@@ -85,6 +86,14 @@ class NotFound(ProxyError):
     status_code = 404
     error_type = "not_found_error"
     code = "not_found"
+
+
+class RequestTimeout(ProxyError):
+    """The client did not send its request (head or body) in time."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class Conflict(ProxyError):

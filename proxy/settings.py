@@ -107,6 +107,17 @@ class Settings(BaseSettings):
     bedrock_api_key: SecretStr | None = None
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # What clients must keep to while they send a request (proxy.server.EdgeLimits).
+    request_head_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    request_head_max_headers: int = Field(default=100, ge=1)
+    request_head_timeout: float = Field(default=10.0, gt=0)
+    request_body_timeout: float = Field(
+        default=30.0, gt=0, description="plus a second per request_body_min_rate bytes received"
+    )
+    request_body_min_rate: int = Field(default=500, gt=0, description="bytes per second")
+    keep_alive_timeout: float = Field(
+        default=75.0, gt=0, description="how long an idle connection waits for its next request"
+    )
     keepalive_seconds: float = Field(default=15.0, gt=0)
     insecure_no_auth: bool = False
     auth_cache_seconds: float = Field(default=2.0, ge=0)

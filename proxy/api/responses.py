@@ -38,6 +38,12 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off) before its request was in: nobody will read an
+    answer, and nothing failed on this side. Counted as nginx's 499."""
+    return Response(status_code=499)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     """Last resort: an OpenAI-shaped 500 instead of a plain-text traceback page."""
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

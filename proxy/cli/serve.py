@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.server import server_config
+    from proxy.server import edge_options, server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level,
         # A line per request at info and below; above, not even the work of making one.
         access_log=settings.log_level.lower() in ("trace", "debug", "info"),
+        **edge_options(settings),
     )
     server = uvicorn.Server(config)
     server.run()

@@ -22,7 +22,8 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from proxy.server import server_config
+from proxy.server import edge_options, server_config
+from proxy.settings import Settings
 
 
 def free_port() -> int:
@@ -38,11 +39,22 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
+def serve(
+    app: ASGIApp, *, port: int | None = None, settings: Settings | None = None
+) -> Iterator[str]:
+    """Run ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``).
+
+    With ``settings``, the server holds clients to their limits, as ``serve`` does.
+    """
     port = port or free_port()
     config = server_config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        **(edge_options(settings) if settings is not None else {}),
     )
     with _running(config, f"port {port}"):
         yield f"http://127.0.0.1:{port}"
