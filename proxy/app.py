@@ -34,6 +34,7 @@ from proxy.api.responses import (
     handle_client_disconnect,
     handle_http_exception,
     handle_proxy_error,
+    handle_store_fault,
     handle_unexpected,
 )
 from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
@@ -49,6 +50,7 @@ from proxy.store import Store, open_store
 from proxy.store.blobs import LocalBlobStore
 from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
+from proxy.store.faults import TRANSIENT_FAULTS, StorageFull, StoreUnavailable
 
 logger = logging.getLogger("proxy")
 
@@ -131,6 +133,7 @@ def create_app(
         the_store = store or open_store(
             settings.database,
             secret_box=SecretBox(load_or_create_key(secret_key, settings.data_dir)),
+            timeout=settings.database_timeout,
         )
         await the_store.migrate()
         # Fixed now: a server started with keys (or that may not serve a local user) stays
@@ -144,7 +147,14 @@ def create_app(
         )
         upstreams = Upstreams(settings, transport=upstream_transport)
         blobs = LocalBlobStore(settings.blobs)
-        recorder = ChatRecorder(functools.partial(record_chats, the_store), first_bytes)
+        recorder = ChatRecorder(
+            functools.partial(record_chats, the_store),
+            first_bytes,
+            retry_on=TRANSIENT_FAULTS,
+            backlog_bytes=settings.chat_record_backlog_bytes,
+            on_drop=lambda reason, count: metrics.chat_records_dropped.labels(reason).inc(count),
+        )
+        metrics.chat_records_retrying.set_function(lambda: recorder.retrying)
         try:
             async with (
                 run_service(
@@ -246,6 +256,8 @@ def create_app(
         exception_handlers={
             ProxyError: handle_proxy_error,
             ClientDisconnect: handle_client_disconnect,
+            StoreUnavailable: handle_store_fault,
+            StorageFull: handle_store_fault,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },

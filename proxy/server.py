@@ -308,7 +308,7 @@ def edge_options(settings: Settings) -> dict[str, Any]:
             body_timeout=settings.request_body_timeout,
             body_min_rate=settings.request_body_min_rate,
         ),
-        "timeout_keep_alive": settings.keep_alive_timeout,
+        "timeout_keep_alive": settings.idle_connection_timeout,
     }
 
 
@@ -325,7 +325,7 @@ def server_config(app: ASGIApp, *, edge: EdgeLimits | None = None, **options: An
         # uvicorn's default is 5 s, the same as the idle expiry of httpx's pools (so of the
         # OpenAI SDKs): a request sent just as the server closes the idle connection fails
         # with a reset. Outlast clients' pools and load balancers (60 s) instead, so that
-        # idle connections are closed by the client side (the keep_alive_timeout setting).
+        # idle connections are closed by the client side (the idle_connection_timeout setting).
         "timeout_keep_alive": 75,
     }
     return ServerConfig(app, edge=edge, **{**defaults, **options})

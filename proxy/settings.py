@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="sqlite:///PATH or postgresql://…; default SQLite in data_dir"
     )
+    database_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="longest wait for the database before a request fails with 503",
+    )
 
     upstream_url: str = DEFAULT_UPSTREAM_URL
     upstream_api_key: SecretStr | None = None
@@ -115,7 +120,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="plus a second per request_body_min_rate bytes received"
     )
     request_body_min_rate: int = Field(default=500, gt=0, description="bytes per second")
-    keep_alive_timeout: float = Field(
+    idle_connection_timeout: float = Field(
         default=75.0, gt=0, description="how long an idle connection waits for its next request"
     )
     keepalive_seconds: float = Field(default=15.0, gt=0)
@@ -144,12 +149,23 @@ class Settings(BaseSettings):
         default=None, description="where uploads and artifacts are kept; default data_dir/blobs"
     )
     upload_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    min_free_disk_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="/readyz says not ready when the blob or database disk has less free",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="key(s) sealing collection secrets, comma-separated, newest first;"
         " default: generated once into data_dir/secret.key",
     )
     record_chat_content: bool = False
+    chat_record_backlog_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="records of relayed completions held for retry while the database or"
+        " disk fails; past it the oldest are dropped (counted in /metrics)",
+    )
     events_poll_seconds: float = Field(default=0.5, gt=0)
     agent_cache_dir: Path | None = Field(
         default=None, description="where the pinned agent CLIs live; default data_dir/agents"

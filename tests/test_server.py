@@ -111,7 +111,7 @@ LIMITS = {
     "request_head_timeout": 0.5,
     "request_body_timeout": 0.5,
     "request_body_min_rate": 1000,
-    "keep_alive_timeout": 0.5,
+    "idle_connection_timeout": 0.5,
 }
 #: The longest any test waits for the server to act (a bound against hanging, not a measure).
 PATIENCE = 30.0

@@ -9,12 +9,15 @@ while writing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar, TypeVarTuple
 
@@ -23,6 +26,7 @@ import anyio.to_thread
 
 from proxy.store.base import RecordNotFound, StoreError
 from proxy.store.content import SNIFF_BYTES
+from proxy.store.faults import StorageFull, is_disk_full
 from proxy.store.records import BlobInfo
 
 T = TypeVar("T")
@@ -40,6 +44,14 @@ class BlobTooLarge(StoreError):
         self.limit = limit
 
 
+@dataclass(frozen=True)
+class BlobHealth:
+    """Whether the store can take writes now, and the space it has left (None: unknown)."""
+
+    problem: str | None = None
+    free_bytes: int | None = None
+
+
 class BlobStore(Protocol):
     async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
         """Store the content under a new key; raises :class:`BlobTooLarge` past ``max_bytes``."""
@@ -49,6 +61,9 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the blob; a missing one is not an error."""
+
+    async def health(self) -> BlobHealth:
+        """For readiness checks: quick, and never raises."""
 
 
 class LocalBlobStore:
@@ -115,6 +130,19 @@ class LocalBlobStore:
         except OSError as exc:
             raise StoreError(f"deleting a blob failed: {exc}") from exc
 
+    async def health(self) -> BlobHealth:
+        return await anyio.to_thread.run_sync(self._health)
+
+    def _health(self) -> BlobHealth:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            return BlobHealth(problem=f"{self.root}: {exc.strerror or exc}")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            return BlobHealth(problem=f"{self.root} is not writable", free_bytes=free)
+        return BlobHealth(free_bytes=free)
+
 
 async def read_all(blobs: BlobStore, key: str) -> bytes:
     """The whole content of a (small) blob."""
@@ -131,10 +159,13 @@ async def file_source(blobs: BlobStore, key: str) -> bytes | Path:
 
 
 async def _disk(fn: Callable[[*Args], T], *args: *Args) -> T:
-    """Run a blocking file operation in a worker thread; its OS errors become StoreErrors."""
+    """Run a blocking file operation in a worker thread; its OS errors become StoreErrors
+    (:class:`~proxy.store.faults.StorageFull` when the disk is full)."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise StorageFull(f"writing a blob failed: {exc}") from exc
         raise StoreError(f"writing a blob failed: {exc}") from exc
 
 
@@ -157,5 +188,7 @@ def _commit(handle: BinaryIO, temp: Path, final: Path) -> None:
 
 
 def _discard(handle: BinaryIO, temp: Path) -> None:
-    handle.close()
+    # On a full disk, closing fails to flush what is buffered: the file goes all the same.
+    with contextlib.suppress(OSError):
+        handle.close()
     temp.unlink(missing_ok=True)
