@@ -125,6 +125,9 @@ def test_a_full_disk_refuses_writes_with_507_keeps_nothing_and_loses_no_chat_rec
             "JETTY_PROXY_UPSTREAM_URL": upstream[1],
             "JETTY_PROXY_UPSTREAM_API_KEY": "sk-upstream",
             "JETTY_PROXY_BACKEND": "local",
+            # A run must never get as far as its model: none is reachable.
+            "JETTY_PROXY_ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+            "JETTY_PROXY_ANTHROPIC_API_KEY": "sk-none",
             "JETTY_PROXY_MIN_FREE_DISK_BYTES": str(4 * 1024 * 1024),
             # Where Starlette spools uploads past 1 MiB: the same full disk.
             "TMPDIR": str(spool),
@@ -165,6 +168,18 @@ def test_a_full_disk_refuses_writes_with_507_keeps_nothing_and_loses_no_chat_rec
                     json={"variables": {"A": "1"}},
                 )
             )
+            runbook = {
+                "model": "claude-sonnet-4-6",
+                "messages": [
+                    {"role": "system", "content": "# Runbook\nWrite summary.md."},
+                    {"role": "user", "content": "Execute the runbook."},
+                ],
+                "jetty": {"runbook": True, "task": "full", "image": "local"},
+            }
+            run = httpx.post(proxy + "/v1/chat/completions", json=runbook, timeout=PATIENCE)
+            _insufficient_storage(run)
+            runs = httpx.get(proxy + "/api/v1/db/trajectories/default/full").json()
+            assert runs["total"] == 0
             # Chats are answered; their records wait for space.
             for _ in range(3):
                 assert httpx.post(proxy + "/v1/chat/completions", json=chat).status_code == 200
