@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 
 from proxy.api.context import Services, services_of
 from proxy.store import StoreError
+
+logger = logging.getLogger("proxy.api")
 
 
 async def healthz(request: Request) -> Response:
@@ -27,7 +30,9 @@ async def readyz(request: Request) -> Response:
     settings = services.settings
     body: dict[str, Any] = {"store": await _store_problem(services) or "ok"}
     blobs = await services.blobs.health()
-    body["blobs"] = blobs.problem or "ok"
+    if blobs.problem is not None:
+        logger.warning("not ready: blob store: %s", blobs.problem)
+    body["blobs"] = "unavailable" if blobs.problem else "ok"
     free = [blobs.free_bytes] if blobs.free_bytes is not None else []
     database = settings.database
     if database.startswith("sqlite:///"):
@@ -42,13 +47,17 @@ async def readyz(request: Request) -> Response:
 
 
 async def _store_problem(services: Services) -> str | None:
+    """What is wrong with the database, in words fit for anyone who can reach ``/readyz``
+    (the details, which may name hosts and users, go to the log)."""
     timeout = services.settings.database_timeout
     with anyio.move_on_after(timeout):
         try:
             await services.store.ping()
         except StoreError as exc:
-            return str(exc)
+            logger.warning("not ready: %s", exc)
+            return "unavailable"
         return None
+    logger.warning("not ready: the database did not answer within %g s", timeout)
     return f"no answer within {timeout:g} s"
 
 

@@ -13,9 +13,9 @@ import pytest
 from proxy.browsers import BrowserGuard, normalise_origin
 from proxy.errors import Forbidden
 from tests.api.conftest import ProxyFactory
-from tests.api.test_front_door import _create_key
 from tests.support.openapi import validate
 from tests.support.scripted_openai import ScriptedUpstream
+from tests.support.stores import create_key
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 RUN = {**CHAT, "jetty": {"runbook": True, "network_enabled": True}}
@@ -120,7 +120,7 @@ def test_an_allowed_origin_may_use_the_server(make_proxy: ProxyFactory) -> None:
 def test_a_server_with_keys_leaves_pages_to_the_keys(
     make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    key = _create_key(tmp_path / "data", "acme")
+    key = create_key(f"sqlite:///{tmp_path / 'data' / 'jetty-proxy.db'}", "acme")
     with make_proxy() as proxy:
         headers = {"authorization": f"Bearer {key}", "origin": EVIL, "host": "evil.example"}
         answer = httpx.post(proxy + "/v1/chat/completions", json=CHAT, headers=headers)
