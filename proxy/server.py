@@ -271,6 +271,9 @@ class HttpProtocol(HttpToolsProtocol):
         # Closing with the client's bytes unread would reset the connection, and a reset
         # can destroy the answer on the client's side before it is read. So: say so (FIN),
         # drop what still comes for a moment, then close.
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
         self._discarding = True
         self.flow.resume_reading()
         self.transport.write_eof()
