@@ -102,10 +102,6 @@ class Authenticator:
         self._keys_checked_at = 0.0
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
-    @property
-    def keys_required(self) -> bool:
-        return self._required
-
     async def authenticate(self, headers: Mapping[str, str], method: str) -> Principal:
         """The caller of a request with these headers and method."""
         if not self._required and not await self._keys_exist():
