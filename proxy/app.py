@@ -6,10 +6,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -27,9 +30,16 @@ from proxy.api import (
 from proxy.api.context import Services
 from proxy.api.middleware import DirectRoute, RequestContextMiddleware
 from proxy.api.recording import ChatRecorder, FirstBytes
-from proxy.api.responses import handle_http_exception, handle_proxy_error, handle_unexpected
+from proxy.api.responses import (
+    handle_client_disconnect,
+    handle_http_exception,
+    handle_proxy_error,
+    handle_store_fault,
+    handle_unexpected,
+)
 from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
+from proxy.browsers import BrowserGuard
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
@@ -40,6 +50,7 @@ from proxy.store import Store, open_store
 from proxy.store.blobs import LocalBlobStore
 from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
+from proxy.store.faults import TRANSIENT_FAULTS, StorageFull, StoreUnavailable
 
 logger = logging.getLogger("proxy")
 
@@ -68,7 +79,7 @@ class ProxyApp(Starlette):
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContextMiddleware(
+        app: ASGIApp = RequestContextMiddleware(
             super().build_middleware_stack(),
             self._metrics,
             body_limit=lambda path: (
@@ -79,6 +90,29 @@ class ProxyApp(Starlette):
             first_bytes=self._first_bytes,
             direct=DirectRoute(self._direct, self.exception_handlers, self.router),
         )
+        if self._settings.allowed_origins:
+            # Outermost: preflights are answered before anything else sees them.
+            app = CORSMiddleware(
+                app,
+                allow_origins=self._settings.allowed_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["x-request-id", "x-jetty-trajectory-id"],
+            )
+        return app
+
+
+def browser_guard(settings: Settings) -> BrowserGuard:
+    """What web pages may send to this server while it has no keys (see proxy.browsers)."""
+    hosts = list(settings.allowed_hosts)
+    if settings.public_base_url:
+        hosts.append(urlsplit(settings.public_base_url).hostname or "")
+    return BrowserGuard(
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=hosts,
+        # On other binds the names the server is reached by are not known.
+        check_host=settings.is_loopback,
+    )
 
 
 def create_app(
@@ -99,11 +133,28 @@ def create_app(
         the_store = store or open_store(
             settings.database,
             secret_box=SecretBox(load_or_create_key(secret_key, settings.data_dir)),
+            timeout=settings.database_timeout,
         )
         await the_store.migrate()
+        # Fixed now: a server started with keys (or that may not serve a local user) stays
+        # authenticated whatever happens to its keys later.
+        authenticator = Authenticator(
+            the_store,
+            cache_seconds=settings.auth_cache_seconds,
+            keys_required=await the_store.has_keys() or not settings.local_user_allowed,
+            grace_seconds=settings.auth_grace_seconds,
+            browser_guard=browser_guard(settings),
+        )
         upstreams = Upstreams(settings, transport=upstream_transport)
         blobs = LocalBlobStore(settings.blobs)
-        recorder = ChatRecorder(functools.partial(record_chats, the_store), first_bytes)
+        recorder = ChatRecorder(
+            functools.partial(record_chats, the_store),
+            first_bytes,
+            retry_on=TRANSIENT_FAULTS,
+            backlog_bytes=settings.chat_record_backlog_bytes,
+            on_drop=lambda reason, count: metrics.chat_records_dropped.labels(reason).inc(count),
+        )
+        metrics.chat_records_retrying.set_function(lambda: recorder.retrying)
         try:
             async with (
                 run_service(
@@ -120,9 +171,7 @@ def create_app(
                     "services": Services(
                         settings=settings,
                         store=the_store,
-                        authenticator=Authenticator(
-                            the_store, cache_seconds=settings.auth_cache_seconds
-                        ),
+                        authenticator=authenticator,
                         upstreams=upstreams,
                         metrics=metrics,
                         blobs=blobs,
@@ -206,6 +255,9 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             ProxyError: handle_proxy_error,
+            ClientDisconnect: handle_client_disconnect,
+            StoreUnavailable: handle_store_fault,
+            StorageFull: handle_store_fault,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },

@@ -9,14 +9,19 @@ all of them the same way::
     ├── BadRequest                  400 invalid_request_error
     │   └── InvalidField            400 invalid_request_error (param = the field)
     ├── Unauthorized                401 authentication_error
+    ├── Forbidden                   403 permission_error
     ├── NotFound                    404 not_found_error
+    ├── RequestTimeout              408 invalid_request_error
     ├── Conflict                    409 conflict_error
     ├── PayloadTooLarge             413 invalid_request_error
     ├── UnprocessableEntity         422 invalid_request_error
+    ├── HeadersTooLarge             431 invalid_request_error
     ├── NotImplementedYet           501 not_implemented
     ├── UpstreamUnavailable         502 upstream_error
     ├── StreamIncomplete            502 upstream_error (the stream broke off before its end)
     ├── UpstreamTimeout             504 upstream_error
+    ├── ServiceUnavailable          503 server_error (the database did not answer in time)
+    ├── InsufficientStorage         507 server_error (no space left for a write)
     └── UpstreamError               (the upstream's own status and body)
 
 Foreign errors (httpx, the database, the container engine) are mapped into
@@ -35,7 +40,8 @@ class ProxyError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
-    # The SDKs retry 408/409/429/>=500; errors that retrying cannot fix say so.
+    # The SDKs retry 408/409/429/>=500 and honour ``x-should-retry``: each error says
+    # whether a retry can help.
     retryable = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
@@ -49,7 +55,7 @@ class ProxyError(Exception):
         return error_body(self.message, self.error_type, param=self.param, code=self.code)
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retryable else {"x-should-retry": "false"}
+        return {"x-should-retry": "true" if self.retryable else "false"}
 
 
 class ProviderKeyMissing(ProxyError):
@@ -76,10 +82,24 @@ class Unauthorized(ProxyError):
     code = "invalid_api_key"
 
 
+class Forbidden(ProxyError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(ProxyError):
     status_code = 404
     error_type = "not_found_error"
     code = "not_found"
+
+
+class RequestTimeout(ProxyError):
+    """The client did not send its request (head or body) in time."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class Conflict(ProxyError):
@@ -98,6 +118,14 @@ class UnprocessableEntity(ProxyError):
     status_code = 422
     error_type = "invalid_request_error"
     code = "unprocessable_entity"
+
+
+class HeadersTooLarge(ProxyError):
+    """The request head is over the server's size or header-count limit."""
+
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class NotImplementedYet(ProxyError):
@@ -129,6 +157,25 @@ class UpstreamTimeout(ProxyError):
     error_type = "upstream_error"
     code = "upstream_timeout"
     retryable = True
+
+
+class ServiceUnavailable(ProxyError):
+    """A dependency of the proxy itself (its database) did not answer in time; a retry
+    shortly after may succeed."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+    retryable = True
+
+
+class InsufficientStorage(ProxyError):
+    """The proxy's disk (or its database's) is full: the write was refused and nothing of it
+    was kept."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
 
 
 class UpstreamError(ProxyError):

@@ -45,5 +45,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.chat_records_dropped = Counter(
+            "jetty_proxy_chat_records_dropped",
+            "Records of relayed completions given up on, by reason (backlog_full, shutdown,"
+            " rejected, no_writer).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.chat_records_retrying = Gauge(
+            "jetty_proxy_chat_records_retrying",
+            "Records of relayed completions waiting for the database to take them.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

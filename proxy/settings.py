@@ -8,19 +8,20 @@ environment variables prefixed ``JETTY_PROXY_``, the TOML file given with
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from proxy.browsers import is_loopback_name, normalise_origin
 from proxy.presets import Preset, check_preset_names
 from proxy.sandbox.selection import check_backend_name
 
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="sqlite:///PATH or postgresql://…; default SQLite in data_dir"
     )
+    database_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="longest wait for the database before a request fails with 503",
+    )
 
     upstream_url: str = DEFAULT_UPSTREAM_URL
     upstream_api_key: SecretStr | None = None
@@ -107,21 +113,60 @@ class Settings(BaseSettings):
     bedrock_api_key: SecretStr | None = None
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # What clients must keep to while they send a request (proxy.server.EdgeLimits).
+    request_head_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    request_head_max_headers: int = Field(default=100, ge=1)
+    request_head_timeout: float = Field(default=10.0, gt=0)
+    request_body_timeout: float = Field(
+        default=30.0, gt=0, description="plus a second per request_body_min_rate bytes received"
+    )
+    request_body_min_rate: int = Field(default=500, gt=0, description="bytes per second")
+    idle_connection_timeout: float = Field(
+        default=75.0, gt=0, description="how long an idle connection waits for its next request"
+    )
     keepalive_seconds: float = Field(default=15.0, gt=0)
     insecure_no_auth: bool = False
     auth_cache_seconds: float = Field(default=2.0, ge=0)
+    auth_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="while the database is unreachable, keys confirmed this recently are"
+        " still accepted (0: refuse them with 503)",
+    )
     log_level: str = "info"
+    # Comma-separated in the environment, lists in TOML.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="web origins (scheme://host:port) whose pages may use the server: CORS,"
+        " and, on a server without keys, leave to send requests",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names a loopback server without keys answers to, besides loopback"
+        " names and public_base_url's",
+    )
 
     blob_dir: Path | None = Field(
         default=None, description="where uploads and artifacts are kept; default data_dir/blobs"
     )
     upload_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    min_free_disk_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="/readyz says not ready when the blob or database disk has less free",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="key(s) sealing collection secrets, comma-separated, newest first;"
         " default: generated once into data_dir/secret.key",
     )
     record_chat_content: bool = False
+    chat_record_backlog_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="records of relayed completions held for retry while the database or"
+        " disk fails; past it the oldest are dropped (counted in /metrics)",
+    )
     events_poll_seconds: float = Field(default=0.5, gt=0)
     agent_cache_dir: Path | None = Field(
         default=None, description="where the pinned agent CLIs live; default data_dir/agents"
@@ -194,6 +239,18 @@ class Settings(BaseSettings):
         " engine and the package registries)",
     )
 
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        return [normalise_origin(origin) for origin in value]
+
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
@@ -244,6 +301,12 @@ class Settings(BaseSettings):
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
 
+    @property
+    def local_user_allowed(self) -> bool:
+        """Whether a server without keys may serve everyone as the single local user: on a
+        loopback bind, or when told so with ``--insecure-no-auth``."""
+        return self.is_loopback or self.insecure_no_auth
+
     def route_for(self, model: str) -> tuple[str, SecretStr | None]:
         """The upstream base URL and key for ``model``: first matching route wins."""
         for route in self.upstreams:
@@ -277,12 +340,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Whether binding ``host`` serves this machine only."""
+    return is_loopback_name(host.lower())
 
 
 def _validate_base_url(value: str) -> str:

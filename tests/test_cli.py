@@ -6,14 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from proxy.cli import main
-from tests.support.live import free_port
+from tests.support.live import serve_process
 
 
 def test_keys_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,30 +61,11 @@ def test_bad_configuration_is_reported(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_python_dash_m_serve_runs_the_server(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "JETTY_PROXY_DATA_DIR": str(tmp_path / "data")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/readyz")
-                break
-            except httpx.ConnectError:
-                assert process.poll() is None, "serve exited early"
-                assert time.monotonic() < deadline, "serve did not come up"
-                time.sleep(0.1)
+    with serve_process(env={"JETTY_PROXY_DATA_DIR": str(tmp_path / "data")}) as served:
+        response = httpx.get(served.url + "/readyz")
         assert response.json()["status"] == "ok"
         assert (tmp_path / "data" / "jetty-proxy.db").exists()
-    finally:
-        process.terminate()
-        _, err = process.communicate(timeout=10)
-    assert f"127.0.0.1:{port}" in err and "auth is off" in err
+    assert served.url.removeprefix("http://") in served.err and "auth is off" in served.err
 
 
 def test_serve_on_a_taken_port_fails_with_a_reason(tmp_path: Path) -> None:

@@ -59,3 +59,14 @@ def test_unknown_file_keys_are_rejected(tmp_path: Path) -> None:
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
+
+
+def test_allowed_origins_and_hosts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETTY_PROXY_ALLOWED_ORIGINS", "http://localhost:3000, HTTPS://ui.example/")
+    monkeypatch.setenv("JETTY_PROXY_ALLOWED_HOSTS", "proxy.internal")
+    settings = Settings()
+    assert settings.allowed_origins == ["http://localhost:3000", "https://ui.example"]
+    assert settings.allowed_hosts == ["proxy.internal"]
+    monkeypatch.setenv("JETTY_PROXY_ALLOWED_ORIGINS", "*")
+    with pytest.raises(ValidationError, match="not an origin"):
+        Settings()

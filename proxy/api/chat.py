@@ -74,7 +74,7 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
 
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
-    principal = await services.authenticator.authenticate(request.headers)
+    principal = await services.authenticator.authenticate(request.headers, "POST")
     body = await _read_body(request)
     chat, raw = parse_chat_request(body)
     preset = _preset(services, principal, chat.model)

@@ -39,5 +39,6 @@ def services_of(request: Request) -> Services:
 
 
 async def authenticate(request: Request) -> Principal:
-    """The caller's principal; raises 401 when a key is required and missing or wrong."""
-    return await services_of(request).authenticator.authenticate(request.headers)
+    """The caller's principal; raises 401 when a key is required and missing or wrong, 403
+    for a web page's request to a server without keys."""
+    return await services_of(request).authenticator.authenticate(request.headers, request.method)

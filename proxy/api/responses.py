@@ -8,7 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.errors import ProxyError, error_body
+from proxy.errors import InsufficientStorage, ProxyError, ServiceUnavailable, error_body
+from proxy.store.faults import StorageFull
 
 logger = logging.getLogger("proxy.api")
 
@@ -36,6 +37,27 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers={**(exc.headers or {}), "x-should-retry": "false"},
     )
+
+
+async def handle_store_fault(request: Request, exc: Exception) -> Response:
+    """A fault that passes (:mod:`proxy.store.faults`): the database did not answer in time
+    (503, retry) or the disk is full (507). Nothing of the request was kept either way."""
+    where = f"{request.method} {request.url.path}"
+    if isinstance(exc, StorageFull):
+        logger.error("no space left for %s: %s", where, exc)
+        error: ProxyError = InsufficientStorage(
+            "The server has no space left to store this; nothing of it was kept.",
+        )
+    else:
+        logger.warning("database unavailable for %s: %s", where, exc)
+        error = ServiceUnavailable("The database is unavailable; retry shortly.")
+    return error_response(error)
+
+
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off) before its request was in: nobody will read an
+    answer, and nothing failed on this side. Counted as nginx's 499."""
+    return Response(status_code=499)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -3,7 +3,7 @@
 The request-size middleware admits upload routes up to ``upload_max_bytes`` plus room for
 the multipart framing; the file part itself is held to ``upload_max_bytes`` exactly while
 it streams into the blob store. Either way an oversized upload is a 413 and nothing of it
-is kept.
+is kept; so is an upload that finds the disk full, answered 507.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from proxy.api.context import Services
 from proxy.errors import BadRequest, InvalidField, PayloadTooLarge
 from proxy.store.blobs import CHUNK_SIZE
 from proxy.store.content import detect_content_type
-from proxy.store.errors import BlobTooLarge
+from proxy.store.errors import BlobTooLarge, StorageFull
+from proxy.store.faults import is_disk_full
 from proxy.store.paths import sanitize_filename
 from proxy.store.records import BlobInfo
 
@@ -58,9 +59,17 @@ async def read_upload(request: Request, *, fields: frozenset[str]) -> AsyncItera
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("Uploads must be sent as multipart/form-data.", code="invalid_upload")
-    async with request.form(
-        max_files=1, max_fields=len(fields) + 1, max_part_size=MAX_FIELD_BYTES
-    ) as form:
+    try:
+        form = await request.form(
+            max_files=1, max_fields=len(fields) + 1, max_part_size=MAX_FIELD_BYTES
+        )
+    except OSError as exc:
+        # A file part spooled to the temporary directory (past 1 MiB) found it full; the
+        # spool file was never linked into a directory, so nothing stays behind.
+        if is_disk_full(exc):
+            raise StorageFull(f"receiving an upload failed: {exc}") from exc
+        raise
+    try:
         values: dict[str, str] = {}
         upload: UploadFile | None = None
         for name, value in form.multi_items():
@@ -75,6 +84,8 @@ async def read_upload(request: Request, *, fields: frozenset[str]) -> AsyncItera
         if upload is None:
             raise InvalidField("file", "Missing the 'file' part of the upload.")
         yield Upload(fields=values, file=upload, filename=sanitize_filename(upload.filename))
+    finally:
+        await form.close()
 
 
 async def store_upload(services: Services, upload: Upload) -> StoredUpload:

@@ -53,7 +53,11 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
 def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
     keys = with_store(settings, lambda store: store.list_keys())
     if not keys:
-        print("No keys: authentication is off on loopback binds.", file=sys.stderr)
+        print(
+            "No keys: a server started without keys on a loopback bind serves one local user"
+            " (until a key is created).",
+            file=sys.stderr,
+        )
         return 0
     print(f"{'ID':<14}{'PREFIX':<12}{'STATUS':<10}{'CREATED':<22}{'NAME':<16}COLLECTIONS")
     for key in keys:

@@ -28,13 +28,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.server import server_config
+    from proxy.server import edge_options, server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
     has_keys = with_store(settings, lambda store: store.has_keys())
-    if not has_keys and not settings.is_loopback and not settings.insecure_no_auth:
+    if not has_keys and not settings.local_user_allowed:
         print(
             f"jetty-proxy: refusing to serve on {settings.host} with no API keys: anyone who can"
             " reach it could use your upstream credentials.\n"
@@ -44,7 +44,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    auth = "API keys required" if has_keys else "no API keys configured: auth is off"
+    auth = (
+        "API keys required, even if all are revoked later"
+        if has_keys
+        else "no API keys configured: auth is off until one is created"
+    )
     print(
         f"jetty-proxy {__version__} on http://{settings.host}:{settings.port}"
         f" (data in {settings.data_dir}; {auth})",
@@ -57,6 +61,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level,
         # A line per request at info and below; above, not even the work of making one.
         access_log=settings.log_level.lower() in ("trace", "debug", "info"),
+        **edge_options(settings),
     )
     server = uvicorn.Server(config)
     server.run()

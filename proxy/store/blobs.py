@@ -9,12 +9,15 @@ while writing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar, TypeVarTuple
 
@@ -22,7 +25,8 @@ import anyio
 import anyio.to_thread
 
 from proxy.store.content import SNIFF_BYTES
-from proxy.store.errors import BlobTooLarge, RecordNotFound, StoreError
+from proxy.store.errors import BlobTooLarge, RecordNotFound, StorageFull, StoreError
+from proxy.store.faults import is_disk_full
 from proxy.store.records import BlobInfo
 
 T = TypeVar("T")
@@ -30,6 +34,14 @@ Args = TypeVarTuple("Args")
 
 CHUNK_SIZE = 64 * 1024
 _KEY = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class BlobHealth:
+    """Whether the store can take writes now, and the space it has left (None: unknown)."""
+
+    problem: str | None = None
+    free_bytes: int | None = None
 
 
 class BlobStore(Protocol):
@@ -41,6 +53,9 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the blob; a missing one is not an error."""
+
+    async def health(self) -> BlobHealth:
+        """For readiness checks: quick, and never raises."""
 
 
 class LocalBlobStore:
@@ -107,6 +122,19 @@ class LocalBlobStore:
         except OSError as exc:
             raise StoreError(f"deleting a blob failed: {exc}") from exc
 
+    async def health(self) -> BlobHealth:
+        return await anyio.to_thread.run_sync(self._health)
+
+    def _health(self) -> BlobHealth:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            return BlobHealth(problem=f"{self.root}: {exc.strerror or exc}")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            return BlobHealth(problem=f"{self.root} is not writable", free_bytes=free)
+        return BlobHealth(free_bytes=free)
+
 
 async def read_all(blobs: BlobStore, key: str) -> bytes:
     """The whole content of a (small) blob."""
@@ -123,10 +151,13 @@ async def file_source(blobs: BlobStore, key: str) -> bytes | Path:
 
 
 async def _disk(fn: Callable[[*Args], T], *args: *Args) -> T:
-    """Run a blocking file operation in a worker thread; its OS errors become StoreErrors."""
+    """Run a blocking file operation in a worker thread; its OS errors become StoreErrors
+    (:class:`~proxy.store.faults.StorageFull` when the disk is full)."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise StorageFull(f"writing a blob failed: {exc}") from exc
         raise StoreError(f"writing a blob failed: {exc}") from exc
 
 
@@ -149,5 +180,7 @@ def _commit(handle: BinaryIO, temp: Path, final: Path) -> None:
 
 
 def _discard(handle: BinaryIO, temp: Path) -> None:
-    handle.close()
+    # On a full disk, closing fails to flush what is buffered: the file goes all the same.
+    with contextlib.suppress(OSError):
+        handle.close()
     temp.unlink(missing_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -10,8 +9,6 @@ from typing import Any, Literal
 
 from proxy.store.protocol import Store
 from proxy.store.records import NewTrajectory, Step, Trajectory
-
-logger = logging.getLogger("proxy.store")
 
 CHAT_TASK = "_chat"
 CHAT_STEP = "chat"
@@ -137,27 +134,11 @@ async def record_chat(
 
 
 async def record_chats(store: Store, records: Sequence[ChatRecord]) -> None:
-    """Store many relayed completions, as :func:`record_chat` would store each.
-
-    They go in one transaction (for SQLite one trip to its worker thread instead of one per
-    record, and no rows read back). Should that fail, they are stored one by one; the first
-    error is raised once all were tried.
-    """
-    if not records:
-        return
-    try:
+    """Store many relayed completions, as :func:`record_chat` would store each, in one
+    transaction: all of them or none (for SQLite one trip to its worker thread instead of one
+    per record, and no rows read back). The caller retries or splits a batch that fails."""
+    if records:
         await store.add_trajectories([record.new_trajectory() for record in records])
-        return
-    except Exception:
-        logger.warning("a batch of chat records failed; storing them one by one", exc_info=True)
-    failure: Exception | None = None
-    for record in records:
-        try:
-            await _create(store, record)
-        except Exception as exc:
-            failure = failure or exc
-    if failure is not None:
-        raise failure
 
 
 def normalise_usage(usage: Mapping[str, Any] | None) -> dict[str, int] | None:

@@ -4,10 +4,15 @@
     ├── RecordNotFound        the trajectory (or other record) a write refers to does not exist
     ├── SecretsUnavailable    no secret key is configured, or it cannot open a stored secret
     ├── BlobTooLarge          a blob grew past its limit while being stored; nothing was kept
+    ├── StoreUnavailable      the database did not answer in time (stopped, unreachable,
+    │                         overloaded): nothing was written; the same call may succeed later
+    ├── StorageFull           no space left on the disk (or in the database): nothing was kept
     └── DuplicateKey          an insert collided with a unique key (the SQL adapters raise it;
                               the store retries with a fresh id and never lets it out)
 
-Each engine maps its driver's errors into this tree where it calls the driver.
+Each engine maps its driver's errors into this tree where it calls the driver. The HTTP edge
+answers StoreUnavailable with 503 (retry) and StorageFull with 507; writers that must not lose
+what they hold (chat records) keep it and retry (see :mod:`proxy.store.faults`).
 """
 
 from __future__ import annotations
@@ -35,3 +40,11 @@ class BlobTooLarge(StoreError):
 
 class DuplicateKey(StoreError):
     """An insert collided with a unique key (the adapter maps each engine's error to this)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer in time; nothing was written."""
+
+
+class StorageFull(StoreError):
+    """No space left for a write; nothing of it was kept."""

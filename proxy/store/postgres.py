@@ -5,6 +5,11 @@ event loop that will use it) and dropped on close, so a store can be reopened in
 another event loop.
 Connections run in autocommit; multi-statement writes use explicit transactions.
 Needs the ``postgres`` extra (``psycopg[binary]`` and ``psycopg-pool``).
+
+Waits are bounded by ``timeout``: for a connection from the pool, for a new connection, and,
+through TCP keepalives, for a server that stopped answering. A database that is stopped or
+unreachable is a :class:`~proxy.store.faults.StoreUnavailable` within about that time, not a
+hang; once it is back, the pool reconnects within seconds.
 """
 
 from __future__ import annotations
@@ -17,13 +22,20 @@ from typing import Any
 import anyio
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
-from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
+from proxy.store.errors import (
+    DuplicateKey,
+    RecordNotFound,
+    StorageFull,
+    StoreError,
+    StoreUnavailable,
+)
 from proxy.store.migrations import migrations
 from proxy.store.sql import SQLStore
 from proxy.store.sql.database import Json, Params, Row, Statement
@@ -32,6 +44,8 @@ Connection = psycopg.AsyncConnection[dict[str, Any]]
 
 #: Any constant will do; it only has to be the same in every process.
 _MIGRATION_LOCK = 0x6A657474
+#: How long the pool may take to open (at start: a database starting beside the proxy).
+_OPEN_TIMEOUT = 30.0
 #: trajectory id, event type, data, timestamp
 _Append = tuple[str, str, Json, datetime]
 APPEND_BATCH = 256
@@ -55,19 +69,23 @@ class PostgresStore(SQLStore):
         secret_box: SecretBox | None = None,
         min_connections: int = 1,
         max_connections: int = 10,
+        timeout: float = 5.0,
     ):
         self.url = url
         super().__init__(
-            PostgresDatabase(url, min_size=min_connections, max_size=max_connections),
+            PostgresDatabase(
+                url, min_size=min_connections, max_size=max_connections, timeout=timeout
+            ),
             secret_box=secret_box,
         )
 
 
 class PostgresDatabase:
-    def __init__(self, url: str, *, min_size: int, max_size: int):
+    def __init__(self, url: str, *, min_size: int, max_size: int, timeout: float = 5.0):
         self._url = url
         self._min_size = min_size
         self._max_size = max_size
+        self._timeout = timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening: anyio.Event | None = None
         # Concurrent appends share one transaction (and one round trip) per batch.
@@ -82,26 +100,34 @@ class PostgresDatabase:
             # Another task is opening the pool: psycopg's pool must be opened only once.
             await self._opening.wait()
             if self._pool is None:
-                raise StoreError("PostgreSQL is unreachable")
+                raise StoreUnavailable("PostgreSQL is unreachable")
             return self._pool
         opening = self._opening = anyio.Event()
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._url,
             connection_class=psycopg.AsyncConnection[dict[str, Any]],
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                **_network_limits(self._url, self._timeout),
+            },
             min_size=self._min_size,
             max_size=self._max_size,
             open=False,
-            timeout=30.0,
+            timeout=self._timeout,
+            # psycopg retries a lost connection with a doubling delay for this long, then
+            # gives up and connects afresh on the next request: after an outage the pool is
+            # back within seconds, not after a delay grown through the whole outage.
+            reconnect_timeout=max(10.0, 2 * self._timeout),
             name="jetty-proxy",
         )
         try:
-            await pool.open(wait=True, timeout=30.0)
+            await pool.open(wait=True, timeout=max(_OPEN_TIMEOUT, self._timeout))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
             if isinstance(exc, PoolTimeout | psycopg.Error):
-                raise StoreError(f"PostgreSQL is unreachable: {exc}") from exc
+                raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
             raise
         else:
             self._pool = pool
@@ -120,10 +146,17 @@ class PostgresDatabase:
             raise DuplicateKey(f"PostgreSQL: {exc}") from exc
         except pg_errors.ForeignKeyViolation as exc:
             raise RecordNotFound(f"PostgreSQL: {exc}") from exc
+        except pg_errors.DiskFull as exc:
+            raise StorageFull(f"PostgreSQL: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            # Lost or refused connections, a server shutting down or out of resources.
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL error: {exc}") from exc
         except PoolTimeout as exc:
-            raise StoreError(f"PostgreSQL pool exhausted: {exc}") from exc
+            raise StoreUnavailable(
+                f"PostgreSQL did not give a connection within {self._timeout:g} s: {exc}"
+            ) from exc
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         async with self._connection() as conn:
@@ -192,6 +225,23 @@ class PostgresDatabase:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+def _network_limits(url: str, timeout: float) -> dict[str, int]:
+    """libpq options that bound each wait on the network by about ``timeout`` (unless the
+    URL sets them): connecting, and a server that stops answering mid-query (keepalives,
+    and TCP_USER_TIMEOUT for data it never acknowledges)."""
+    seconds = max(1, round(timeout))
+    limits = {
+        "connect_timeout": max(2, seconds),
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": seconds * 1000,
+    }
+    given = conninfo_to_dict(url)
+    return {name: value for name, value in limits.items() if name not in given}
 
 
 def _sql(sql: str) -> str:

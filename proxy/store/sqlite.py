@@ -19,12 +19,20 @@ import anyio.to_thread
 
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
-from proxy.store.errors import DuplicateKey, RecordNotFound, StoreError
+from proxy.store.errors import (
+    DuplicateKey,
+    RecordNotFound,
+    StorageFull,
+    StoreError,
+    StoreUnavailable,
+)
 from proxy.store.migrations import migrations
 from proxy.store.sql import SQLStore
 from proxy.store.sql.database import Json, Params, Row, Statement
 
 T = TypeVar("T")
+# Primary result codes (the low byte of extended ones).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 #: trajectory id, event type, JSON data, timestamp
 _Append = tuple[str, str, str, str]
 APPEND_BATCH = 256
@@ -33,14 +41,16 @@ APPEND_BATCH = 256
 class SQLiteStore(SQLStore):
     """The store on one SQLite file (created with its directory on first use)."""
 
-    def __init__(self, path: Path, *, secret_box: SecretBox | None = None):
+    def __init__(self, path: Path, *, secret_box: SecretBox | None = None, timeout: float = 5.0):
         self.path = path
-        super().__init__(SQLiteDatabase(path), secret_box=secret_box)
+        super().__init__(SQLiteDatabase(path, timeout=timeout), secret_box=secret_box)
 
 
 class SQLiteDatabase:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, timeout: float = 5.0):
         self.path = path
+        # How long a write waits for another process's lock on the file.
+        self._busy_ms = max(1, round(timeout * 1000))
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         # Concurrent appends share one transaction (and one thread hop) per batch.
@@ -55,7 +65,7 @@ class SQLiteDatabase:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             # WAL makes NORMAL safe against corruption; only the last commits may be lost
             # on power failure, never on a process crash.
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -75,6 +85,11 @@ class SQLiteDatabase:
                         raise RecordNotFound(f"SQLite: {message}") from exc
                     raise StoreError(f"SQLite error: {message}") from exc
                 except sqlite3.Error as exc:
+                    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                    if code == _SQLITE_FULL:
+                        raise StorageFull(f"SQLite: {exc}") from exc
+                    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                        raise StoreUnavailable(f"SQLite: {exc}") from exc
                     raise StoreError(f"SQLite error: {exc}") from exc
 
         return await anyio.to_thread.run_sync(call)

@@ -39,7 +39,8 @@ def make_proxy(tmp_path: Path, upstream: tuple[ScriptedUpstream, str]) -> ProxyF
             "backend": "local",
         }
         fields.update(overrides)
-        with serve(create_app(Settings(**fields))) as url:
+        settings = Settings(**fields)
+        with serve(create_app(settings), settings=settings) as url:
             yield url
 
     return start

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import anyio
@@ -139,3 +141,25 @@ def test_keys_turn_auth_on_and_scope_collections(
         # Health endpoints stay open for orchestrators.
         assert httpx.get(proxy + "/healthz").status_code == 200
     assert all("jp-" not in seen.headers.get("authorization", "") for seen in upstream[0].seen)
+
+
+def test_a_stalled_request_body_is_cut_off_quietly(
+    make_proxy: ProxyFactory,
+    upstream: tuple[ScriptedUpstream, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with make_proxy(request_body_timeout=0.5) as proxy:
+        host, port = proxy.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                b'content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"model"'
+            )
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        metrics = httpx.get(proxy + "/metrics").text
+    assert 'route="/v1/chat/completions",status="499"' in metrics
+    assert upstream[0].seen == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -1,5 +1,6 @@
 """The recorder writes records in batches, in order, at quiet moments; never raises; bounds
-its queue; and writes out what it holds when it stops."""
+its queue; keeps and retries what a passing fault could not write; counts what it gives up;
+and writes out what it holds when it stops."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Flushes:
         await anyio.sleep(self._delay)
         self.running -= 1
         if self._fail_on in records:
-            raise RuntimeError("the disk is full")
+            raise RuntimeError("a record the database refuses")
         self.batches.append(records)
 
     @property
@@ -61,9 +62,10 @@ async def test_batches_are_written_one_at_a_time_in_order(
                 await anyio.sleep(0.005)  # the next pair comes while this one is written
             await recorder.submit(broken)
             await anyio.sleep(0.2)
-    assert flushes.batches == [[0, 1], [4, 5]]  # [2, 3] failed as a whole; broken, alone
+    # [2, 3] failed, then 2 was written alone; 3 and broken are given up.
+    assert flushes.batches == [[0, 1], [2], [4, 5]]
     assert flushes.most == 1
-    assert "the disk is full" in caplog.text and "no summary" in caplog.text
+    assert "the database refuses" in caplog.text and "no summary" in caplog.text
 
 
 async def test_a_writer_that_falls_behind_writes_all_it_has() -> None:
@@ -156,3 +158,91 @@ async def test_an_accepted_record_survives_its_caller_being_cancelled() -> None:
     with anyio.move_on_after(0.01):
         await recorder.submit(record(0))
     assert flushes.written == [0]
+
+
+class Outage(Exception):
+    """A fault that passes."""
+
+
+class Database:
+    """A ``flush`` that fails with :class:`Outage` while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.attempts = 0
+        self.written: list[int] = []
+
+    async def __call__(self, records: list[int]) -> None:
+        self.attempts += 1
+        if self.down:
+            raise Outage("the database is away")
+        self.written.extend(records)
+
+
+class Drops:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, reason: str, count: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + count
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(30):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_records_wait_for_a_database_that_comes_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database, drops = Database(), Drops()
+    recorder = ChatRecorder(database, batch=1, max_delay=0, retry_on=(Outage,), on_drop=drops)
+    async with recorder.running():
+        for n in range(5):
+            await recorder.admit()  # an outage does not hold requests back
+            await recorder.submit(record(n))
+        await _until(lambda: recorder.retrying == 5)
+        attempts = database.attempts
+        await _until(lambda: database.attempts > attempts)  # retried, with a delay
+        assert recorder.retrying == 5
+        for n in range(5, 8):
+            await recorder.submit(record(n))
+        await _until(lambda: recorder.retrying == 8)
+        database.down = False
+        await _until(lambda: recorder.retrying == 0)
+    assert database.written == list(range(8))  # all of them, in order
+    assert drops.counts == {}
+    assert "keeping them to retry" in caplog.text and "written again" in caplog.text
+
+
+async def test_past_its_bound_the_backlog_drops_the_oldest_and_counts_them() -> None:
+    database, drops = Database(), Drops()
+    recorder = ChatRecorder(
+        database, batch=1, max_delay=0, retry_on=(Outage,), backlog_bytes=300, on_drop=drops
+    )
+    async with recorder.running():
+        for n in range(5):
+            await recorder.submit(record(n), 100)
+        await _until(lambda: drops.counts.get("backlog_full") == 2)
+        assert recorder.retrying == 3
+        database.down = False
+        await _until(lambda: recorder.retrying == 0)
+    assert database.written == [2, 3, 4]
+
+
+async def test_what_still_waits_when_the_recorder_stops_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database, drops = Database(), Drops()
+    recorder = ChatRecorder(database, batch=1, max_delay=0, retry_on=(Outage,), on_drop=drops)
+    async with recorder.running():
+        await recorder.submit(record(0))
+        await _until(lambda: recorder.retrying == 1)
+        attempts = database.attempts
+    assert database.attempts == attempts + 1  # one last try
+    assert drops.counts == {"shutdown": 1}
+    assert "1 chat record(s) could not be written and are dropped (shutdown)" in caplog.text
+    # Without a writer there is no retry: one attempt, then counted.
+    await recorder.submit(record(1))
+    assert drops.counts == {"shutdown": 1, "no_writer": 1}

@@ -1,4 +1,5 @@
-"""The local blob store: atomic writes, size limits enforced while streaming, hashes."""
+"""The local blob store: atomic writes, size limits enforced while streaming, hashes, and
+nothing kept when the disk fills up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from proxy.store import RecordNotFound
 from proxy.store.blobs import LocalBlobStore, read_all
-from proxy.store.errors import BlobTooLarge
+from proxy.store.errors import BlobTooLarge, StorageFull
+from tests.support.full_disk import small_filesystem
 
 pytestmark = pytest.mark.anyio
 
@@ -75,3 +77,15 @@ async def test_keys_cannot_name_other_files(tmp_path: Path) -> None:
     for key in ("../../etc/passwd", "ab/../cd", "", "A" * 32):
         with pytest.raises(RecordNotFound):
             await blobs.open(key)
+
+
+async def test_a_full_disk_keeps_nothing_of_a_blob(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "disk", size="1m") as disk:
+        blobs = LocalBlobStore(disk / "blobs")
+        kept = await blobs.put(chunks(b"a" * 1000))
+        with pytest.raises(StorageFull):
+            await blobs.put(chunks(*[b"b" * 65536] * 32))
+        assert files_under(disk) == [blobs.path(kept.key)]
+        health = await blobs.health()
+        assert health.problem is None and health.free_bytes is not None
+        assert health.free_bytes < 1024 * 1024

@@ -6,18 +6,24 @@ Streaming and disconnect behaviour can only be tested over a real socket
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from proxy.server import server_config
+from proxy.server import edge_options, server_config
+from proxy.settings import Settings
 
 
 def free_port() -> int:
@@ -33,11 +39,22 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
+def serve(
+    app: ASGIApp, *, port: int | None = None, settings: Settings | None = None
+) -> Iterator[str]:
+    """Run ``app`` until the block ends; yields its base URL (``http://127.0.0.1:PORT``).
+
+    With ``settings``, the server holds clients to their limits, as ``serve`` does.
+    """
     port = port or free_port()
     config = server_config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        **(edge_options(settings) if settings is not None else {}),
     )
     with _running(config, f"port {port}"):
         yield f"http://127.0.0.1:{port}"
@@ -71,3 +88,45 @@ def _running(config: uvicorn.Config, where: str) -> Iterator[None]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class ServeProcess:
+    """A ``jetty-proxy serve`` process started by :func:`serve_process`."""
+
+    url: str
+    process: subprocess.Popen[str]
+    #: What it printed on stderr, once it has exited.
+    err: str = ""
+
+
+@contextmanager
+def serve_process(
+    args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[ServeProcess]:
+    """Run ``python -m proxy serve --port PORT ARGS`` until the block ends, once it answers
+    ``/healthz`` on loopback; then stop it with SIGTERM."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args],
+        env={**os.environ, **(env or {})},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    served = ServeProcess(f"http://127.0.0.1:{port}", process)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(served.url + "/healthz")
+                break
+            except httpx.ConnectError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"serve exited early: {process.communicate()[1]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("serve did not come up") from None
+                time.sleep(0.1)
+        yield served
+    finally:
+        process.terminate()
+        served.err = process.communicate(timeout=30)[1]
