@@ -8,6 +8,7 @@ all of them the same way::
     ├── BadRequest                  400 invalid_request_error
     │   └── InvalidField            400 invalid_request_error (param = the field)
     ├── Unauthorized                401 authentication_error
+    ├── Forbidden                   403 permission_error
     ├── NotFound                    404 not_found_error
     ├── Conflict                    409 conflict_error
     ├── PayloadTooLarge             413 invalid_request_error
@@ -68,6 +69,14 @@ class Unauthorized(ProxyError):
     status_code = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+
+
+class Forbidden(ProxyError):
+    """The request is understood and authenticated, but the server's policy refuses it."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
 
 
 class NotFound(ProxyError):

@@ -93,6 +93,7 @@ async def start_run(
         runbook = system_text(messages)
     secrets = await store.secret_values(collection)
     plan = resolve_plan(model, messages, block, runbook, runs.defaults, secrets)
+    runs.defaults.network_policy.check(plan.network_enabled, collection)
     continuation, plan = await _continuation(store, messages, collection, plan)
     image = await _environment(runs, plan)
     inputs = await _inputs(store, blobs, collection, plan)

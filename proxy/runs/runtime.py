@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import anyio
 import httpx
@@ -27,6 +28,7 @@ import uvicorn
 from proxy.agents.install import AgentCache
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
+from proxy.jetty.policy import NetworkPolicy
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
@@ -104,6 +106,30 @@ async def serve_relay_socket(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def plan_defaults(settings: Settings, *, images: bool) -> PlanDefaults:
+    """The server's defaults and limits for run plans (``images``: the backend runs images)."""
+    return PlanDefaults(
+        snapshot=settings.effective_default_snapshot if images else None,
+        image=settings.default_image,
+        timeout_sec=settings.run_timeout_sec,
+        cpus=settings.run_cpus_default,
+        memory_bytes=settings.run_memory_default,
+        cpus_max=settings.run_cpus_max,
+        memory_max_bytes=settings.run_memory_max,
+        image_registries=tuple(settings.image_registries),
+        network_policy=NetworkPolicy(
+            settings.network_policy,
+            MappingProxyType(
+                {
+                    name: policy.network
+                    for name, policy in settings.collections.items()
+                    if policy.network is not None
+                }
+            ),
+        ),
+    )
+
+
 @contextlib.asynccontextmanager
 async def run_service(
     settings: Settings,
@@ -129,11 +155,7 @@ async def run_service(
     else:
         logger.info("sandbox backend: %s", the_backend.name)
     images = the_backend.name == "docker"
-    defaults = PlanDefaults(
-        snapshot=settings.effective_default_snapshot if images else None,
-        image=settings.default_image,
-        timeout_sec=settings.run_timeout_sec,
-    )
+    defaults = plan_defaults(settings, images=images)
     environments = Environments.from_settings(settings) if images else None
     kept: KeptSandboxes | None = None
     server_id = secrets.token_hex(8)
