@@ -29,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from proxy.egress import AddressPolicy
 from proxy.jetty.fields import parse_memory
 from proxy.jetty.imageref import DEFAULT_REGISTRY, InvalidImageRef, parse_image_ref
 from proxy.presets import Preset, check_preset_names
@@ -263,6 +264,12 @@ class Settings(BaseSettings):
             if registry != DEFAULT_REGISTRY and (ref is None or ref.registry != registry):
                 raise ValueError(f"{registry!r} is not a registry host such as ghcr.io")
         return [registry.lower() for registry in value]
+
+    @field_validator("fetch_allow_hosts")
+    @classmethod
+    def _check_allow_hosts(cls, value: list[str]) -> list[str]:
+        AddressPolicy.from_entries(value)
+        return value
 
     @field_validator("run_capabilities")
     @classmethod

@@ -124,7 +124,7 @@ async def _forward(request: Request, *, count_usage: bool) -> Response:
     usage = UsageReader(model)
 
     async def open_upstream() -> UpstreamResponse:
-        return await _open(context.client, upstream_request)
+        return await _open(context.client_for(upstream_request), upstream_request)
 
     async def on_finish(outcome: RelayOutcome) -> None:
         if not stream and outcome.status == "completed":
@@ -202,7 +202,7 @@ def _build_request(
     url = base_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
-    return context.client.build_request("POST", url, content=body, headers=headers)
+    return context.build_request(override, url, content=body, headers=headers)
 
 
 async def _open(client: httpx.AsyncClient, upstream_request: httpx.Request) -> UpstreamResponse:

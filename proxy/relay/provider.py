@@ -141,7 +141,7 @@ def relay_call(context: RelayContext, call: Call, wire: Wire) -> Response:
     """
 
     async def open_upstream() -> UpstreamResponse:
-        return await _open(context.client, call.upstream, wire)
+        return await _open(context.client_for(call.upstream), call.upstream, wire)
 
     async def on_finish(outcome: RelayOutcome) -> None:
         completed = outcome.status == "completed"

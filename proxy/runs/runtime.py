@@ -26,6 +26,7 @@ import httpx
 import uvicorn
 
 from proxy.agents.install import AgentCache
+from proxy.egress import AddressPolicy, GuardedTransport
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
 from proxy.jetty.policy import NetworkPolicy
@@ -53,6 +54,7 @@ class RunService:
     engine: RunEngine
     agents: AgentCache
     defaults: PlanDefaults
+    # Fetches URLs clients give (jetty.runbook_url): public addresses only (proxy.egress).
     http: httpx.AsyncClient
     keepalive_seconds: float
     # The server's settings: model provider URLs and keys for each run (proxy/runs/credentials.py).
@@ -163,7 +165,16 @@ async def run_service(
         try:
             async with (
                 serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
-                httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
+                httpx.AsyncClient(
+                    transport=GuardedTransport(
+                        AddressPolicy.from_entries(settings.fetch_allow_hosts)
+                    ),
+                    timeout=10.0,
+                    follow_redirects=True,
+                    max_redirects=5,
+                    # A proxy from the environment would connect instead, unchecked.
+                    trust_env=False,
+                ) as http,
                 anyio.create_task_group() as tg,
             ):
                 engine = RunEngine(
