@@ -152,6 +152,7 @@ async def start_run(
                 f"{quote(task, safe='')}/{trajectory.id}"
             ),
             credentials=credentials,
+            secrets=secrets,
         )
     )
     renderer = ChunkRenderer(

@@ -34,6 +34,7 @@ from proxy.runs.launch import (
 from proxy.runs.lifecycle import RunLifecycle
 from proxy.runs.live import LiveRun
 from proxy.runs.presence import Presence
+from proxy.runs.redaction import LiveRedactor
 from proxy.sandbox import Orphans, SandboxBackend
 from proxy.store import Store, StoreError
 from proxy.store.blobs import BlobStore
@@ -188,6 +189,7 @@ class RunEngine:
             agent=launch.adapter.name,
             model=launch.plan.model,
             detached=launch.plan.detach,
+            redactor=LiveRedactor.of(launch.secrets),
         )
         self.live[launch.run_id] = live
         self._tg.start_soon(self._lifecycle, launch, live, name=f"run-{launch.run_id}")
