@@ -204,8 +204,9 @@ class Settings(BaseSettings):
         description="registries run images may come from (docker.io: the default one); empty: any",
     )
     run_read_only_rootfs: bool = Field(
-        default=False,
-        description="Docker runs get a read-only root filesystem (only /app and /tmp writable)",
+        default=True,
+        description="Docker runs get a read-only root filesystem: only /app and /tmp (the"
+        " agent's HOME) are writable",
     )
     run_capabilities: list[str] = Field(
         default_factory=list,

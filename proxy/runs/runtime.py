@@ -37,6 +37,7 @@ from proxy.runs.engine import EngineConfig, RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.presence import Presence
 from proxy.sandbox import SandboxBackend, select_backend
+from proxy.sandbox.dockerapi import ContainerPolicy
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -148,6 +149,7 @@ async def run_service(
         settings.docker_host,
         local_bwrap=settings.local_bwrap,
         owner=sandbox_owner(settings),
+        containers=ContainerPolicy(tuple(settings.run_capabilities), settings.run_read_only_rootfs),
     )
     if the_backend.name == "local":
         logger.warning(

@@ -49,7 +49,13 @@ from proxy.sandbox.base import (
     SandboxSpec,
     SandboxStateError,
 )
-from proxy.sandbox.dockerapi import API_VERSION, Engine, container_name, path_stat_name
+from proxy.sandbox.dockerapi import (
+    API_VERSION,
+    ContainerPolicy,
+    Engine,
+    container_name,
+    path_stat_name,
+)
 from proxy.sandbox.files import ArchiveExtractor, CopyBudget, clean_absolute_dir
 from proxy.sandbox.files import clean_relative_path as _clean
 from proxy.sandbox.frames import FrameDecoder, LineSplitter, StreamKind, TailBuffer
@@ -73,7 +79,9 @@ class DockerBackend:
     """Launches `DockerSandbox`es on one Docker engine.
 
     ``transport`` is any httpx async transport: `from_url` builds one for a unix socket or
-    TCP endpoint, tests pass ``httpx.MockTransport``.
+    TCP endpoint, tests pass ``httpx.MockTransport``. ``policy`` confines every container
+    (capabilities, read-only root file system). A spec's ``cpus`` above what the engine's
+    machine has is lowered to that (the engine would refuse the container).
     """
 
     name = "docker"
@@ -85,6 +93,7 @@ class DockerBackend:
         base_url: str = "http://docker",
         where: str = "docker",
         timeout: float = 30.0,
+        policy: ContainerPolicy | None = None,
     ) -> None:
         client = httpx.AsyncClient(
             transport=transport,
@@ -94,20 +103,25 @@ class DockerBackend:
             headers={"Accept-Encoding": "identity"},
         )
         self._engine = Engine(client, where)
+        self._policy = policy or ContainerPolicy()
+        self._cpus: float | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 30.0) -> DockerBackend:
+    def from_url(
+        cls, url: str, *, timeout: float = 30.0, policy: ContainerPolicy | None = None
+    ) -> DockerBackend:
         """A backend for ``unix:///path/docker.sock``, ``tcp://host:port`` or ``http(s)://``."""
         if url.startswith("unix://"):
             path = url.removeprefix("unix://")
             if not path.startswith("/"):
                 raise ValueError(f"Docker socket URL {url!r} must name an absolute path")
             transport = httpx.AsyncHTTPTransport(uds=path)
-            return cls(transport, where=url, timeout=timeout)
+            return cls(transport, where=url, timeout=timeout, policy=policy)
         if url.startswith(("tcp://", "http://", "https://")):
             scheme = "https" if url.startswith("https://") else "http"
             base = f"{scheme}://{url.split('://', 1)[1].rstrip('/')}"
-            return cls(httpx.AsyncHTTPTransport(), base_url=base, where=url, timeout=timeout)
+            transport = httpx.AsyncHTTPTransport()
+            return cls(transport, base_url=base, where=url, timeout=timeout, policy=policy)
         raise ValueError(f"unsupported Docker host {url!r}: use unix://, tcp:// or http(s)://")
 
     async def ping(self) -> bool:
@@ -125,10 +139,15 @@ class DockerBackend:
         # No image check first (4 ms): create answers 404 for a missing image, which
         # Engine.create turns into ImageNotFound; nothing is ever pulled.
         name = container_name(spec.run_id, secrets.token_hex(4))
+        cpus = spec.cpus
+        if cpus is not None:
+            if self._cpus is None:
+                self._cpus = await self._engine.cpus()
+            cpus = min(cpus, self._cpus)
         dispatched = dataclasses.replace(
-            spec, argv=["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv]
+            spec, argv=["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv], cpus=cpus
         )
-        container_id = await self._engine.create(dispatched, name)
+        container_id = await self._engine.create(dispatched, name, self._policy)
         sandbox = DockerSandbox(self._engine, container_id, spec)
         try:
             await sandbox.claim_workdir()
@@ -152,9 +171,14 @@ class DockerBackend:
             if orphans.kept(run_id, labels_of.get(LABEL_SERVER)):
                 continue
             await self._engine.request(
-                "DELETE", f"/containers/{container['Id']}", params={"force": "1"}, ok=(404, 409)
+                "DELETE",
+                f"/containers/{container['Id']}",
+                params={"force": "1", "v": "1"},  # its anonymous volumes too
+                ok=(404, 409),
             )
             removed.append(run_id)
+        # The volumes of containers removed without theirs (by hand, or by another tool).
+        await self._engine.request("POST", "/volumes/prune", params={"filters": filters})
         return removed
 
     async def aclose(self) -> None:

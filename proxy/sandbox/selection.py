@@ -8,6 +8,7 @@ from typing import Literal
 
 from proxy.sandbox.base import EngineUnavailable, SandboxBackend
 from proxy.sandbox.docker import DockerBackend
+from proxy.sandbox.dockerapi import ContainerPolicy
 from proxy.sandbox.local import LocalBackend
 from proxy.sandbox.rundirs import installation_dir
 
@@ -29,6 +30,7 @@ async def select_backend(
     *,
     local_bwrap: bool | None = None,
     owner: str | None = None,
+    containers: ContainerPolicy | None = None,
 ) -> SandboxBackend:
     """Return the backend for ``kind``.
 
@@ -37,7 +39,8 @@ async def select_backend(
     touches Docker. ``local_bwrap`` is the local backend's ``use_bwrap`` (None: when
     installed). With ``owner`` (see `proxy.runs.runtime.sandbox_owner`) local runs go to the
     installation's own directory, where a restarted proxy finds what a crashed one left;
-    without, to a fresh temp dir. The caller owns the result and must ``aclose()`` it.
+    without, to a fresh temp dir. ``containers`` confines Docker's containers. The caller owns
+    the result and must ``aclose()`` it.
     """
 
     def local() -> LocalBackend:
@@ -49,7 +52,7 @@ async def select_backend(
     if kind not in ("auto", "docker"):
         raise ValueError(f"unknown sandbox backend {kind!r}: use auto, docker or local")
     url = resolve_docker_host(docker_host)
-    docker = DockerBackend.from_url(url)
+    docker = DockerBackend.from_url(url, policy=containers)
     if await docker.ping():
         return docker
     await docker.aclose()
