@@ -61,6 +61,8 @@ class LiveRun:
             if self.redactor is not None:
                 self.events += self.redactor.flush()
                 error = self.redactor.redact(error) if error else error
+                # Read by followers once the run is over (a result file may be named after one).
+                self.artifacts = self.redactor.redact_value(self.artifacts)
             self.outcome, self.error, self.error_code = outcome, error, code
             self._wake()
 

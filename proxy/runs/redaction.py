@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import TypeVar
 
 from proxy.events import Event, ReasoningDelta, TextDelta, Usage, from_dict
 from proxy.store.redact import StreamRedactor, redact, redact_value
@@ -23,6 +24,7 @@ from proxy.store.redact import StreamRedactor, redact, redact_value
 __all__ = ["LiveRedactor"]
 
 _Delta = type[TextDelta] | type[ReasoningDelta]
+_T = TypeVar("_T")
 
 
 class LiveRedactor:
@@ -62,6 +64,11 @@ class LiveRedactor:
     def redact(self, text: str) -> str:
         """A whole text (an error message) with the secrets replaced."""
         return redact(text, self._secrets)
+
+    def redact_value(self, value: _T) -> _T:
+        """A JSON-like value (the artifacts list) with the secrets replaced in every string."""
+        redacted: _T = redact_value(value, self._secrets, credential_fields=False)
+        return redacted
 
     def _flush(self, kinds: Iterable[_Delta]) -> list[Event]:
         out: list[Event] = []

@@ -59,6 +59,7 @@ def test_held_back_text_goes_out_before_the_next_whole_event_in_order() -> None:
     live.publish(Usage(3, 4))
     live.publish(AgentError(f"failed with {SECRET}"))
     live.publish(Finished(ok=False, reason="agent_error", result_text=SECRET))
+    live.artifacts = [{"path": f"{SECRET}.txt", "url": f"/a/{SECRET}.txt", "bytes": 1}]
     live.close("failed", f"The agent said {SECRET}", "agent_error")
     kinds = [type(e).__name__ for e in live.events]
     assert kinds == [
@@ -77,6 +78,9 @@ def test_held_back_text_goes_out_before_the_next_whole_event_in_order() -> None:
     assert SECRET not in repr(live.events)
     assert "[redacted:DB_PASSWORD]" in repr(live.events[4])
     assert live.error == "The agent said [redacted:DB_PASSWORD]"
+    assert live.artifacts == [
+        {"path": "[redacted:DB_PASSWORD].txt", "url": "/a/[redacted:DB_PASSWORD].txt", "bytes": 1}
+    ]
     assert live.usage == Usage(3, 4)
     assert live.finished is not None and live.finished.result_text == "[redacted:DB_PASSWORD]"
 
