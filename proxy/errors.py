@@ -83,6 +83,8 @@ class Unauthorized(ProxyError):
 
 
 class Forbidden(ProxyError):
+    """The request is understood and authenticated, but the server's policy refuses it."""
+
     status_code = 403
     error_type = "permission_error"
     code = "forbidden"

@@ -8,11 +8,20 @@ environment variables prefixed ``JETTY_PROXY_``, the TOML file given with
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,10 +31,17 @@ from pydantic_settings import (
 )
 
 from proxy.browsers import is_loopback_name, normalise_origin
+from proxy.egress import AddressPolicy
+from proxy.jetty.fields import parse_memory
+from proxy.jetty.imageref import DEFAULT_REGISTRY, InvalidImageRef, parse_image_ref
 from proxy.presets import Preset, check_preset_names
 from proxy.sandbox.selection import check_backend_name
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
+
+NetworkAccess = Literal["allowed", "denied"]
+#: Bytes, from an int or a size such as "512m" or "4g" (binary units, as Docker reads them).
+MemorySize = Annotated[int, BeforeValidator(parse_memory)]
 
 
 def default_data_dir() -> Path:
@@ -67,6 +83,19 @@ class SnapshotSettings(BaseModel):
     includes: list[str] | None = None
     build_args: dict[str, str] | None = None
     base_snapshot: str | None = None
+
+
+class CollectionPolicy(BaseModel):
+    """One ``[collections.NAME]`` table: the server's rules for one collection's runs.
+
+    A field left out follows the server-wide setting.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: NetworkAccess | None = Field(
+        default=None, description="whether runs may ask for network_enabled: true"
+    )
 
 
 class Settings(BaseSettings):
@@ -134,7 +163,7 @@ class Settings(BaseSettings):
         " still accepted (0: refuse them with 503)",
     )
     log_level: str = "info"
-    # Comma-separated in the environment, lists in TOML.
+    # Lists: comma-separated (or a JSON array) in the environment, lists in TOML.
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="web origins (scheme://host:port) whose pages may use the server: CORS,"
@@ -198,6 +227,47 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None, description="absolute URL clients reach this server at, for result links"
     )
+    # What a run may have, and ask for: limits applied when a run asks for none, and the most
+    # it may ask for (a request over the maximum is a 400).
+    run_memory_default: MemorySize | None = Field(
+        default=4 * 1024**3, description="memory limit of a run that asks for none"
+    )
+    run_memory_max: MemorySize | None = Field(
+        default=16 * 1024**3, description="the most memory a run may ask for (none: no cap)"
+    )
+    run_cpus_default: float | None = Field(
+        default=2.0, gt=0, le=64, description="CPU limit of a run that asks for none"
+    )
+    run_cpus_max: float | None = Field(
+        default=8.0, gt=0, le=64, description="the most CPUs a run may ask for (none: no cap)"
+    )
+    network_policy: NetworkAccess = Field(
+        default="denied",
+        description="whether runs may ask for network_enabled: true; [collections.NAME]"
+        " tables decide for one collection",
+    )
+    collections: dict[str, CollectionPolicy] = Field(
+        default_factory=dict, description="per-collection rules ([collections.NAME] tables)"
+    )
+    image_registries: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="registries run images may come from (docker.io: the default one); empty: any",
+    )
+    run_read_only_rootfs: bool = Field(
+        default=True,
+        description="Docker runs get a read-only root filesystem: only /app and /tmp (the"
+        " agent's HOME) are writable",
+    )
+    run_capabilities: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Linux capabilities Docker runs get back (all are dropped; e.g. CHOWN,"
+        " SETUID, SETGID for images that apt-get install at run time)",
+    )
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="internal hosts (names, addresses or networks) that URLs a client gives"
+        " may reach, e.g. an intranet runbook server",
+    )
 
     # Chat UIs: presets offered as models (jetty/NAME).
     presets: dict[str, Preset] = Field(default_factory=dict)
@@ -239,10 +309,19 @@ class Settings(BaseSettings):
         " engine and the package registries)",
     )
 
-    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @field_validator(
+        "allowed_origins",
+        "allowed_hosts",
+        "image_registries",
+        "run_capabilities",
+        "fetch_allow_hosts",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
@@ -250,6 +329,42 @@ class Settings(BaseSettings):
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
         return [normalise_origin(origin) for origin in value]
+
+    @field_validator("image_registries")
+    @classmethod
+    def _check_registries(cls, value: list[str]) -> list[str]:
+        for registry in value:
+            try:
+                ref = parse_image_ref(f"{registry}/x")
+            except InvalidImageRef:
+                ref = None
+            if registry != DEFAULT_REGISTRY and (ref is None or ref.registry != registry):
+                raise ValueError(f"{registry!r} is not a registry host such as ghcr.io")
+        return [registry.lower() for registry in value]
+
+    @field_validator("fetch_allow_hosts")
+    @classmethod
+    def _check_allow_hosts(cls, value: list[str]) -> list[str]:
+        AddressPolicy.from_entries(value)
+        return value
+
+    @field_validator("run_capabilities")
+    @classmethod
+    def _check_capabilities(cls, value: list[str]) -> list[str]:
+        names = [name.upper().removeprefix("CAP_") for name in value]
+        for name in names:
+            if not name.replace("_", "").isalnum() or name == "ALL":
+                raise ValueError(f"{name!r} is not a capability name such as CHOWN")
+        return names
+
+    @model_validator(mode="after")
+    def _check_run_limits(self) -> Settings:
+        for name in ("memory", "cpus"):
+            default = getattr(self, f"run_{name}_default")
+            maximum = getattr(self, f"run_{name}_max")
+            if default is not None and maximum is not None and default > maximum:
+                raise ValueError(f"run_{name}_default is over run_{name}_max")
+        return self
 
     @field_validator("upstream_url")
     @classmethod

@@ -16,20 +16,29 @@ every registry client follow)::
     tag             := /[\\w][\\w.-]{0,127}/
     digest          := algorithm ":" hex   (sha256: 64, sha384: 96, sha512: 128 lowercase hex)
 
-The name is at most 255 characters. As in Docker, the first path component is the registry only
-when it contains ``.`` or ``:``, is ``localhost``, or has an uppercase letter; otherwise the
-reference names a repository on the default registry (``ubuntu``, ``library/ubuntu``).
+The name is at most 255 characters. The first path component is the registry only when it
+contains ``.`` or ``:`` or is ``localhost``; otherwise the reference names a repository on the
+default registry (``ubuntu``, ``library/ubuntu``), and that path must be lowercase. Docker
+releases disagree on a first component with an uppercase letter (``UPPER/case``): older engines
+refuse it as an uppercase repository, newer ones try to reach a registry called ``UPPER``; it is
+refused here, so that no engine is ever asked.
+
+:func:`check_registry` applies a server's list of allowed registries (``docker.io`` stands for the
+default registry).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["ImageRef", "InvalidImageRef", "parse_image_ref"]
+__all__ = ["DEFAULT_REGISTRY", "ImageRef", "InvalidImageRef", "check_registry", "parse_image_ref"]
 
 NAME_MAX_LENGTH = 255
+#: What a reference that names no registry pulls from (Docker Hub, for Docker).
+DEFAULT_REGISTRY = "docker.io"
 # Longest possible reference: a full name, a full tag and a sha512 digest. Checked before the
 # regex runs so that a long hostile string cannot make it backtrack for long.
 _MAX_REFERENCE_LENGTH = NAME_MAX_LENGTH + 1 + 128 + 1 + len("sha512:") + 128
@@ -78,6 +87,11 @@ class ImageRef:
     tag: str | None = None
     digest: str | None = None
 
+    @property
+    def registry_host(self) -> str:
+        """The registry, lowercase, with :data:`DEFAULT_REGISTRY` when none is named."""
+        return (self.registry or DEFAULT_REGISTRY).lower()
+
     def __str__(self) -> str:
         text = f"{self.registry}/{self.repository}" if self.registry else self.repository
         if self.tag is not None:
@@ -115,13 +129,31 @@ def _split_registry(name: str) -> tuple[str | None, str]:
     first, slash, rest = name.partition("/")
     if not slash:
         return None, name
-    if "." in first or ":" in first or first == "localhost" or first.lower() != first:
+    if "." in first or ":" in first or first == "localhost":
         # The grammar would also accept e.g. "a_b.c/x" as a two-component path; Docker would
         # then try to reach a registry called "a_b.c", so refuse it here instead.
         if not _DOMAIN_ONLY.fullmatch(first) or not _REMOTE_ONLY.fullmatch(rest):
             raise InvalidImageRef(f"{first!r} is not a valid registry host")
         return first, rest
+    if not _REMOTE_ONLY.fullmatch(name):
+        raise InvalidImageRef("the repository name must be lowercase")
     return None, name
+
+
+def check_registry(ref: ImageRef, allowed: Collection[str]) -> None:
+    """Raise :class:`InvalidImageRef` unless ``ref`` comes from one of ``allowed``.
+
+    Entries are registry hosts as written in references (``ghcr.io``, ``localhost:5000``),
+    compared without regard to case; ``docker.io`` is the default registry. An empty
+    ``allowed`` allows every registry.
+    """
+    if not allowed:
+        return
+    if ref.registry_host not in {entry.lower() for entry in allowed}:
+        names = ", ".join(sorted(allowed))
+        raise InvalidImageRef(
+            f"registry {ref.registry_host!r} is not allowed on this server (allowed: {names})"
+        )
 
 
 def _check_digest(digest: str) -> None:

@@ -27,7 +27,8 @@ from proxy.agents import UnknownAgentError, get_adapter, infer_agent
 from proxy.agents.base import RelayApi
 from proxy.errors import InvalidField
 from proxy.jetty.fields import ToolActivityMode
-from proxy.jetty.imageref import parse_image_ref
+from proxy.jetty.imageref import check_registry, parse_image_ref
+from proxy.jetty.policy import NetworkPolicy, check_image_registry, check_resources
 from proxy.jetty.runbook import FrontMatter, parse_runbook, render_template
 from proxy.jetty.schema import JettyBlock
 
@@ -118,12 +119,16 @@ EnvironmentKind = Literal["snapshot", "image", "build", "default"]
 
 @dataclass(frozen=True, slots=True)
 class PlanDefaults:
-    """The server's defaults, used when neither the request nor the runbook decides.
+    """The server's defaults, used when neither the request nor the runbook decides, and its
+    limits on what they may ask for.
 
     ``model_providers`` maps an agent to its default provider. ``snapshot`` and ``image`` are
     the default environment (a snapshot wins over an image); ``image`` is also the base image of
-    a package build that names none. Checked on construction, so a bad configuration fails at
-    start-up rather than on the first request.
+    a package build that names none. ``cpus`` and ``memory_bytes`` are a run's limits when
+    nothing asks for others; ``cpus_max`` and ``memory_max_bytes`` (``None``: no maximum) cap
+    what may be asked. ``image_registries`` lists the registries images may come from (empty:
+    any). ``network_policy`` says which collections' runs may have a network. Checked on
+    construction, so a bad configuration fails at start-up rather than on the first request.
     """
 
     # Agent -> provider, for agents whose default is not the first of their providers.
@@ -135,6 +140,10 @@ class PlanDefaults:
     network_enabled: bool = False
     cpus: float | None = None
     memory_bytes: int | None = None
+    cpus_max: float | None = None
+    memory_max_bytes: int | None = None
+    image_registries: tuple[str, ...] = ()
+    network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     tool_activity: ToolActivityMode = "reasoning"
 
     def __post_init__(self) -> None:
@@ -142,9 +151,15 @@ class PlanDefaults:
             if provider not in agent_providers(agent):
                 raise ValueError(f"default model provider {provider!r} cannot serve {agent!r}")
         if self.image is not None:
-            parse_image_ref(self.image)
+            check_registry(parse_image_ref(self.image), self.image_registries)
         if self.timeout_sec <= 0:
             raise ValueError("the default timeout must be positive")
+        for name, value, limit in (
+            ("cpus", self.cpus, self.cpus_max),
+            ("memory", self.memory_bytes, self.memory_max_bytes),
+        ):
+            if value is not None and limit is not None and value > limit:
+                raise ValueError(f"the default {name} is over the maximum")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +260,24 @@ def resolve_plan(
     system_prompt = render_template(runbook.body, variables)
     secret_env = _secret_env(front, block.collection, collection_secrets, source)
     environment, lost = _environment(block, front, defaults)
+    if environment.kind != "snapshot":  # a snapshot's image is the server's own
+        image_field = "base_image" if environment.kind == "build" else "image"
+        check_image_registry(
+            environment.base_image if environment.kind == "build" else environment.reference,
+            defaults.image_registries,
+            # The request's own field when it set one (it wins over the front matter's).
+            param=f"jetty.{image_field}" if getattr(block, image_field) else source,
+        )
+    cpus = _first(block.cpus, front.cpus, defaults.cpus)
+    memory_bytes = _first(block.memory_bytes, front.memory_bytes, defaults.memory_bytes)
+    check_resources(
+        cpus,
+        memory_bytes,
+        cpus_max=defaults.cpus_max,
+        memory_max_bytes=defaults.memory_max_bytes,
+        cpus_param="jetty.cpus" if block.cpus is not None else source,
+        memory_param="jetty.memory" if block.memory_bytes is not None else source,
+    )
 
     return RunPlan(
         agent=agent,
@@ -257,8 +290,8 @@ def resolve_plan(
         network_enabled=_first(
             block.network_enabled, front.network_enabled, defaults.network_enabled
         ),
-        cpus=_first(block.cpus, front.cpus, defaults.cpus),
-        memory_bytes=_first(block.memory_bytes, front.memory_bytes, defaults.memory_bytes),
+        cpus=cpus,
+        memory_bytes=memory_bytes,
         max_turns=_first(block.max_turns, front.max_turns, None),
         tool_activity=(
             block.tool_activity

@@ -22,16 +22,18 @@ points at where the runbook came from (``messages`` or ``jetty.runbook_url``).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from proxy.errors import InvalidField, PayloadTooLarge
+from proxy.errors import InvalidField
 from proxy.jetty.fields import (
     Agent,
     AptPackages,
@@ -55,11 +57,14 @@ __all__ = [
     "RESULTS_DIR",
     "FrontMatter",
     "Runbook",
+    "RunbookUnavailable",
     "SecretDecl",
     "fetch_runbook_url",
     "parse_runbook",
     "render_template",
 ]
+
+logger = logging.getLogger("proxy.jetty")
 
 RESULTS_DIR = "/app/results"
 MAX_FRONT_MATTER_CHARS = 64 * 1024
@@ -209,44 +214,76 @@ def render_template(body: str, variables: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m[1]], body)
 
 
-async def fetch_runbook_url(url: str, client: httpx.AsyncClient, max_bytes: int) -> str:
+class RunbookUnavailable(InvalidField):
+    """``jetty.runbook_url`` could not be fetched, for whatever reason (the log says which)."""
+
+    code = "runbook_url_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "jetty.runbook_url",
+            "The runbook could not be fetched from jetty.runbook_url. This server does not say"
+            " why (its log does); it fetches only public http(s) URLs that answer with UTF-8"
+            " text in time and within the size limit.",
+        )
+
+
+async def fetch_runbook_url(
+    url: str, client: httpx.AsyncClient, max_bytes: int, *, deadline: float = 30.0
+) -> str:
     """Download the runbook at ``url`` (http or https only) as text.
 
-    Redirects are followed. The body is read as it streams and the download stops as soon as it
-    passes ``max_bytes`` (:class:`~proxy.errors.PayloadTooLarge`). A bad scheme, a non-2xx
-    answer, a network error or a body that is not UTF-8 is an
-    :class:`~proxy.errors.InvalidField` on ``jetty.runbook_url``. Timeouts are the client's.
+    ``client`` decides where requests may go (the server's one refuses internal addresses,
+    at every redirect). The body is read as it streams and the download stops as soon as it
+    passes ``max_bytes``; the whole fetch, redirects included, must end within ``deadline``
+    seconds. Every failure (refused address, connection error, timeout, non-2xx answer, too
+    large, not UTF-8) is the same :class:`RunbookUnavailable`: telling them apart would let a
+    client probe which hosts and ports the server can reach. The reason goes to the log.
     """
-    param = "jetty.runbook_url"
+    try:
+        with anyio.fail_after(deadline):
+            body = await _download(url, client, max_bytes)
+        return body.decode("utf-8-sig")
+    except (_FetchFailed, httpx.HTTPError, httpx.InvalidURL, TimeoutError, UnicodeError) as exc:
+        logger.warning("jetty.runbook_url %s not fetched: %s", _shown(url), _why(exc))
+        raise RunbookUnavailable from None
+
+
+class _FetchFailed(Exception):
+    pass
+
+
+async def _download(url: str, client: httpx.AsyncClient, max_bytes: int) -> bytes:
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise _FetchFailed("not an http(s) URL")
+    body = bytearray()
+    async with client.stream("GET", parsed, follow_redirects=True) as response:
+        if not response.is_success:
+            raise _FetchFailed(f"HTTP {response.status_code} from {response.url.host}")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise _FetchFailed(f"content-length {declared} is over {max_bytes} bytes")
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise _FetchFailed(f"more than {max_bytes} bytes")
+    return bytes(body)
+
+
+def _shown(url: str) -> str:
+    """``url`` for the log, without credentials, query or fragment (they may hold secrets)."""
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise InvalidField(param, f"jetty.runbook_url is not a valid URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise InvalidField(param, "jetty.runbook_url must be an http:// or https:// URL")
-    shown = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}{parsed.path}"
-    too_large = PayloadTooLarge(f"The runbook at {shown} is over {max_bytes} bytes", param=param)
-    body = bytearray()
-    try:
-        async with client.stream("GET", parsed, follow_redirects=True) as response:
-            if not response.is_success:
-                raise InvalidField(
-                    param, f"Fetching the runbook from {shown} failed: HTTP {response.status_code}"
-                )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise too_large
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise too_large
-    except httpx.HTTPError as exc:
-        reason = str(exc) or type(exc).__name__
-        raise InvalidField(param, f"Could not fetch the runbook from {shown}: {reason}") from exc
-    try:
-        return body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidField(param, f"The runbook at {shown} is not UTF-8 text") from exc
+    except httpx.InvalidURL:
+        return "(not a URL)"
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "took too long"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

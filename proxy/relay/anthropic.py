@@ -157,7 +157,7 @@ def _build_request(
     url = base_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
-    return context.client.build_request("POST", url, content=body, headers=headers)
+    return context.build_request(override, url, content=body, headers=headers)
 
 
 class UsageReader:

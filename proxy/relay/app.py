@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.egress import AddressPolicy, GuardedTransport
 from proxy.relay import anthropic, gemini, openai_responses
 from proxy.relay.context import OnUsage, RelayContext
 from proxy.relay.tokens import RunTokens
@@ -60,17 +61,27 @@ def create_relay_app(
             write=settings.upstream_read_timeout,
             pool=settings.upstream_connect_timeout,
         )
+        # The body is relayed as received; a compressed one would need re-encoding.
+        headers = {"accept-encoding": "identity"}
         client = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            # The body is relayed as received; a compressed one would need re-encoding.
-            headers={"accept-encoding": "identity"},
+            headers=headers,
+        )
+        # Collections' own base URLs: resolved and checked at every connection, and no
+        # proxies from the environment (they would connect instead, unchecked).
+        guarded = httpx.AsyncClient(
+            transport=GuardedTransport(AddressPolicy.from_entries(settings.fetch_allow_hosts)),
+            timeout=timeout,
+            headers=headers,
+            trust_env=False,
         )
         try:
-            yield {"relay": RelayContext(tokens, settings, client, on_usage)}
+            yield {"relay": RelayContext(tokens, settings, client, on_usage, guarded)}
         finally:
             await client.aclose()
+            await guarded.aclose()
 
     routes: list[BaseRoute] = [
         Route("/", _probe, methods=["GET", "HEAD"]),

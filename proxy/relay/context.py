@@ -10,25 +10,48 @@ import anyio
 import httpx
 from starlette.requests import Request
 
-from proxy.relay.tokens import ModelUsage, RunGrant, RunTokens
+from proxy.relay.tokens import Credential, ModelUsage, RunGrant, RunTokens
 from proxy.settings import Settings
 
 logger = logging.getLogger("proxy.relay")
 
 OnUsage = Callable[[str, ModelUsage], Awaitable[None]]
+Headers = list[tuple[str, str]]
+# Request extension marking the requests to send through the egress guard.
+GUARDED = "jetty_proxy.guarded"
 
 
 @dataclass(frozen=True)
 class RelayContext:
     """Built in the relay app's lifespan and handed to routes through ``request.state.relay``.
 
-    ``client`` is one pooled HTTP client shared by every provider relay.
+    ``client`` is one pooled HTTP client shared by every provider relay; ``guarded_client``
+    sends the requests to base URLs a client gave (a collection's secrets), which must not
+    reach the server's internal networks (see :meth:`client_for`).
     """
 
     tokens: RunTokens
     settings: Settings
     client: httpx.AsyncClient
     on_usage: OnUsage | None = None
+    guarded_client: httpx.AsyncClient | None = None
+
+    def build_request(
+        self, credential: Credential | None, url: str, *, content: bytes, headers: Headers
+    ) -> httpx.Request:
+        """A ``POST`` to ``url``, marked for the egress guard when ``credential`` says so."""
+        extensions = {GUARDED: True} if credential is not None and credential.guarded else {}
+        return self.client.build_request(
+            "POST", url, content=content, headers=headers, extensions=extensions
+        )
+
+    def client_for(self, request: httpx.Request) -> httpx.AsyncClient:
+        """The client that sends ``request``: the guarded one when it is marked for it."""
+        if request.extensions.get(GUARDED):
+            if self.guarded_client is None:
+                raise RuntimeError("a guarded request, and no guarded client")
+            return self.guarded_client
+        return self.client
 
     async def report_usage(self, grant: RunGrant, usage: ModelUsage) -> None:
         """Pass one model call's usage to the grant's hook and the app's.

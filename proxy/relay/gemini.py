@@ -183,7 +183,7 @@ def _build_request(
     query = [(k, v) for k, v in request.query_params.multi_items() if k != _KEY_PARAM]
     if query:
         url += "?" + urlencode(query)
-    return context.client.build_request("POST", url, content=body, headers=headers)
+    return context.build_request(override, url, content=body, headers=headers)
 
 
 class UsageReader:

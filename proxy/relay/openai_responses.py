@@ -146,7 +146,7 @@ def _build_request(
     url = base_url.rstrip("/") + request.url.path.removeprefix(API_PREFIX)
     if request.url.query:
         url += "?" + request.url.query
-    return context.client.build_request("POST", url, content=body, headers=headers)
+    return context.build_request(override, url, content=body, headers=headers)
 
 
 class UsageReader:

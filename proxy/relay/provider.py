@@ -122,7 +122,7 @@ def relay_call(context: RelayContext, call: Call, wire: Wire) -> Response:
     Usage is reported once the call has ended, also when it ended early (then marked
     incomplete), through the grant's hook and the relay app's.
     """
-    pending = pending_request(context.client, call.upstream, wire)
+    pending = pending_request(context.client_for(call.upstream), call.upstream, wire)
 
     async def on_finish(outcome: RelayOutcome) -> None:
         completed = outcome.status == "completed"

@@ -37,12 +37,15 @@ class Credential:
     own API) or as ``Authorization: Bearer`` (gateways such as OpenRouter's Anthropic endpoint,
     which take the key the way Claude Code sends ``ANTHROPIC_AUTH_TOKEN``). The other relays
     always use their API's own header. Neither the key nor the base URL (which may come from a
-    collection's secrets) shows in ``repr``.
+    collection's secrets) shows in ``repr``. ``guarded`` is set when the base URL came from a
+    client (a collection's secret): its calls then go through the egress guard
+    (:mod:`proxy.egress`), which keeps them off the server's internal networks.
     """
 
     api_key: SecretStr = field(repr=False)
     base_url: str | None = field(default=None, repr=False)
     key_header: KeyHeader = "x-api-key"
+    guarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,8 +197,14 @@ async def agent(draft: Draft, deps: RunDeps) -> Draft:
     return dataclasses.replace(draft, agent=ready)
 
 
+async def network(draft: Draft, deps: RunDeps) -> Draft:
+    """403 when the run asks for a network its collection may not have (`NetworkPolicy`)."""
+    deps.defaults.network_policy.check(draft.plan.network_enabled, draft.collection)
+    return draft
+
+
 #: Every check a run passes, in order, after `plan`.
-CHECKS: tuple[Check, ...] = (follow_up, environment, input_files, credentials, agent)
+CHECKS: tuple[Check, ...] = (network, follow_up, environment, input_files, credentials, agent)
 
 
 async def _previous_inputs(

@@ -74,6 +74,7 @@ def select_credentials(
     relay = get_adapter(agent).relay_api
     base_url, key = _collection_credential(provider, collection, secrets)
     server_url, server_key = _server_credential(provider, settings)
+    guarded = base_url is not None  # the collection's own URL: a client's, not the operator's
     if key is None:
         key = server_key
     base_url = base_url or server_url
@@ -88,7 +89,7 @@ def select_credentials(
             base_url += "/v1"
     if relay == "anthropic" and provider in _BEARER_GATEWAYS:
         key_header = "bearer"
-    credential = Credential(key, base_url, key_header)
+    credential = Credential(key, base_url, key_header, guarded=guarded)
     return ProviderCreds(
         anthropic=credential if relay == "anthropic" else None,
         openai=credential if relay == "openai" else None,

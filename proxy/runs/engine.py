@@ -23,6 +23,7 @@ from proxy.runs.launch import LIVE_STATUSES, SANDBOX_OF, SERVER, RunLaunch
 from proxy.runs.lifecycle import RunLifecycle
 from proxy.runs.live import LiveRun
 from proxy.runs.presence import Presence
+from proxy.runs.redaction import LiveRedactor
 from proxy.sandbox import Orphans
 from proxy.store import StoreError
 
@@ -145,6 +146,7 @@ class RunEngine:
             agent=launch.adapter.name,
             model=launch.plan.model,
             detached=launch.plan.detach,
+            redactor=LiveRedactor.of(launch.secrets),
         )
         self.live[launch.run_id] = live
         self._tg.start_soon(self._lifecycle, launch, live, name=f"run-{launch.run_id}")

@@ -60,6 +60,8 @@ class RunLaunch:
     previous_inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
     # Absolute URL of the trajectory, named by the line that ends the answer.
     trajectory_url: str = ""
+    # The collection's secrets by name: replaced in everything the run shows live.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

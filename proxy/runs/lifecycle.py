@@ -373,9 +373,8 @@ class RunLifecycle:
         for item in collected.files:
             item["url"] = f"{launch.base_url}{item['url']}"
         self.live.artifacts = collected.files
-        if collected.skipped:
-            skipped = ", ".join(f"{s['path']} ({s['reason']})" for s in collected.skipped[:20])
-            await self.emit(Notice(f"Some result files were not kept: {skipped}"))
+        for warning in collected.warnings():
+            await self.emit(Notice(warning))
         return collected.files
 
     async def _fail(self, message: str, code: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import anyio
 
 from proxy.events import Event, Finished, Usage
+from proxy.runs.redaction import LiveRedactor
 
 RunOutcome = Literal["completed", "failed", "cancelled"]
 
@@ -20,7 +21,9 @@ class LiveRun:
 
     The run lifecycle publishes; any number of followers (the chat response that
     started the run, a detached watcher) read from the start at their own pace.
-    The durable copy of the same events is the store's event log.
+    The durable copy of the same events is the store's event log. With a ``redactor``,
+    followers see the collection's secrets replaced, also where a value is split across
+    deltas (what it holds back is published before the next whole event, or at close).
     """
 
     run_id: str
@@ -36,6 +39,7 @@ class LiveRun:
     usage: Usage | None = None
     finished: Finished | None = None
     detached: bool = False
+    redactor: LiveRedactor | None = None
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _cancel_scope: anyio.CancelScope | None = None
     _cancel_asked: bool = False
@@ -45,16 +49,22 @@ class LiveRun:
         return self.outcome is not None
 
     def publish(self, event: Event) -> None:
-        self.events.append(event)
-        if isinstance(event, Usage):
-            self.usage = event if self.usage is None else self.usage + event
-        elif isinstance(event, Finished):
-            self.finished = event
+        for shown in self.redactor.feed(event) if self.redactor else (event,):
+            self.events.append(shown)
+            if isinstance(shown, Usage):
+                self.usage = shown if self.usage is None else self.usage + shown
+            elif isinstance(shown, Finished):
+                self.finished = shown
         self._wake()
 
     def close(self, outcome: RunOutcome, error: str | None = None, code: str | None = None) -> None:
         """Mark the run over; followers drain what is left and stop."""
         if self.outcome is None:
+            if self.redactor is not None:
+                self.events += self.redactor.flush()
+                error = self.redactor.redact(error) if error else error
+                # Read by followers once the run is over (a result file may be named after one).
+                self.artifacts = self.redactor.redact_value(self.artifacts)
             self.outcome, self.error, self.error_code = outcome, error, code
             self._wake()
 

@@ -20,14 +20,17 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import anyio
 import httpx
 import uvicorn
 
 from proxy.agents.install import AgentCache
+from proxy.egress import AddressPolicy, GuardedTransport
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
+from proxy.jetty.policy import NetworkPolicy
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
@@ -93,6 +96,30 @@ async def serve_relay_socket(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def plan_defaults(settings: Settings, *, images: bool) -> PlanDefaults:
+    """The server's defaults and limits for run plans (``images``: the backend runs images)."""
+    return PlanDefaults(
+        snapshot=settings.effective_default_snapshot if images else None,
+        image=settings.default_image,
+        timeout_sec=settings.run_timeout_sec,
+        cpus=settings.run_cpus_default,
+        memory_bytes=settings.run_memory_default,
+        cpus_max=settings.run_cpus_max,
+        memory_max_bytes=settings.run_memory_max,
+        image_registries=tuple(settings.image_registries),
+        network_policy=NetworkPolicy(
+            settings.network_policy,
+            MappingProxyType(
+                {
+                    name: policy.network
+                    for name, policy in settings.collections.items()
+                    if policy.network is not None
+                }
+            ),
+        ),
+    )
+
+
 @contextlib.asynccontextmanager
 async def run_service(
     settings: Settings,
@@ -116,11 +143,7 @@ async def run_service(
     else:
         logger.info("sandbox backend: %s", the_backend.name)
     images = capabilities.builds_images
-    defaults = PlanDefaults(
-        snapshot=settings.effective_default_snapshot if images else None,
-        image=settings.default_image,
-        timeout_sec=settings.run_timeout_sec,
-    )
+    defaults = plan_defaults(settings, images=images)
     environments = Environments.from_settings(settings) if images else None
     kept: KeptSandboxes | None = None
     server_id = secrets.token_hex(8)
@@ -128,7 +151,16 @@ async def run_service(
         try:
             async with (
                 serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
-                httpx.AsyncClient(timeout=10.0, follow_redirects=True) as http,
+                httpx.AsyncClient(
+                    transport=GuardedTransport(
+                        AddressPolicy.from_entries(settings.fetch_allow_hosts)
+                    ),
+                    timeout=10.0,
+                    follow_redirects=True,
+                    max_redirects=5,
+                    # A proxy from the environment would connect instead, unchecked.
+                    trust_env=False,
+                ) as http,
                 anyio.create_task_group() as tg,
             ):
                 deps = RunDeps(

@@ -95,6 +95,7 @@ class Runs:
             inputs=draft.inputs,
             base_url=base_url,
             credentials=draft.credentials,
+            secrets=draft.secrets,
             continuation=continuation,
             previous_inputs=draft.previous_inputs,
             trajectory_url=(

@@ -53,6 +53,7 @@ from proxy.sandbox.base import (
 )
 from proxy.sandbox.dockerapi import (
     API_VERSION,
+    ContainerPolicy,
     Engine,
     container_name,
     path_stat_name,
@@ -85,7 +86,8 @@ async def open_docker(settings: Settings, owner: str | None) -> DockerBackend:
     socket); `EngineUnavailable` when no engine answers there. Labels say whose a container
     is, so ``owner`` is not needed here."""
     url = resolve_docker_host(settings.docker_host)
-    docker = DockerBackend.from_url(url)
+    policy = ContainerPolicy(tuple(settings.run_capabilities), settings.run_read_only_rootfs)
+    docker = DockerBackend.from_url(url, policy=policy)
     if await docker.ping():
         return docker
     await docker.aclose()
@@ -96,7 +98,9 @@ class DockerBackend:
     """Launches `DockerSandbox`es on one Docker engine.
 
     ``transport`` is any httpx async transport: `from_url` builds one for a unix socket or
-    TCP endpoint, tests pass ``httpx.MockTransport``.
+    TCP endpoint, tests pass ``httpx.MockTransport``. ``policy`` confines every container
+    (capabilities, read-only root file system). A spec's ``cpus`` above what the engine's
+    machine has is lowered to that (the engine would refuse the container).
     """
 
     name = "docker"
@@ -117,6 +121,7 @@ class DockerBackend:
         base_url: str = "http://docker",
         where: str = "docker",
         timeout: float = 30.0,
+        policy: ContainerPolicy | None = None,
     ) -> None:
         client = httpx.AsyncClient(
             transport=transport,
@@ -126,20 +131,25 @@ class DockerBackend:
             headers={"Accept-Encoding": "identity"},
         )
         self._engine = Engine(client, where)
+        self._policy = policy or ContainerPolicy()
+        self._cpus: float | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 30.0) -> DockerBackend:
+    def from_url(
+        cls, url: str, *, timeout: float = 30.0, policy: ContainerPolicy | None = None
+    ) -> DockerBackend:
         """A backend for ``unix:///path/docker.sock``, ``tcp://host:port`` or ``http(s)://``."""
         if url.startswith("unix://"):
             path = url.removeprefix("unix://")
             if not path.startswith("/"):
                 raise ValueError(f"Docker socket URL {url!r} must name an absolute path")
             transport = httpx.AsyncHTTPTransport(uds=path)
-            return cls(transport, where=url, timeout=timeout)
+            return cls(transport, where=url, timeout=timeout, policy=policy)
         if url.startswith(("tcp://", "http://", "https://")):
             scheme = "https" if url.startswith("https://") else "http"
             base = f"{scheme}://{url.split('://', 1)[1].rstrip('/')}"
-            return cls(httpx.AsyncHTTPTransport(), base_url=base, where=url, timeout=timeout)
+            transport = httpx.AsyncHTTPTransport()
+            return cls(transport, base_url=base, where=url, timeout=timeout, policy=policy)
         raise ValueError(f"unsupported Docker host {url!r}: use unix://, tcp:// or http(s)://")
 
     async def ping(self) -> bool:
@@ -157,10 +167,15 @@ class DockerBackend:
         # No image check first (4 ms): create answers 404 for a missing image, which
         # Engine.create turns into ImageNotFound; nothing is ever pulled.
         name = container_name(spec.run_id, secrets.token_hex(4))
+        cpus = spec.cpus
+        if cpus is not None:
+            if self._cpus is None:
+                self._cpus = await self._engine.cpus()
+            cpus = min(cpus, self._cpus)
         dispatched = dataclasses.replace(
-            spec, argv=["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv]
+            spec, argv=["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv], cpus=cpus
         )
-        container_id = await self._engine.create(dispatched, name)
+        container_id = await self._engine.create(dispatched, name, self._policy)
         sandbox = DockerSandbox(self._engine, container_id, spec)
         try:
             await sandbox.claim_workdir()
@@ -184,9 +199,14 @@ class DockerBackend:
             if orphans.kept(run_id, labels_of.get(LABEL_SERVER)):
                 continue
             await self._engine.request(
-                "DELETE", f"/containers/{container['Id']}", params={"force": "1"}, ok=(404, 409)
+                "DELETE",
+                f"/containers/{container['Id']}",
+                params={"force": "1", "v": "1"},  # its anonymous volumes too
+                ok=(404, 409),
             )
             removed.append(run_id)
+        # The volumes of containers removed without theirs (by hand, or by another tool).
+        await self._engine.request("POST", "/volumes/prune", params={"filters": filters})
         return removed
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -29,10 +30,23 @@ from proxy.sandbox.base import (
 API_VERSION = "1.41"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
-# Docker's default set minus NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, SETPCAP, NET_BIND_SERVICE
-# and AUDIT_WRITE: what a root agent needs to install packages (apt switches to its _apt
-# user, pip/npm chown files) and to manage its own processes, and nothing more.
-CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+# Where a read-only root file system still lets a run write: its workspace and temp files.
+WRITABLE_DIRS = ("/app", "/tmp")  # noqa: S108 - inside the container
+
+
+@dataclass(frozen=True)
+class ContainerPolicy:
+    """How every container of this server is confined, beyond what its spec asks for.
+
+    All capabilities are dropped; ``capabilities`` are added back (none by default: the agent
+    CLIs and the run's prelude need none, see docs/sandbox.md). With ``read_only_rootfs`` the
+    image's file system cannot be changed; :data:`WRITABLE_DIRS` are then volumes of the
+    container (filled from the image, readable after the process exits, removed with it).
+    """
+
+    capabilities: tuple[str, ...] = ()
+    read_only_rootfs: bool = False
+
 
 _LIMIT_WORDS = re.compile(r"cpu|memory|pids|limit", re.IGNORECASE)
 
@@ -42,15 +56,32 @@ def resolve_docker_host(docker_host: str | None) -> str:
     return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
-def container_config(spec: SandboxSpec) -> dict[str, Any]:
-    """The body of ``POST /containers/create`` for ``spec``.
+def container_config(spec: SandboxSpec, policy: ContainerPolicy | None = None) -> dict[str, Any]:
+    """The body of ``POST /containers/create`` for ``spec`` under ``policy``.
 
     The first argv item becomes the entrypoint so that an image's own ENTRYPOINT/CMD never
     wraps or replaces the command. Mounts use the ``Mounts`` API rather than ``Binds``: it
     fails when the host path is missing instead of silently creating an empty directory, and
     paths may contain ':'.
     """
+    policy = policy or ContainerPolicy()
     memory = spec.memory_bytes or 0
+    mounts: list[dict[str, Any]] = [
+        {
+            "Type": "bind",
+            "Source": str(mount.host_path),
+            "Target": mount.container_path,
+            "ReadOnly": mount.read_only,
+        }
+        for mount in spec.mounts
+    ]
+    if policy.read_only_rootfs:
+        # Labelled like the container, so that volumes a removal left behind can be found.
+        options = {"Labels": spec.all_labels()}
+        mounts += [
+            {"Type": "volume", "Target": target, "VolumeOptions": options}
+            for target in WRITABLE_DIRS
+        ]
     host_config: dict[str, Any] = {
         "NanoCpus": round(spec.cpus * 1e9) if spec.cpus else 0,
         "Memory": memory,
@@ -58,19 +89,12 @@ def container_config(spec: SandboxSpec) -> dict[str, Any]:
         "MemorySwap": memory if memory else 0,
         "PidsLimit": spec.pids_limit,
         "CapDrop": ["ALL"],
-        "CapAdd": list(CAPABILITIES),
+        "CapAdd": list(policy.capabilities),
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": False,
+        "ReadonlyRootfs": policy.read_only_rootfs,
         "NetworkMode": "bridge" if spec.network_enabled else "none",
-        "Mounts": [
-            {
-                "Type": "bind",
-                "Source": str(mount.host_path),
-                "Target": mount.container_path,
-                "ReadOnly": mount.read_only,
-            }
-            for mount in spec.mounts
-        ],
+        "Mounts": mounts,
         # The logs endpoint must be able to read the output back, whatever the daemon default.
         "LogConfig": {"Type": "json-file", "Config": {}},
         "AutoRemove": False,
@@ -183,6 +207,14 @@ class Engine:
                 f"{what}: Docker engine answered {response.status_code}: {message}"
             ) from exc
 
+    async def cpus(self) -> float:
+        """How many CPUs the engine's machine has (``GET /info``)."""
+        response = await self.request("GET", "/info")
+        count = response.json().get("NCPU")
+        if not isinstance(count, int) or count < 1:
+            raise SandboxError("GET /info: the engine did not say how many CPUs it has")
+        return float(count)
+
     async def require_image(self, image: str) -> None:
         """Raise `ImageNotFound` unless ``image`` is present; never pulls."""
         response = await self.request("GET", f"/images/{quote(image, safe='/:@')}/json", ok=(404,))
@@ -223,12 +255,13 @@ class Engine:
         )
         return response.status_code not in (404, 409)
 
-    async def create(self, spec: SandboxSpec, name: str) -> str:
+    async def create(
+        self, spec: SandboxSpec, name: str, policy: ContainerPolicy | None = None
+    ) -> str:
         """Create a container and return its id."""
         url = "/containers/create"
-        response = await self.request(
-            "POST", url, params={"name": name}, json=container_config(spec), ok=(400, 404)
-        )
+        body = container_config(spec, policy)
+        response = await self.request("POST", url, params={"name": name}, json=body, ok=(400, 404))
         if response.status_code == 404:
             raise ImageNotFound(spec.image)
         if response.status_code == 400:

@@ -138,7 +138,8 @@ def test_a_collection_base_url_and_key_take_the_calls_elsewhere(
 ) -> None:
     default, _ = anthropic
     gateway, url = openrouter
-    with make_proxy() as proxy:
+    # A collection's URL may not reach internal addresses unless the operator allows them.
+    with make_proxy(fetch_allow_hosts=["127.0.0.1"]) as proxy:
         patched = httpx.patch(
             f"{proxy}/api/v1/collections/acme/environment",
             json={"secrets": {"ANTHROPIC_API_KEY": COLLECTION_KEY, "ANTHROPIC_BASE_URL": url}},

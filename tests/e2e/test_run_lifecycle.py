@@ -129,6 +129,10 @@ def test_collection_secrets_reach_the_run_and_stay_out_of_the_record(
     secret = "s3cret-value-9f8e7d"
     # Printed too: the agent's session (kept for a follow-up) has the tool's output.
     scripted.command = 'mkdir -p /app/results && echo "pw=$DB_PASSWORD" | tee /app/results/pw.txt'
+    # The model says it in its answer, which it streams in two text deltas cut mid-secret.
+    scripted.final_text = f"The value is {secret}."
+    half = len(scripted.final_text) // 2
+    assert scripted.final_text.index(secret) < half < scripted.final_text.index(".")
     runbook = (
         "---\nsecrets:\n  DB_PASSWORD:\n    env: DB_PASSWORD\n    required: true\n---\n# Use it"
     )
@@ -153,12 +157,32 @@ def test_collection_secrets_reach_the_run_and_stay_out_of_the_record(
         events = httpx.get(f"{proxy}/api/v1/trajectory/acme/life/{run_id}/events").text
         assert secret not in json.dumps(record)
         assert secret not in events
+    # The live chat stream: the tool's output and the answer, with the secret replaced, and
+    # no chunk with a piece of it either (the answer's deltas cut it in two).
+    text = scripted.final_text
+    pieces = (text[:half], text[half:])  # "The value is s3c", "ret-value-9f8e7d."
+    answer = scripted.seen[-1].sent.decode()
+    assert all(json.dumps(piece) in answer for piece in pieces) and secret not in answer
+    assert secret not in response.text
+    assert all(piece.removesuffix(".")[-8:] not in response.text for piece in pieces)
+    assert response.text.count("[redacted:DB_PASSWORD]") >= 2
+    assert "The value is [redacted:DB_PASSWORD]." in _content(response.text)
     # The saved agent session (a tar.gz blob) has the secret's placeholder, never its value.
     sessions = [_members(blob) for blob in (tmp_path / "data").rglob("*") if _is_gzip(blob)]
     assert len(sessions) == 1
     saved = b"".join(sessions[0].values())
     assert b"[redacted:DB_PASSWORD]" in saved
     assert secret.encode() not in saved
+
+
+def _content(stream: str) -> str:
+    """The answer text of a chat stream (every content delta, joined)."""
+    parts = []
+    for line in stream.splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices", []):
+                parts.append(choice.get("delta", {}).get("content") or "")
+    return "".join(parts)
 
 
 def _is_gzip(path: Path) -> bool:

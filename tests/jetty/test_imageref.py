@@ -55,6 +55,10 @@ def test_valid_references(text: str, expected: ImageRef) -> None:
         ("", "empty"),
         ("Ubuntu", "lowercase"),
         ("acme/Env", "lowercase"),
+        # Older engines refuse these as uppercase repositories, newer ones would look for a
+        # registry called "UPPER": refused either way, before any engine is asked.
+        ("UPPER/case", "must be lowercase"),
+        ("Acme/env:v1", "must be lowercase"),
         ("ghcr.io/Acme/env:v1", "lowercase"),
         ("acme//env", "empty path component"),
         ("/acme/env", "empty path component"),

@@ -181,6 +181,33 @@ def test_settings_precedence_request_then_front_matter_then_defaults() -> None:
     )
 
 
+def test_resources_over_the_servers_maximum_are_refused_where_they_were_asked() -> None:
+    defaults = dataclasses.replace(DEFAULTS, cpus_max=2.0, memory_max_bytes=4 * 1024**3)
+    assert plan(jetty={"cpus": 2, "memory": "4g"}, defaults=defaults).cpus == 2.0
+    assert refused(jetty={"cpus": 2.5}, defaults=defaults).param == "jetty.cpus"
+    assert refused(jetty={"memory": "5g"}, defaults=defaults).param == "jetty.memory"
+    assert refused("memory: 5g\n", defaults=defaults).param == "messages"
+    assert refused("cpus: 3\n", {"memory": "1g"}, defaults=defaults).param == "messages"
+    with pytest.raises(ValueError, match="default cpus is over the maximum"):
+        dataclasses.replace(DEFAULTS, cpus=4.0, cpus_max=2.0)
+
+
+def test_images_from_registries_the_server_does_not_allow_are_refused() -> None:
+    defaults = dataclasses.replace(DEFAULTS, image_registries=("ghcr.io", "localhost:5000"))
+    assert plan(jetty={"image": "localhost:5000/acme/env:v1"}, defaults=defaults)
+    assert plan(defaults=defaults).environment.reference == "ghcr.io/acme/base:1"
+    error = refused(jetty={"image": "docker.io/library/ubuntu"}, defaults=defaults)
+    assert error.param == "jetty.image"
+    assert "'docker.io' is not allowed on this server" in error.message
+    assert refused("image: ubuntu\n", defaults=defaults).param == "messages"
+    build = {"base_image": "quay.io/x/y", "pip_packages": ["rich"]}
+    assert refused(jetty=build, defaults=defaults).param == "jetty.base_image"
+    # A snapshot's image is the server's own: the list does not apply to it.
+    assert plan(jetty={"snapshot": "python312-uv"}, defaults=defaults)
+    with pytest.raises(ValueError, match="not allowed"):
+        dataclasses.replace(DEFAULTS, image_registries=("quay.io",))
+
+
 def test_tool_activity_default_comes_from_the_server_unless_asked() -> None:
     defaults = dataclasses.replace(DEFAULTS, tool_activity="content")
     assert plan(defaults=defaults).tool_activity == "content"

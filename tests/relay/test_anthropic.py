@@ -165,6 +165,30 @@ def test_a_gateway_gets_the_runs_key_as_a_bearer_token(
     assert {usage.provider for _, usage in usage_log} == {provider}
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_collections_base_url_cannot_reach_internal_addresses(
+    make_relay: RelayFactory, tokens: RunTokens, scripted: Upstream, stream: bool
+) -> None:
+    default, _ = scripted
+    gateway = ScriptedAnthropic()
+    with serve(gateway.app()) as gateway_url:
+        # What select_credentials makes of a collection's ANTHROPIC_BASE_URL secret.
+        own = ProviderCreds(
+            anthropic=Credential(SecretStr("sk-ant-coll"), gateway_url, guarded=True)
+        )
+        token = tokens.issue("run1", "coll", own)
+        with make_relay() as relay:
+            refused = post(relay, token, request_body(stream=stream))
+        assert refused.status_code == 502
+        assert "127.0.0.1" in refused.text and "AddressRefused" in refused.text
+        assert gateway.seen == [] and default.seen == []
+        # The operator may allow an internal gateway by name or address.
+        with make_relay(fetch_allow_hosts=["127.0.0.1"]) as relay:
+            assert post(relay, token, request_body(stream=stream)).status_code == 200
+    assert [seen.headers["x-api-key"] for seen in gateway.seen] == ["sk-ant-coll"]
+    assert default.seen == []
+
+
 @pytest.mark.parametrize("case", ["missing", "unknown", "revoked", "bearer-unknown"])
 def test_bad_tokens_get_401_and_nothing_is_forwarded(
     relay: str, tokens: RunTokens, scripted: Upstream, case: str

@@ -160,6 +160,24 @@ def test_a_runs_own_key_and_url_replace_the_servers(
     assert scripted.seen[-1].headers["authorization"] == "Bearer sk-collection"
 
 
+def test_a_collections_base_url_cannot_reach_internal_addresses(
+    make_relay: RelayFactory, tokens: RunTokens, upstream: Upstream
+) -> None:
+    scripted, url = upstream
+    own = ProviderCreds(
+        openai=Credential(SecretStr("sk-collection"), base_url=url + "/v1", guarded=True)
+    )
+    token = tokens.issue("run1", "coll", own)
+    with make_relay() as relay:
+        refused = post(relay, token, request_body(stream=False))
+    assert refused.status_code == 502
+    assert "AddressRefused" in refused.text
+    assert scripted.seen == []
+    with make_relay(fetch_allow_hosts=["127.0.0.0/8"]) as relay:
+        assert post(relay, token, request_body(stream=False)).status_code == 200
+    assert scripted.seen[-1].headers["authorization"] == "Bearer sk-collection"
+
+
 def test_a_run_on_openrouter_goes_to_its_url_and_is_credited_to_it(
     relay: str, tokens: RunTokens, upstream: Upstream, usage_log: UsageLog
 ) -> None:

@@ -170,6 +170,16 @@ def test_a_collection_base_url_comes_with_the_collection_key(tmp_path: Path) -> 
     assert claude.base_url == "https://gateway.acme.test/openrouter"
     assert codex.base_url == "https://gateway.acme.test/openrouter/v1"
     assert secret(claude) == secret(codex) == "sk-or-acme"
+    # A client's URL: the relay sends its calls through the egress guard.
+    assert claude.guarded and codex.guarded
+
+
+def test_the_servers_own_urls_are_not_guarded(tmp_path: Path) -> None:
+    for secrets in ({}, {"ANTHROPIC_API_KEY": "sk-ant-acme"}):
+        _, credential = only(
+            select_credentials("claude-code", "anthropic", settings(tmp_path), "acme", secrets)
+        )
+        assert not credential.guarded
 
 
 def test_a_collection_base_url_never_gets_the_servers_key(tmp_path: Path) -> None:

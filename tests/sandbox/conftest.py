@@ -2,15 +2,17 @@
 
 Docker tests (marked ``docker``) use the engine named by JETTY_PROXY_DOCKER_HOST, else
 DOCKER_HOST, and the offline images built by scripts/ci/test-image.sh. Without a configured
-engine they skip, except under CI=true, where a missing engine fails them. After each Docker
-test, no container labelled ``jetty-proxy.managed`` may remain beyond those that existed
-before it (other users of a shared engine are left alone); leaks are removed and fail the test.
+engine they skip, except under CI=true, where a missing engine fails them. Their sandboxes carry
+:data:`SESSION_LABEL` with this test session's :data:`SESSION`; after each Docker test, no such
+container may remain beyond those that existed before it. Leaks are removed and fail the test;
+other users of a shared engine (another test session, a running proxy) are left alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -23,7 +25,9 @@ from tests.support.ci import unavailable
 BUSYBOX = "jetty-test/busybox:latest"
 TESTENV = "127.0.0.1:5000/jetty/testenv:bookworm"
 NO_ENGINE = "no Docker engine configured (JETTY_PROXY_DOCKER_HOST or DOCKER_HOST)"
-_MANAGED = json.dumps({"label": [f"{LABEL_MANAGED}=true"]})
+SESSION_LABEL = "jetty-proxy.test-session"
+SESSION = uuid.uuid4().hex
+_MANAGED = json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{SESSION_LABEL}={SESSION}"]})
 
 
 def configured_docker_host() -> str | None:

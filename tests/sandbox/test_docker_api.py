@@ -8,6 +8,7 @@ import json
 import tarfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -26,7 +27,7 @@ from proxy.sandbox.base import (
     UnsafePathError,
 )
 from proxy.sandbox.docker import DockerBackend
-from proxy.sandbox.dockerapi import container_config, container_name
+from proxy.sandbox.dockerapi import ContainerPolicy, container_config, container_name
 from proxy.sandbox.frames import StreamKind, encode_frame
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -87,6 +88,10 @@ class ScriptedEngine:
             return httpx.Response(200, json={"State": {"ExitCode": 0, "OOMKilled": False}})
         if (method, path) == ("GET", f"{container}/logs"):
             return httpx.Response(200, content=b"")
+        if (method, path) == ("GET", "/info"):
+            return httpx.Response(200, json={"NCPU": 2})
+        if (method, path) == ("POST", "/volumes/prune"):
+            return httpx.Response(200, json={"VolumesDeleted": None, "SpaceReclaimed": 0})
         return httpx.Response(500, json={"message": f"unscripted {method} {path}"})
 
 
@@ -133,8 +138,9 @@ def test_container_config_shape() -> None:
     assert host["NanoCpus"] == 1_500_000_000
     assert host["Memory"] == host["MemorySwap"] == 512 * 1024 * 1024
     assert host["PidsLimit"] == 512
-    assert host["CapDrop"] == ["ALL"] and "NET_RAW" not in host["CapAdd"]
+    assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == []
     assert host["SecurityOpt"] == ["no-new-privileges"] and host["Privileged"] is False
+    assert host["ReadonlyRootfs"] is False
     assert host["NetworkMode"] == "none"
     assert host["Mounts"] == [
         {"Type": "bind", "Source": "/host/sock", "Target": "/run/jetty.sock", "ReadOnly": True},
@@ -143,6 +149,42 @@ def test_container_config_shape() -> None:
     unlimited = container_config(_spec(network_enabled=True))["HostConfig"]
     assert unlimited["NetworkMode"] == "bridge"
     assert unlimited["Memory"] == unlimited["MemorySwap"] == unlimited["NanoCpus"] == 0
+
+
+def test_a_container_policy_adds_capabilities_and_a_read_only_root() -> None:
+    policy = ContainerPolicy(capabilities=("CHOWN", "SETUID"), read_only_rootfs=True)
+    host = container_config(_spec(mounts=[Mount("/h/sock", "/run/jetty")]), policy)["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == ["CHOWN", "SETUID"]
+    assert host["ReadonlyRootfs"] is True
+    labels = {
+        "jetty-proxy.run-id": "r1",
+        "jetty-proxy.collection": "col",
+        "jetty-proxy.managed": "true",
+    }
+    assert host["Mounts"] == [
+        {"Type": "bind", "Source": "/h/sock", "Target": "/run/jetty", "ReadOnly": True},
+        {"Type": "volume", "Target": "/app", "VolumeOptions": {"Labels": labels}},
+        {"Type": "volume", "Target": "/tmp", "VolumeOptions": {"Labels": labels}},
+    ]
+
+
+@pytest.mark.anyio
+async def test_cpus_above_the_engines_are_lowered_to_them(
+    engine: ScriptedEngine, backend: Callable[[], DockerBackend]
+) -> None:
+    created: list[dict[str, Any]] = []
+
+    @engine.route("POST", "/containers/create")
+    async def create(request: httpx.Request) -> httpx.Response:
+        created.append(json.loads(await request.aread()))
+        return httpx.Response(201, json={"Id": CID, "Warnings": []})
+
+    docker = backend()
+    for cpus in (4.0, 1.5, None):
+        await (await docker.launch(_spec(cpus=cpus))).close()
+    await docker.aclose()
+    assert [body["HostConfig"]["NanoCpus"] for body in created] == [2e9, 1.5e9, 0]
+    assert engine.calls("GET").count("GET /info") == 1  # asked once per backend
 
 
 def test_container_name_is_valid() -> None:

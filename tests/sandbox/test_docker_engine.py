@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,8 @@ from proxy.sandbox.base import (
     SkipReason,
 )
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
-from tests.sandbox.conftest import BUSYBOX, TESTENV
+from proxy.sandbox.dockerapi import ContainerPolicy
+from tests.sandbox.conftest import BUSYBOX, SESSION, SESSION_LABEL, TESTENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -35,7 +37,8 @@ def _spec(argv: list[str], **overrides: object) -> SandboxSpec:
         "image": BUSYBOX,
         "argv": argv,
     }
-    return SandboxSpec(**{**fields, **overrides})  # type: ignore[arg-type]
+    labels = {SESSION_LABEL: SESSION, **overrides.pop("labels", {})}  # type: ignore[dict-item]
+    return SandboxSpec(**{**fields, **overrides, "labels": labels})  # type: ignore[arg-type]
 
 
 async def _run(sandbox: DockerSandbox, timeout: float = 30) -> tuple[list[str], ExitStatus]:
@@ -119,8 +122,20 @@ async def test_memory_limit_oom_is_reported(docker: DockerBackend) -> None:
 
 
 async def test_limits_the_engine_refuses_are_limit_errors(docker: DockerBackend) -> None:
-    with pytest.raises(SandboxLimitError):
-        await docker.launch(_spec(["true"], cpus=4096))
+    with pytest.raises(SandboxLimitError, match=r"[Mm]emory"):
+        await docker.launch(_spec(["true"], memory_bytes=1024))
+
+
+async def test_more_cpus_than_the_engine_has_are_lowered(
+    docker: DockerBackend, engine: httpx.Client
+) -> None:
+    cpus = engine.get("/info").json()["NCPU"]
+    sandbox = await docker.launch(_spec(["true"], cpus=cpus + 3))
+    try:
+        host = engine.get(f"/containers/{sandbox.container_id}/json").json()["HostConfig"]
+    finally:
+        await sandbox.close()
+    assert host["NanoCpus"] == cpus * 10**9
 
 
 async def test_no_network_means_only_loopback(docker: DockerBackend) -> None:
@@ -148,10 +163,48 @@ async def test_read_only_mount_and_dropped_capabilities(
         await sandbox.close()
     assert status.exit_code == 0
     assert lines[:2] == ["asset", "read-only"]
-    # Capability bit numbers from linux/capability.h.
-    bits = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6}
-    expected = sum(1 << bit for bit in bits.values()) | 1 << 7  # SETUID
-    assert int(lines[2].split()[1], 16) == expected
+    assert int(lines[2].split()[1], 16) == 0  # no capability at all, root or not
+
+
+async def test_a_policy_gives_back_the_capabilities_it_names(docker_host: str) -> None:
+    docker = DockerBackend.from_url(docker_host, policy=ContainerPolicy(("CHOWN", "KILL")))
+    sandbox = await docker.launch(_spec(["sh", "-c", "grep CapEff /proc/self/status"]))
+    try:
+        lines, _ = await _run(sandbox)
+    finally:
+        await sandbox.close()
+        await docker.aclose()
+    # Capability bit numbers from linux/capability.h: CHOWN 0, KILL 5.
+    assert int(lines[0].split()[1], 16) == 1 << 0 | 1 << 5
+
+
+async def test_a_read_only_root_leaves_app_and_tmp_writable_and_readable_after_exit(
+    docker_host: str, engine: httpx.Client, tmp_path: Path
+) -> None:
+    docker = DockerBackend.from_url(docker_host, policy=ContainerPolicy(read_only_rootfs=True))
+    script = (
+        "touch /etc/x 2>/dev/null || echo root-read-only;"
+        " cat /app/in/given /tmp/home/given;"
+        " mkdir -p /app/results && echo kept > /app/results/r.txt && echo t > /tmp/t && cat /tmp/t"
+    )
+    spec = _spec(["bash", "-c", script], image=TESTENV, run_id=f"ro-{uuid.uuid4().hex[:8]}")
+    sandbox = await docker.launch(spec)
+    try:
+        await sandbox.put_files("/app/in", {"given": b"to app\n"})
+        await sandbox.put_files("/tmp/home", {"given": b"to tmp\n"})
+        lines, status = await _run(sandbox)
+        report = await sandbox.copy_out("/app/results", tmp_path / "out", 1 << 20, 10)
+        host = engine.get(f"/containers/{sandbox.container_id}/json").json()["HostConfig"]
+    finally:
+        await sandbox.close()
+        await docker.aclose()
+    assert (lines, status.exit_code) == (["root-read-only", "to app", "to tmp", "t"], 0)
+    assert [(f.path, f.size) for f in report.files] == [("r.txt", 5)]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert [m["Target"] for m in host["Mounts"] if m["Type"] == "volume"] == ["/app", "/tmp"]
+    # The container's volumes went with it.
+    label = json.dumps({"label": [f"jetty-proxy.run-id={spec.run_id}"]})
+    assert engine.get("/volumes", params={"filters": label}).json()["Volumes"] in (None, [])
 
 
 async def test_copy_out_skips_symlink_and_file_over_the_cap(
