@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ logger = logging.getLogger("proxy.relay")
 
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
+_OPENAI_END = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -60,7 +62,8 @@ class OpenAIDialect:
     """Chat Completions: streams end with ``data: [DONE]``; errors are ``{"error": {...}}``."""
 
     def is_end(self, block: bytes) -> bool:
-        return b"[DONE]" in block
+        # A line of its own: "[DONE]" inside a chunk's text (a JSON string) is not the end.
+        return _OPENAI_END.search(block) is not None
 
     def error_body(self, exc: ProxyError) -> dict[str, Any]:
         return exc.body()
@@ -305,6 +308,12 @@ class RelayStreamResponse(_Relay):
                     return
                 await self._send_block(send, block)
         except ProxyError as exc:
+            if self._ended_with(b""):
+                # The connection broke after the stream's last event: the answer is whole,
+                # and an error (with a second end) after it would only confuse the client.
+                self.outcome.status = "completed"
+                await self._end(send, b"")
+                return
             await self._fail(send, exc.status_code, self._dialect.error_body(exc), {})
             return
         if pending.strip():
