@@ -50,6 +50,23 @@ _STATUS_TEXT = MappingProxyType(
     }
 )
 _COMMON_ERRORS = (400, 401, 404)
+_BODY_SCHEMAS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "application/json": {"type": "object"},
+        # One Server-Sent Event, as the OpenAPI 3.2 event stream model describes it.
+        "text/event-stream": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"type": "string"},
+                "data": {"type": "string"},
+            },
+        },
+        "text/plain": {"type": "string"},
+        "application/zip": {"type": "string", "format": "binary"},
+        "application/octet-stream": {"type": "string", "format": "binary"},
+    }
+)
 
 
 class ErrorDetail(BaseModel):
@@ -249,10 +266,7 @@ def _operation(
         parameters += _query_parameters(operation.query, schemas)
     parameters += [dict(parameter) for parameter in operation.parameters]
     success: dict[str, Any] = {"description": "OK"}
-    if operation.media_type == "application/json":
-        success["content"] = {"application/json": {"schema": {"type": "object"}}}
-    else:
-        success["content"] = {operation.media_type: {"schema": {"type": "string"}}}
+    success["content"] = {operation.media_type: {"schema": _BODY_SCHEMAS[operation.media_type]}}
     responses: dict[str, Any] = {str(operation.status): success}
     for status in operation.errors:
         responses[str(status)] = {**_ERROR_REF, "description": _STATUS_TEXT[status]}
