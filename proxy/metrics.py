@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import asyncio
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -57,6 +66,24 @@ class Metrics:
             "Records of relayed completions waiting for the database to take them.",
             registry=self.registry,
         )
+        self.asyncio_tasks = Gauge(
+            "jetty_proxy_asyncio_tasks",
+            "Tasks alive in the server's event loop (rises with open streams and runs; "
+            "a count that keeps growing under steady traffic is a leak).",
+            registry=self.registry,
+        )
+        self.asyncio_tasks.set_function(_task_count)
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        ProcessCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _task_count() -> float:
+    """Tasks of the running event loop; 0 when read outside one (the gauge is read when
+    ``/metrics`` is rendered, on the server's loop)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0

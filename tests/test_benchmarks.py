@@ -9,19 +9,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_passthrough_benchmark_runs_every_path() -> None:
+def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "passthrough.py"),
-            *("--levels", "1,4", "--requests", "20", "--chunks", "20", "--bare"),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_passthrough_benchmark_runs_every_path() -> None:
+    result = _benchmark(
+        "passthrough.py", "--levels", "1,4", "--requests", "20", "--chunks", "20", "--bare"
+    )
     lines = result.stdout.splitlines()
     for level in ("1", "4"):
         rows = [line.split()[1] for line in lines if line.split()[:1] == [level]]
@@ -29,3 +32,19 @@ def test_passthrough_benchmark_runs_every_path() -> None:
     # At concurrency 1 the stand-in upstream gets only spare CPU, above it a normal share.
     assert "    1 upstream: idle priority, spare CPU only" in lines, result.stdout
     assert any(line.startswith("proxy peak RSS:") for line in lines)
+
+
+def test_soak_benchmark_samples_and_judges() -> None:
+    result = _benchmark("soak.py", "--minutes", "0.15", "--interval", "1", "--streams", "2")
+    lines = result.stdout.splitlines()
+    header = lines.index(f"{'seconds':>7} {'requests':>9} {'RSS MiB':>8} {'fds':>6} {'tasks':>6}")
+    rows = [line.split() for line in lines[header + 1 :]]
+    samples = [row for row in rows if row and row[0].isdigit()]
+    assert len(samples) >= 3, result.stdout
+    assert all(int(fds) > 0 and int(tasks) > 0 for *_, fds, tasks in samples)
+    done = next(line for line in lines if line.startswith("done: "))
+    for kind in ("stream", "completion", "disconnect", "upload+download"):
+        assert f" {kind}" in done, done
+    assert not any(line.startswith("failed ") for line in lines), result.stdout
+    verdicts = [line.split(":")[0] for line in lines if line.startswith("verdict ")]
+    assert verdicts == ["verdict rss_mib", "verdict fds", "verdict tasks"], result.stdout

@@ -23,7 +23,8 @@ M = TypeVar("M", bound=BaseModel)
 #: first (so never ``.`` or ``..``), a sane length.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _NAME = re.compile(NAME_PATTERN)
-_TRAJECTORY_ID = re.compile(r"^[0-9a-f]{8}$")
+TRAJECTORY_ID_PATTERN = r"^[0-9a-f]{8}$"
+_TRAJECTORY_ID = re.compile(TRAJECTORY_ID_PATTERN)
 
 
 def parse(model: type[M], data: Mapping[str, Any], *, where: str = "body") -> M:

@@ -34,7 +34,8 @@ _TRANSITIONS: Mapping[str, tuple[TrajectoryStatus, ...]] = MappingProxyType(
 
 class ListQuery(BaseModel):
     limit: int = Field(default=20, ge=1, le=200)
-    page: int = Field(default=1, ge=1)
+    # Bounded so that the offset fits a database integer; no listing has that many pages.
+    page: int = Field(default=1, ge=1, le=1_000_000)
     status: TrajectoryStatus | None = None
 
 

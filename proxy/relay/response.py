@@ -270,6 +270,12 @@ class RelayStreamResponse(_Relay):
                     return
                 await self._send_block(send, block)
         except ProxyError as exc:
+            if self._ended_with(b""):
+                # The connection broke after the stream's last event: the answer is whole,
+                # and an error (with a second end) after it would only confuse the client.
+                self.outcome.status = "completed"
+                await self._end(send, b"")
+                return
             await self._fail(send, exc.status_code, self._dialect.error_body(exc), {})
             return
         if pending.strip():

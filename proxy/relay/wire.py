@@ -11,6 +11,7 @@ relay for the agents (:mod:`~proxy.relay.anthropic`, :mod:`~proxy.relay.openai_r
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ import httpx
 from proxy.errors import ProxyError, UpstreamError, normalise_error_body
 
 DONE = b"data: [DONE]\n\n"
+_OPENAI_END = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)
 
 
 class Dialect(Protocol):
@@ -60,7 +62,8 @@ class OpenAIDialect:
     """Chat Completions: streams end with ``data: [DONE]``; errors are ``{"error": {...}}``."""
 
     def is_end(self, block: bytes) -> bool:
-        return b"[DONE]" in block
+        # A line of its own: "[DONE]" inside a chunk's text (a JSON string) is not the end.
+        return _OPENAI_END.search(block) is not None
 
     def error_body(self, exc: ProxyError) -> dict[str, Any]:
         return exc.body()

@@ -15,7 +15,12 @@ import unicodedata
 MAX_PATH_LENGTH = 1024
 MAX_FILENAME_BYTES = 200
 
-_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+# C0 and C1 controls (a terminal obeys them), bidirectional overrides and isolates (they
+# show "exe.txt" for "txt.exe"), and what a shell or another file system reads specially.
+_UNSAFE_NAME_CHARS = re.compile(
+    r'[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069<>:"/\\|?*]'
+)
+_LEADING_DOTS_AND_SPACES = re.compile(r"^[\s.]+")
 # What a result's path may not hold: controls (C0, DEL, C1), lone surrogates (bytes that were
 # not UTF-8), line and paragraph separators, the bidirectional controls that make a name read
 # in another order than it is (RLO turns "txt.exe" into "exe.txt"), and backslashes.
@@ -63,12 +68,13 @@ def clean_prefix(prefix: str) -> str:
 def sanitize_filename(name: str | None, *, default: str = "file") -> str:
     """A safe display and download name from whatever a client sent.
 
-    Keeps the last path component, drops control and shell-hostile characters, refuses
-    ``.``/``..`` and leading dots, and caps the UTF-8 length while keeping the extension.
+    Keeps the last path component, replaces control, bidirectional-override and shell-hostile
+    characters, refuses ``.``/``..`` and leading dots, and caps the UTF-8 length while keeping
+    the extension. Sanitising a sanitised name changes nothing.
     """
     name = unicodedata.normalize("NFC", name or "")
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE_NAME_CHARS.sub("_", name).strip().lstrip(".").strip()
+    name = _LEADING_DOTS_AND_SPACES.sub("", _UNSAFE_NAME_CHARS.sub("_", name)).strip()
     if not name:
         return default
     if len(name.encode()) > MAX_FILENAME_BYTES:
@@ -77,7 +83,7 @@ def sanitize_filename(name: str | None, *, default: str = "file") -> str:
             stem, ext = name, ""
         budget = MAX_FILENAME_BYTES - len(ext.encode()) - (1 if ext else 0)
         stem = stem.encode()[:budget].decode("utf-8", "ignore")
-        name = f"{stem}.{ext}" if ext else stem
+        name = (f"{stem}.{ext}" if ext else stem).strip()
     return name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -67,6 +68,31 @@ def test_health_ready_and_metrics(proxy: str) -> None:
     assert 'jetty_proxy_time_to_first_byte_seconds_count{route="/v1/chat/completions"} 2.0' in text
     assert 'jetty_proxy_request_duration_seconds_bucket{le="0.5",route="/healthz"}' in text
     assert "jetty_proxy_active_streams 0.0" in text
+
+
+def _gauge(text: str, name: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[1])
+
+
+def test_metrics_count_event_loop_tasks_and_process_resources(proxy: str) -> None:
+    idle = httpx.get(proxy + "/metrics").text
+    assert _gauge(idle, "process_open_fds") > 0
+    assert _gauge(idle, "process_resident_memory_bytes") > 0
+    body = {"model": "hang-after-first", "messages": MESSAGES, "stream": True}
+    with httpx.Client() as client, contextlib.ExitStack() as stack:
+        readers = []
+        for _ in range(3):
+            response = stack.enter_context(
+                client.stream("POST", proxy + "/v1/chat/completions", json=body)
+            )
+            # Kept: a line iterator that goes away closes its response.
+            readers.append(response.iter_lines())
+            next(readers[-1])  # the stream is open and relaying
+        busy = httpx.get(proxy + "/metrics").text
+    # Each open relay is at least its own task and its disconnect watcher.
+    assert (
+        _gauge(busy, "jetty_proxy_asyncio_tasks") >= _gauge(idle, "jetty_proxy_asyncio_tasks") + 6
+    )
 
 
 def test_every_response_has_a_request_id(proxy: str) -> None:

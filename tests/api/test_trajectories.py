@@ -244,3 +244,12 @@ def test_results_zip(database_url: str, tmp_path: Path) -> None:
         assert archive.read("summary.md") == b"# Done\n"
         empty = httpx.get(proxy + f"{BASE}/trajectory/alpha/nightly/{ids['pending']}/download")
         assert zipfile.ZipFile(io.BytesIO(empty.content)).namelist() == []
+
+
+def test_a_page_past_any_listing_is_a_400(database_url: str, tmp_path: Path) -> None:
+    with live_proxy(database_url, tmp_path / "data") as proxy:
+        response = httpx.get(
+            f"{proxy}{BASE}/db/trajectories/alpha/nightly", params={"page": str(10**21)}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "page"
