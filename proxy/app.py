@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from proxy.api import (
@@ -26,11 +28,13 @@ from proxy.api import (
 )
 from proxy.api.context import Services
 from proxy.api.middleware import DirectRoute, RequestContextMiddleware
+from proxy.api.origin import Origins
 from proxy.api.recording import ChatRecorder, FirstBytes
 from proxy.api.responses import handle_http_exception, handle_proxy_error, handle_unexpected
 from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
 from proxy.errors import ProxyError
+from proxy.links import SIGNED_PREFIX, LinkRejected, LinkSigner
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
 from proxy.runs.runtime import run_service
@@ -40,6 +44,7 @@ from proxy.store import Store, open_store
 from proxy.store.blobs import LocalBlobStore
 from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
+from proxy.web.pages import Pages
 
 logger = logging.getLogger("proxy")
 
@@ -95,11 +100,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
-        the_store = store or open_store(
-            settings.database,
-            secret_box=SecretBox(load_or_create_key(secret_key, settings.data_dir)),
-        )
+        configured_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        secret_keys = load_or_create_key(configured_key, settings.data_dir)
+        the_store = store or open_store(settings.database, secret_box=SecretBox(secret_keys))
         await the_store.migrate()
         upstreams = Upstreams(settings, transport=upstream_transport)
         blobs = LocalBlobStore(settings.blobs)
@@ -128,6 +131,10 @@ def create_app(
                         blobs=blobs,
                         runs=runs,
                         recorder=recorder,
+                        links=LinkSigner(
+                            secret_keys, lifetime_seconds=settings.link_lifetime_seconds
+                        ),
+                        origins=Origins(settings.public_base_url, settings.forwarded_allow_ips),
                     )
                 }
         finally:
@@ -135,7 +142,28 @@ def create_app(
             await the_store.close()
 
     chat_route = Route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    routes = [
+    pages = Pages()
+    run_path = "/api/v1/trajectory/{collection}/{task}/{trajectory_id}"
+    # What a signed link opens without a key: the GET routes of one run (see proxy/links.py).
+    signed = Mount(
+        f"{SIGNED_PREFIX}/{{token}}",
+        routes=[
+            *pages.signed_routes(),
+            Route(f"{run_path}/download", trajectories.download_results, methods=["GET"]),
+            Route(
+                f"{run_path}/artifacts/{{path:path}}",
+                trajectories.download_artifact,
+                methods=["GET"],
+            ),
+            Route(f"{run_path}/events", trajectory_events.stream_events, methods=["GET"]),
+        ],
+    )
+
+    async def link_rejected(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LinkRejected)
+        return pages.error(request, exc)
+
+    routes: list[BaseRoute] = [
         chat_route,
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
@@ -196,6 +224,8 @@ def create_app(
             collections.patch_environment,
             methods=["PATCH"],
         ),
+        *pages.routes(),
+        signed,
     ]
     return ProxyApp(
         metrics=metrics,
@@ -205,6 +235,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
+            LinkRejected: link_rejected,
             ProxyError: handle_proxy_error,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,

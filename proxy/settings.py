@@ -11,11 +11,12 @@ import fnmatch
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -147,7 +148,17 @@ class Settings(BaseSettings):
     keep_sandbox_seconds: float = Field(default=600.0, ge=0, le=86400)
     session_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     public_base_url: str | None = Field(
-        default=None, description="absolute URL clients reach this server at, for result links"
+        default=None,
+        description="absolute URL clients reach this server at, for the links in answers;"
+        " default: the request's own scheme and Host",
+    )
+    # Result files, results zip and run page are linked with signed URLs (keyed with
+    # secret_key) that open without an API key until they expire.
+    link_lifetime_seconds: int = Field(default=7 * 86400, ge=60, le=400 * 86400)
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses (or CIDR ranges) of reverse proxies whose Forwarded /"
+        " X-Forwarded-Proto / X-Forwarded-Host headers are believed; comma-separated",
     )
 
     # Chat UIs: presets offered as models (jetty/NAME).
@@ -184,6 +195,28 @@ class Settings(BaseSettings):
         description="CA bundle that package builds trust (a TLS-inspecting proxy between the"
         " engine and the package registries)",
     )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range") from exc
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str | None) -> str | None:
+        return _validate_base_url(value) if value else None
 
     @field_validator("upstream_url")
     @classmethod

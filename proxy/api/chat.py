@@ -116,7 +116,8 @@ async def chat_completions(request: Request) -> Response:
             raw["jetty"],
             stream=bool(chat.stream),
             include_usage=include_usage is True,
-            base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
+            base_url=services.origins.of(request),
+            links=services.links,
         )
     record = _Record(
         collection=check_name(collection, "jetty.collection")

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -43,6 +42,7 @@ from proxy.jetty import (
     resolve_plan,
     system_text,
 )
+from proxy.links import LinkSigner
 from proxy.runs.credentials import select_credentials
 from proxy.runs.engine import AgentSetup, RunLaunch
 from proxy.runs.followup import Continuation, previous_run_id
@@ -82,6 +82,7 @@ async def start_run(
     stream: bool,
     include_usage: bool,
     base_url: str,
+    links: LinkSigner,
 ) -> Response:
     block = parse_jetty_block(raw_block)
     collection = block.collection or principal.default_collection
@@ -132,6 +133,8 @@ async def start_run(
         },
         session=continuation.session() if continuation else None,
     )
+    # Every link the run puts in its answer is signed: it opens in a browser without a key.
+    run_links = links.links(base_url, collection, task, trajectory.id)
     live = runs.engine.start(
         RunLaunch(
             run_id=trajectory.id,
@@ -143,13 +146,10 @@ async def start_run(
             setup=setup,
             image=image,
             inputs=inputs,
-            base_url=base_url,
+            base_url=run_links.base,
             continuation=continuation,
             previous_inputs=previous_inputs,
-            trajectory_url=(
-                f"{base_url}/api/v1/trajectory/{quote(collection, safe='')}/"
-                f"{quote(task, safe='')}/{trajectory.id}"
-            ),
+            trajectory_url=run_links.page(),
             credentials=credentials,
         )
     )
@@ -159,9 +159,14 @@ async def start_run(
     headers = {"x-jetty-trajectory-id": trajectory.id}
     if stream:
         return RunStreamResponse(
-            live, renderer, include_usage, keepalive=runs.keepalive_seconds, headers=headers
+            live,
+            renderer,
+            include_usage,
+            keepalive=runs.keepalive_seconds,
+            headers=headers,
+            run_url=run_links.page(),
         )
-    return RunCompletionResponse(live, plan, renderer, headers)
+    return RunCompletionResponse(live, plan, renderer, headers, run_url=run_links.page())
 
 
 async def _continuation(
@@ -280,10 +285,11 @@ def _recorded_block(block: JettyBlock) -> dict[str, Any]:
     return recorded
 
 
-def _meta(live: LiveRun) -> dict[str, Any]:
+def _meta(live: LiveRun, run_url: str) -> dict[str, Any]:
     usage = live.usage
     return {
         **live.meta(),
+        "run_url": run_url,
         "status": live.outcome,
         "artifacts": live.artifacts,
         "usage": usage_dict(usage) if usage else None,
@@ -302,10 +308,11 @@ class RunStreamResponse(EventSourceResponse):
         *,
         keepalive: float,
         headers: dict[str, str],
+        run_url: str,
     ) -> None:
         self._live = live
         super().__init__(
-            _chunks(live, renderer, include_usage),
+            _chunks(live, renderer, include_usage, run_url),
             headers=headers,
             ping=int(keepalive) or 1,
             sep="\n",
@@ -322,14 +329,15 @@ class RunStreamResponse(EventSourceResponse):
 
 
 async def _chunks(
-    live: LiveRun, renderer: ChunkRenderer, include_usage: bool
+    live: LiveRun, renderer: ChunkRenderer, include_usage: bool, run_url: str
 ) -> AsyncIterator[ServerSentEvent]:
     first = renderer.role_chunk()
-    yield _event({**first, "jetty": live.meta()})
+    # The run's page (signed), so a client can open the run while it goes.
+    yield _event({**first, "jetty": {**live.meta(), "run_url": run_url}})
     async for event in live.follow():
         for chunk in renderer.render(event):
             yield _event(chunk)
-    meta = _meta(live)
+    meta = _meta(live, run_url)
     if live.outcome == "completed":
         yield _event(renderer.final_chunk(finish_reason_for(live.finished), meta))
         if include_usage:
@@ -351,9 +359,16 @@ class RunCompletionResponse(Response):
     """The whole run folded into one ``chat.completion`` (or an error when it failed)."""
 
     def __init__(
-        self, live: LiveRun, plan: RunPlan, renderer: ChunkRenderer, headers: dict[str, str]
+        self,
+        live: LiveRun,
+        plan: RunPlan,
+        renderer: ChunkRenderer,
+        headers: dict[str, str],
+        *,
+        run_url: str,
     ):
         self._live = live
+        self._run_url = run_url
         self._aggregator = Aggregator(
             renderer.completion_id, renderer.model, renderer.created, plan.tool_activity
         )
@@ -376,7 +391,7 @@ class RunCompletionResponse(Response):
             tg.cancel_scope.cancel()
         if not live.done:
             return  # the client went away
-        meta = _meta(live)
+        meta = _meta(live, self._run_url)
         if live.outcome == "completed":
             body: dict[str, Any] = self._aggregator.completion(jetty_meta=meta)
             status = 200
