@@ -237,7 +237,15 @@ class Pages:
         return RedirectResponse(target, status_code=307)
 
     async def login_form(self, request: Request) -> Response:
-        return self._page("login.html", {"next": _local_path(request.query_params.get("next"))})
+        target = _local_path(request.query_params.get("next"))
+        collections: list[str] = []
+        try:
+            viewer = await self._viewer(request, services_of(request))
+            collections = list(viewer.key.collections) if viewer.key else []
+        except Unauthorized:
+            pass
+        context = {"next": target, "error": None, "collections": collections}
+        return self._page("login.html", context)
 
     async def login(self, request: Request) -> Response:
         services = services_of(request)
@@ -250,7 +258,7 @@ class Pages:
                 {"authorization": f"Bearer {key}"}
             )
         except Unauthorized:
-            context = {"next": target, "error": "That key is not valid here."}
+            context = {"next": target, "error": "That key is not valid here.", "collections": []}
             return self._page("login.html", context, status_code=401)
         except ProxyError as exc:
             return self.error(request, exc)
