@@ -8,3 +8,7 @@ import pytest
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# The browser fixtures (chromium, watched) for the page tests.
+pytest_plugins = ("tests.support.browser",)

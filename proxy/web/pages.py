@@ -13,7 +13,8 @@ Who may see what:
 * cancelling from a run's page: a key (or authentication off), never a signed link alone.
 
 Every page is sent with a strict Content-Security-Policy (scripts from this server only, no
-inline script, no plugins, no framing, no ``<base>``), ``nosniff`` and no referrer.
+inline script, no plugins, no framing, no ``<base>``), ``nosniff``, and a referrer only for
+this server's own pages (a signed link never leaks to a site an answer links to).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ PAGE_HEADERS = MappingProxyType(
             " object-src 'none'"
         ),
         "x-content-type-options": "nosniff",
-        "referrer-policy": "no-referrer",
+        "referrer-policy": "same-origin",
         "x-frame-options": "DENY",
         "cache-control": "no-store",
     }
@@ -380,7 +381,7 @@ def _same_site(request: Request, services: Services) -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise CrossSiteRefused("This request must come from this server's own pages.")
     origin = request.headers.get("origin")
-    if origin is not None:
+    if origin is not None and origin != "null":
         allowed = {request.headers.get("host", ""), urlsplit(services.origins.of(request)).netloc}
         if urlsplit(origin).netloc not in allowed:
             raise CrossSiteRefused("This request must come from this server's own pages.")
