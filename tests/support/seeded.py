@@ -50,6 +50,7 @@ class Seeder:
         events: Sequence[Mapping[str, Any]] = (),
         agent: str = "claude-code",
         model: str = "claude-sonnet-4-6",
+        session: Mapping[str, Any] | None = None,
     ) -> str:
         """A run (``pending``/``running``, or final with its times and usage) with its events."""
 
@@ -66,6 +67,7 @@ class Seeder:
                 finished_at=datetime.now(UTC) if final else None,
                 usage={"input_tokens": 11, "output_tokens": 13} if final else None,
                 cost_usd=0.0123 if final else None,
+                session=session,
             )
             for event in events:
                 await store.append_event(trajectory.id, str(event["type"]), event)

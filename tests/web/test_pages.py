@@ -31,7 +31,8 @@ def test_a_finished_runs_page(make_proxy: ProxyFactory, seeder: Seeder) -> None:
             tool_call("t1", "python plot.py"),
             tool_result("t1", "<img src=x onerror=alert(3)>"),
             text(ANSWER),
-        ]
+        ],
+        session={"conversation": "0badc0de", "turn": 2, "continues": "0badc0de"},
     )
     seeder.finish(
         run_id,
@@ -61,6 +62,7 @@ def test_a_finished_runs_page(make_proxy: ProxyFactory, seeder: Seeder) -> None:
     assert "<h2>Notes</h2>" in body
     assert "&lt;script&gt;alert(4)&lt;/script&gt;" in body
     assert 'id="results-zip"' in body
+    assert "turn 2, continues run <code>0badc0de</code>" in body
     # Viewed through a signed link: no cancel, and every link the page holds is signed.
     assert 'id="cancel"' not in body
     for href in re.findall(r'href="(/[^"]*)"', body):
@@ -68,7 +70,10 @@ def test_a_finished_runs_page(make_proxy: ProxyFactory, seeder: Seeder) -> None:
 
 
 def test_a_live_runs_page_follows_its_events(make_proxy: ProxyFactory, seeder: Seeder) -> None:
-    run_id = seeder.run(events=[progress("starting sandbox"), text("Working")])
+    run_id = seeder.run(
+        events=[progress("starting sandbox"), text("Working")],
+        session={"conversation": "self", "turn": 1},
+    )
     with make_proxy() as proxy:
         # No keys: authentication is off, the local user may look and cancel.
         page = httpx.get(f"{proxy}/runs/acme/analysis/{run_id}", headers=HTML)
@@ -78,6 +83,7 @@ def test_a_live_runs_page_follows_its_events(make_proxy: ProxyFactory, seeder: S
     events = re.search(r'data-events="([^"]+)"', page.text)
     assert events is not None and events.group(1).startswith("/s/")
     assert 'id="cancel"' in page.text
+    assert "<dd>turn 1</dd>" in page.text
 
 
 def test_login_lists_and_logout(make_proxy: ProxyFactory, seeder: Seeder) -> None:
