@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.requests import Request
@@ -40,11 +40,18 @@ from proxy.auth import Principal
 from proxy.errors import NotFound, ProxyError, Unauthorized
 from proxy.links import LinkRejected, RunLinks
 from proxy.store.records import TRAJECTORY_STATUSES, Trajectory
+from proxy.web.access import (
+    KEY_COOKIE,
+    CrossSiteRefused,
+    local_path,
+    same_site,
+    viewer,
+    wants_html,
+)
 from proxy.web.markdown import SafeMarkdown
 from proxy.web.previews import PREVIEW_FILES, preview
 from proxy.web.timeline import fold
 
-KEY_COOKIE = "jetty_key"
 CANCEL_HEADER = "x-requested-with"
 PAGE_HEADERS = MappingProxyType(
     {
@@ -75,14 +82,6 @@ _TITLES = MappingProxyType(
         409: "Conflict",
     }
 )
-
-
-class CrossSiteRefused(ProxyError):
-    """A state-changing page request that did not come from this server's own pages."""
-
-    status_code = 403
-    error_type = "permission_error"
-    code = "cross_site_request"
 
 
 class Pages:
@@ -170,7 +169,7 @@ class Pages:
     async def run_list(self, request: Request) -> Response:
         services = services_of(request)
         try:
-            principal = await self._viewer(request, services)
+            principal = await viewer(request, services)
             collection = path_name(request, "collection")
             task = path_name(request, "task") if "task" in request.path_params else None
             principal.require(collection)
@@ -238,11 +237,11 @@ class Pages:
         return RedirectResponse(target, status_code=307)
 
     async def login_form(self, request: Request) -> Response:
-        target = _local_path(request.query_params.get("next"))
+        target = local_path(request.query_params.get("next"))
         collections: list[str] = []
         try:
-            viewer = await self._viewer(request, services_of(request))
-            collections = list(viewer.key.collections) if viewer.key else []
+            looking = await viewer(request, services_of(request))
+            collections = list(looking.key.collections) if looking.key else []
         except Unauthorized:
             pass
         context = {"next": target, "error": None, "collections": collections}
@@ -251,10 +250,10 @@ class Pages:
     async def login(self, request: Request) -> Response:
         services = services_of(request)
         try:
-            _same_site(request, services)
+            same_site(request, services)
             async with request.form(max_files=0, max_fields=4) as form:
                 key = str(form.get("key") or "").strip()
-                target = _local_path(str(form.get("next") or ""))
+                target = local_path(str(form.get("next") or ""))
             principal = await services.authenticator.authenticate(
                 {"authorization": f"Bearer {key}"}
             )
@@ -278,7 +277,7 @@ class Pages:
     async def logout(self, request: Request) -> Response:
         services = services_of(request)
         try:
-            _same_site(request, services)
+            same_site(request, services)
         except ProxyError as exc:
             return self.error(request, exc)
         response = RedirectResponse("/login", status_code=303)
@@ -289,12 +288,12 @@ class Pages:
         """Cancel a live run from its page (JSON in, JSON out: the page's script calls it)."""
         services = services_of(request)
         try:
-            _same_site(request, services)
+            same_site(request, services)
             if request.headers.get(CANCEL_HEADER) != "jetty-run-page":
                 raise CrossSiteRefused("Cancel from the run's page.")
             collection = path_name(request, "collection")
             task = path_name(request, "task")
-            principal = await self._viewer(request, services)
+            principal = await viewer(request, services)
             principal.require(collection)
             item = trajectory_id(request)
             status = await change_status(services, collection, task, item, "cancelled")
@@ -307,7 +306,7 @@ class Pages:
         if not wants_html(request):
             return error_response(exc)
         if isinstance(exc, Unauthorized) and not request.path_params.get("token"):
-            target = urlencode({"next": _local_path(request.url.path)})
+            target = urlencode({"next": local_path(request.url.path)})
             return RedirectResponse(f"/login?{target}", status_code=303)
         context = {
             "title": _TITLES.get(exc.status_code, "Something went wrong"),
@@ -315,7 +314,7 @@ class Pages:
             "code": exc.code,
             "status": exc.status_code,
             "login": exc.status_code in (401, 403) or isinstance(exc, LinkRejected),
-            "next": _local_path(request.url.path),
+            "next": local_path(request.url.path),
         }
         return self._page("error.html", context, status_code=exc.status_code)
 
@@ -331,18 +330,10 @@ class Pages:
         if token is not None:
             links = services.links.check(str(token), collection, task, item)
         else:
-            principal = await self._viewer(request, services)
+            principal = await viewer(request, services)
             principal.require(collection)
             links = services.links.links("", collection, task, item)
         return await find_trajectory(services, collection, task, item), links, principal
-
-    async def _viewer(self, request: Request, services: Services) -> Principal:
-        """Who is looking: the request's key, else the login cookie's (401 when needed)."""
-        headers: Mapping[str, str] = request.headers
-        cookie = request.cookies.get(KEY_COOKIE)
-        if cookie and not (headers.get("authorization") or headers.get("x-api-key")):
-            headers = {"authorization": f"Bearer {cookie}"}
-        return await services.authenticator.authenticate(headers)
 
     async def _artifacts(
         self, services: Services, trajectory: Trajectory, links: RunLinks
@@ -368,30 +359,6 @@ class Pages:
     ) -> HTMLResponse:
         body = self._templates.get_template(template).render(**context)
         return HTMLResponse(body, status_code=status_code, headers=dict(PAGE_HEADERS))
-
-
-def wants_html(request: Request) -> bool:
-    """A browser navigating (``Accept: text/html``), as opposed to an API client."""
-    return "text/html" in request.headers.get("accept", "")
-
-
-def _same_site(request: Request, services: Services) -> None:
-    """Refuse form posts and fetches that another site's page made the browser send."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise CrossSiteRefused("This request must come from this server's own pages.")
-    origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
-        allowed = {request.headers.get("host", ""), urlsplit(services.origins.of(request)).netloc}
-        if urlsplit(origin).netloc not in allowed:
-            raise CrossSiteRefused("This request must come from this server's own pages.")
-
-
-def _local_path(value: str | None) -> str:
-    """A redirect target on this server only (``/…``, never ``//host`` or a URL)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/login"
-    return value
 
 
 def _names(trajectory: Trajectory) -> str:
