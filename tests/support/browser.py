@@ -38,7 +38,9 @@ def chromium_path() -> str:
     pytest.skip("set JETTY_PROXY_TEST_CHROMIUM (or install chromium) for the browser tests")
 
 
-@pytest.fixture(scope="session")
+# Per test, not per session: while Playwright's sync API is open it holds an event loop in
+# this thread, and every later test that starts one of its own would fail.
+@pytest.fixture
 def chromium() -> Iterator[Browser]:
     path = chromium_path()
     with sync_playwright() as playwright:
