@@ -12,8 +12,9 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
-from starlette.routing import Route
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from proxy.api import (
@@ -30,6 +31,7 @@ from proxy.api import (
 )
 from proxy.api.context import Services
 from proxy.api.middleware import DirectRoute, RequestContextMiddleware
+from proxy.api.origin import Origins
 from proxy.api.recording import ChatRecorder, FirstBytes
 from proxy.api.responses import (
     handle_client_disconnect,
@@ -42,6 +44,7 @@ from proxy.api.uploads import UPLOAD_PATHS, upload_body_limit
 from proxy.auth import Authenticator
 from proxy.browsers import BrowserGuard
 from proxy.errors import ProxyError
+from proxy.links import SIGNED_PREFIX, LinkRejected, LinkSigner
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
 from proxy.runs.runtime import run_service
@@ -52,6 +55,7 @@ from proxy.store.blobs import LocalBlobStore
 from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
 from proxy.store.faults import TRANSIENT_FAULTS, StorageFull, StoreUnavailable
+from proxy.web.pages import Pages
 
 logger = logging.getLogger("proxy")
 
@@ -130,10 +134,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        configured_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        secret_keys = load_or_create_key(configured_key, settings.data_dir)
         the_store = store or open_store(
             settings.database,
-            secret_box=SecretBox(load_or_create_key(secret_key, settings.data_dir)),
+            secret_box=SecretBox(secret_keys),
             timeout=settings.database_timeout,
         )
         await the_store.migrate()
@@ -156,12 +161,14 @@ def create_app(
             on_drop=lambda reason, count: metrics.chat_records_dropped.labels(reason).inc(count),
         )
         metrics.chat_records_retrying.set_function(lambda: recorder.retrying)
+        links = LinkSigner(secret_keys, lifetime_seconds=settings.link_lifetime_seconds)
         try:
             async with (
                 run_service(
                     settings,
                     the_store,
                     blobs,
+                    links=links,
                     backend=sandbox_backend,
                     relay_transport=relay_transport,
                 ) as runs,
@@ -178,6 +185,8 @@ def create_app(
                         blobs=blobs,
                         runs=runs,
                         recorder=recorder,
+                        links=links,
+                        origins=Origins(settings.public_base_url, settings.forwarded_allow_ips),
                     )
                 }
         finally:
@@ -185,7 +194,28 @@ def create_app(
             await the_store.close()
 
     chat_route = Route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    routes = [
+    pages = Pages()
+    run_path = "/api/v1/trajectory/{collection}/{task}/{trajectory_id}"
+    # What a signed link opens without a key: the GET routes of one run (see proxy/links.py).
+    signed = Mount(
+        f"{SIGNED_PREFIX}/{{token}}",
+        routes=[
+            *pages.signed_routes(),
+            Route(f"{run_path}/download", trajectories.download_results, methods=["GET"]),
+            Route(
+                f"{run_path}/artifacts/{{path:path}}",
+                trajectories.download_artifact,
+                methods=["GET"],
+            ),
+            Route(f"{run_path}/events", trajectory_events.stream_events, methods=["GET"]),
+        ],
+    )
+
+    async def link_rejected(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LinkRejected)
+        return pages.error(request, exc)
+
+    routes: list[BaseRoute] = [
         chat_route,
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
@@ -247,6 +277,8 @@ def create_app(
             collections.patch_environment,
             methods=["PATCH"],
         ),
+        *pages.routes(),
+        signed,
     ]
     return ProxyApp(
         metrics=metrics,
@@ -256,6 +288,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
+            LinkRejected: link_rejected,
             ProxyError: handle_proxy_error,
             ClientDisconnect: handle_client_disconnect,
             StoreUnavailable: handle_store_fault,

@@ -27,9 +27,6 @@ from proxy.jetty import parse_jetty_block
 
 PRESET_PREFIX = "jetty/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# Open WebUI's housekeeping prompts (titles, tags, follow-ups, queries) all start like this.
-_TASK_PROMPT = re.compile(r"^\s*###\s*Task:", re.IGNORECASE)
-BACKGROUND_HEADER = "x-openwebui-task"
 
 
 class Preset(BaseModel):
@@ -79,25 +76,6 @@ def check_preset_names(presets: dict[str, Preset]) -> dict[str, Preset]:
 def preset_name(model: str) -> str | None:
     """``data-science`` for the model id ``jetty/data-science``; None for other models."""
     return model[len(PRESET_PREFIX) :] if model.startswith(PRESET_PREFIX) else None
-
-
-def is_background_request(headers: dict[str, str], messages: list[Any]) -> bool:
-    """True for a chat UI's housekeeping call (title, tags, follow-up suggestions…).
-
-    Open WebUI marks them with the ``X-OpenWebUI-Task`` header; its prompt templates also
-    start with ``### Task:``, which catches them when a reverse proxy drops the header.
-    """
-    if headers.get(BACKGROUND_HEADER):
-        return True
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                content = " ".join(
-                    str(part.get("text", "")) for part in content if isinstance(part, dict)
-                )
-            return isinstance(content, str) and bool(_TASK_PROMPT.match(content))
-    return False
 
 
 def preset_request(

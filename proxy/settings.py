@@ -8,6 +8,7 @@ environment variables prefixed ``JETTY_PROXY_``, the TOML file given with
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -225,7 +226,17 @@ class Settings(BaseSettings):
     keep_sandbox_seconds: float = Field(default=600.0, ge=0, le=86400)
     session_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     public_base_url: str | None = Field(
-        default=None, description="absolute URL clients reach this server at, for result links"
+        default=None,
+        description="absolute URL clients reach this server at, for the links in answers;"
+        " default: the request's own scheme and Host",
+    )
+    # Result files, results zip and run page are linked with signed URLs (keyed with
+    # secret_key) that open without an API key until they expire.
+    link_lifetime_seconds: int = Field(default=7 * 86400, ge=60, le=400 * 86400)
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses (or CIDR ranges) of reverse proxies whose Forwarded /"
+        " X-Forwarded-Proto / X-Forwarded-Host headers are believed",
     )
     # What a run may have, and ask for: limits applied when a run asks for none, and the most
     # it may ask for (a request over the maximum is a 400).
@@ -315,6 +326,7 @@ class Settings(BaseSettings):
         "image_registries",
         "run_capabilities",
         "fetch_allow_hosts",
+        "forwarded_allow_ips",
         mode="before",
     )
     @classmethod
@@ -365,6 +377,21 @@ class Settings(BaseSettings):
             if default is not None and maximum is not None and default > maximum:
                 raise ValueError(f"run_{name}_default is over run_{name}_max")
         return self
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range") from exc
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str | None) -> str | None:
+        return _validate_base_url(value) if value else None
 
     @field_validator("upstream_url")
     @classmethod

@@ -22,6 +22,7 @@ import yaml
 
 #: The schemas ``tests/support/openapi.py`` validates against.
 ROOTS = (
+    "ChatCompletionRequestUserMessage",
     "CreateChatCompletionStreamResponse",
     "DeleteFileResponse",
     "ErrorResponse",

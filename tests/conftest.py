@@ -30,3 +30,7 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"CI=true but the test skipped at {where}"
     return report
+
+
+# The browser fixtures (chromium, watched) for the page tests.
+pytest_plugins = ("tests.support.browser",)

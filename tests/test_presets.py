@@ -1,4 +1,4 @@
-"""Presets from the config file, and telling chat-UI housekeeping requests apart."""
+"""Presets from the config file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from proxy.presets import Preset, is_background_request, model_entries, preset_name, preset_request
+from proxy.presets import Preset, model_entries, preset_name, preset_request
 from proxy.settings import load_settings
 
 
@@ -54,18 +54,3 @@ def test_model_ids_and_visibility() -> None:
     assert preset_name("gpt-4o") is None
     ids = [e["id"] for e in model_entries(presets, lambda c: c == "acme")]
     assert ids == ["jetty/a"]
-
-
-@pytest.mark.parametrize(
-    ("headers", "content", "background"),
-    [
-        ({"x-openwebui-task": "title_generation"}, "anything", True),
-        ({}, "### Task:\nGenerate a concise, 3-5 word title for the chat.", True),
-        ({}, [{"type": "text", "text": "### Task: Suggest follow-ups"}], True),
-        ({}, "Please analyse the data", False),
-        ({}, "Describe ### Task: later in the text", False),
-    ],
-)
-def test_background_requests(headers: dict[str, str], content: object, background: bool) -> None:
-    messages = [{"role": "user", "content": content}]
-    assert is_background_request(headers, messages) is background

@@ -70,3 +70,21 @@ def test_allowed_origins_and_hosts_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("JETTY_PROXY_ALLOWED_ORIGINS", "*")
     with pytest.raises(ValidationError, match="not an origin"):
         Settings()
+
+
+def test_link_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETTY_PROXY_FORWARDED_ALLOW_IPS", "10.0.0.1, 192.168.0.0/16,::1")
+    monkeypatch.setenv("JETTY_PROXY_PUBLIC_BASE_URL", "https://jetty.example.com/")
+    settings = load_settings()
+    assert settings.forwarded_allow_ips == ["10.0.0.1", "192.168.0.0/16", "::1"]
+    assert settings.public_base_url == "https://jetty.example.com"
+    assert settings.link_lifetime_seconds == 7 * 86400
+    for field, value in [
+        ("forwarded_allow_ips", "example.com"),
+        ("public_base_url", "jetty.example.com"),
+        ("link_lifetime_seconds", "5"),
+    ]:
+        monkeypatch.setenv(f"JETTY_PROXY_{field.upper()}", value)
+        with pytest.raises(ValidationError):
+            load_settings()
+        monkeypatch.delenv(f"JETTY_PROXY_{field.upper()}")

@@ -23,8 +23,9 @@ from proxy.api.params import check_name
 from proxy.api.recording import RECORD_OVERHEAD
 from proxy.api.runs import start_run
 from proxy.auth import Principal
+from proxy.chatui.background import is_background_request
 from proxy.errors import BadRequest, InvalidField, NotFound, NotImplementedYet
-from proxy.presets import Preset, is_background_request, preset_name, preset_request
+from proxy.presets import Preset, preset_name, preset_request
 from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
 from proxy.relay.summary import StreamContent, summarize_chat_stream
 from proxy.store.chat import ChatRecord
@@ -112,7 +113,7 @@ async def chat_completions(request: Request) -> Response:
             raw["jetty"],
             stream=bool(chat.stream),
             include_usage=include_usage is True,
-            base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
+            base_url=services.origins.of(request),
             keepalive=services.settings.keepalive_seconds,
         )
     record = _Record(

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from proxy.api.origin import Origins
 from proxy.api.recording import ChatRecorder
 from proxy.auth import Authenticator, Principal
+from proxy.links import LinkSigner
 from proxy.metrics import Metrics
 from proxy.relay.upstream import Upstreams
 from proxy.runs.service import Runs
@@ -28,6 +30,9 @@ class Services:
     metrics: Metrics
     blobs: BlobStore
     recorder: ChatRecorder[ChatRecord]
+    # Signed run links, and the origin clients reach this server at (for links).
+    links: LinkSigner
+    origins: Origins
     runs: Runs | None = None
 
 

@@ -195,7 +195,8 @@ _PATH_PARAMETERS = MappingProxyType(
 
 
 def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
-    """The OpenAPI description of ``routes`` outside ``/v1/``.
+    """The OpenAPI description of ``routes`` outside ``/v1/`` (but pages: routes with
+    ``include_in_schema=False``).
 
     Raises ``LookupError`` for such a route that :data:`OPERATIONS` does not describe.
     """
@@ -203,7 +204,11 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     _component(ErrorBody, schemas)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not isinstance(route, Route) or route.path.startswith("/v1/"):
+        if (
+            not isinstance(route, Route)
+            or not route.include_in_schema
+            or route.path.startswith("/v1/")
+        ):
             continue
         operation = OPERATIONS.get(route.endpoint)
         if operation is None:

@@ -99,6 +99,7 @@ async def _chunks(
     live: LiveRun, renderer: ChunkRenderer, include_usage: bool
 ) -> AsyncIterator[ServerSentEvent]:
     first = renderer.role_chunk()
+    # The run's identity and page (a signed link): a client can open the run while it goes.
     yield _event({**first, "jetty": live.meta()})
     async for event in live.follow():
         for chunk in renderer.render(event):

@@ -20,6 +20,7 @@ from proxy.api.context import Services, authenticate, services_of
 from proxy.api.downloads import ZipEntry, blob_response, zip_response
 from proxy.api.params import json_body, path_name, query, safe_path, trajectory_id
 from proxy.errors import Conflict, NotFound
+from proxy.links import RunLinks
 from proxy.runs.followup import public_session
 from proxy.store.records import Artifact, Label, Trajectory, TrajectoryStatus
 
@@ -95,26 +96,38 @@ async def set_statuses(request: Request) -> Response:
     wanted = (await json_body(request, StatusesBody)).root
     # Check every id before changing any, so a typo changes nothing.
     for item in wanted:
-        await _find(services, collection, task, item)
+        await find_trajectory(services, collection, task, item)
     result: dict[str, str] = {}
     for item, status in wanted.items():
-        finished = datetime.now(UTC) if status == "cancelled" else None
-        changed = await services.store.transition(
-            item, status, allowed_from=_TRANSITIONS[status], finished_at=finished
-        )
-        if changed is None:
-            current = await _find(services, collection, task, item)
-            if current.status != status:
-                raise Conflict(
-                    f"Trajectory {item} is {current.status}; it cannot become {status}.",
-                    param="trajectory_id",
-                )
-            changed = current
-        result[item] = changed.status
-        live = services.runs.live(item) if services.runs else None
-        if status == "cancelled" and live is not None:
-            live.cancel()  # stops the agent; its results so far are still kept
+        result[item] = await change_status(services, collection, task, item, status)
     return JSONResponse({"statuses": result})
+
+
+async def change_status(
+    services: Services,
+    collection: str,
+    task: str,
+    item: str,
+    status: Literal["cancelled", "archived"],
+) -> str:
+    """Set a trajectory's status the way a person may (409 otherwise); a cancelled live run
+    is stopped, its results so far kept. Returns the status it now has."""
+    finished = datetime.now(UTC) if status == "cancelled" else None
+    changed = await services.store.transition(
+        item, status, allowed_from=_TRANSITIONS[status], finished_at=finished
+    )
+    if changed is None:
+        current = await find_trajectory(services, collection, task, item)
+        if current.status != status:
+            raise Conflict(
+                f"Trajectory {item} is {current.status}; it cannot become {status}.",
+                param="trajectory_id",
+            )
+        changed = current
+    live = services.runs.live(item) if services.runs else None
+    if status == "cancelled" and live is not None:
+        live.cancel()  # stops the agent; its results so far are still kept
+    return changed.status
 
 
 async def download_artifact(request: Request) -> Response:
@@ -176,6 +189,8 @@ def trajectory_object(
         "session": public_session(trajectory.session),
         "events_url": f"{base}/events",
         "download_url": f"{base}/download",
+        # Opens in a browser without a key, until it expires.
+        "page_url": run_links(request, trajectory).page(),
     }
     if labels is not None:
         body["labels"] = [label_object(label) for label in labels]
@@ -205,10 +220,19 @@ def label_object(label: Label) -> dict[str, Any]:
 
 
 async def load_trajectory(request: Request) -> tuple[Services, Trajectory]:
-    """The trajectory named by the URL, if the caller may see it; else 404."""
-    collection, task = await _scope(request)
+    """The trajectory named by the URL, if the caller may see it; else 404.
+
+    Under a signed link (``/s/{token}/…``, mounted for the GET routes of one run only) the
+    signature stands in for the key: 403 when it does not sign this run or has expired.
+    """
     services = services_of(request)
-    return services, await _find(services, collection, task, trajectory_id(request))
+    token = request.path_params.get("token")
+    if token is None:
+        collection, task = await _scope(request)
+    else:
+        collection, task = path_name(request, "collection"), path_name(request, "task")
+        services.links.check(str(token), collection, task, trajectory_id(request))
+    return services, await find_trajectory(services, collection, task, trajectory_id(request))
 
 
 async def _scope(request: Request) -> tuple[str, str]:
@@ -218,7 +242,8 @@ async def _scope(request: Request) -> tuple[str, str]:
     return collection, path_name(request, "task")
 
 
-async def _find(services: Services, collection: str, task: str, item: str) -> Trajectory:
+async def find_trajectory(services: Services, collection: str, task: str, item: str) -> Trajectory:
+    """The trajectory ``item`` of ``collection/task``; 404 when it is not there."""
     trajectory = await services.store.get_trajectory(item)
     if trajectory is None or (trajectory.collection, trajectory.task) != (collection, task):
         raise NotFound(
@@ -227,7 +252,15 @@ async def _find(services: Services, collection: str, task: str, item: str) -> Tr
     return trajectory
 
 
+def run_links(request: Request, trajectory: Trajectory) -> RunLinks:
+    """Signed links to the trajectory, on the origin the client reached this server at."""
+    services = services_of(request)
+    return services.links.links(
+        services.origins.of(request), trajectory.collection, trajectory.task, trajectory.id
+    )
+
+
 def _trajectory_url(request: Request, trajectory: Trajectory) -> str:
-    root = str(request.base_url).rstrip("/")
+    root = services_of(request).origins.of(request)
     names = "/".join(quote(part, safe="") for part in (trajectory.collection, trajectory.task))
     return f"{root}/api/v1/trajectory/{names}/{trajectory.id}"

@@ -9,6 +9,7 @@ import httpx
 from proxy.agents.install import AgentCache
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
+from proxy.links import LinkSigner
 from proxy.relay.tokens import RunTokens
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
@@ -28,7 +29,7 @@ class RunDeps:
     ``environments`` is the image engine, there when the backend builds images (see
     `proxy.sandbox.Capabilities`); ``kept`` holds the sandboxes of finished runs waiting for
     their conversation's next turn; ``http`` fetches ``jetty.runbook_url``; ``settings`` give
-    each run's model provider (`proxy.runs.credentials`).
+    each run's model provider (`proxy.runs.credentials`); ``links`` sign the links in its answer.
     """
 
     store: Store
@@ -41,4 +42,6 @@ class RunDeps:
     defaults: PlanDefaults
     settings: Settings
     http: httpx.AsyncClient
+    # Signs the links a run puts in its answer (result files, zip, its page).
+    links: LinkSigner
     environments: Environments | None = None

@@ -147,6 +147,7 @@ class RunEngine:
             model=launch.plan.model,
             detached=launch.plan.detach,
             redactor=LiveRedactor.of(launch.secrets),
+            page_url=launch.trajectory_url,
         )
         self.live[launch.run_id] = live
         self._tg.start_soon(self._lifecycle, launch, live, name=f"run-{launch.run_id}")

@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from proxy.chatui.retrieval import message_text
 from proxy.sandbox import Sandbox
 from proxy.store import Store
 from proxy.store.blobs import BlobStore, file_source, read_all
@@ -56,19 +57,10 @@ def previous_run_id(messages: Sequence[Any]) -> str | None:
     for message in reversed(messages):
         if not isinstance(message, Mapping) or message.get("role") != "assistant":
             continue
-        found = _MARKER.findall(_text(message.get("content")))
+        found = _MARKER.findall(message_text(message.get("content")))
         if found:
             return str(found[-1])
     return None
-
-
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, Mapping)]
-        return "\n".join(p for p in parts if isinstance(p, str))
-    return ""
 
 
 @dataclass(frozen=True)

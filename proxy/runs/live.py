@@ -40,6 +40,8 @@ class LiveRun:
     finished: Finished | None = None
     detached: bool = False
     redactor: LiveRedactor | None = None
+    # The run's page (a signed link), so a client can open the run while it goes.
+    page_url: str = ""
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _cancel_scope: anyio.CancelScope | None = None
     _cancel_asked: bool = False
@@ -106,6 +108,7 @@ class LiveRun:
             "collection": self.collection,
             "task": self.task,
             "agent": self.agent,
+            **({"run_url": self.page_url} if self.page_url else {}),
         }
 
     def _wake(self) -> None:

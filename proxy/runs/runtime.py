@@ -31,6 +31,7 @@ from proxy.egress import AddressPolicy, GuardedTransport
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
 from proxy.jetty.policy import NetworkPolicy
+from proxy.links import LinkSigner
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
@@ -126,6 +127,7 @@ async def run_service(
     store: Store,
     blobs: BlobStore,
     *,
+    links: LinkSigner,
     backend: SandboxBackend | None = None,
     relay_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Runs]:
@@ -183,6 +185,7 @@ async def run_service(
                     defaults=defaults,
                     settings=settings,
                     http=http,
+                    links=links,
                     environments=environments,
                 )
                 kept = deps.kept

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from proxy.environments import Environments
 from proxy.jetty import JettyBlock
@@ -83,7 +82,10 @@ class Runs:
             ),
             session=continuation.session() if continuation else None,
         )
-        base_url = draft.request.base_url
+        # Every link the run puts in its answer is signed: it opens in a browser without a key.
+        links = self.deps.links.links(
+            draft.request.base_url, draft.collection, draft.task, trajectory.id
+        )
         return RunLaunch(
             run_id=trajectory.id,
             collection=draft.collection,
@@ -93,15 +95,12 @@ class Runs:
             agent=draft.agent,
             environment=environment,
             inputs=draft.inputs,
-            base_url=base_url,
+            base_url=links.base,
             credentials=draft.credentials,
             secrets=draft.secrets,
             continuation=continuation,
             previous_inputs=draft.previous_inputs,
-            trajectory_url=(
-                f"{base_url}/api/v1/trajectory/{quote(draft.collection, safe='')}/"
-                f"{quote(draft.task, safe='')}/{trajectory.id}"
-            ),
+            trajectory_url=links.page(),
         )
 
 

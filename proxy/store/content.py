@@ -48,7 +48,7 @@ _TEXT_BY_EXTENSION = MappingProxyType(
         ".log": "text/plain",
     }
 )
-_TEXT_APPLICATIONS = frozenset(
+TEXT_APPLICATIONS = frozenset(
     {
         "application/json",
         "application/jsonl",
@@ -89,7 +89,7 @@ def detect_content_type(head: bytes, filename: str) -> str:
     if not _looks_like_text(head):
         return OCTET_STREAM
     guessed = _TEXT_BY_EXTENSION.get(ext) or mimetypes.guess_type("x" + ext, strict=False)[0]
-    if guessed and (guessed.startswith("text/") or guessed in _TEXT_APPLICATIONS):
+    if guessed and (guessed.startswith("text/") or guessed in TEXT_APPLICATIONS):
         kind = guessed
     else:
         kind = "text/plain"

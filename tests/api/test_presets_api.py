@@ -11,6 +11,7 @@ from proxy.auth import hash_key, mint_key, printable_prefix
 from proxy.presets import Preset
 from proxy.store import open_store
 from tests.api.conftest import ProxyFactory
+from tests.support.chat_ui_prompts import open_webui_rag, open_webui_task
 from tests.support.openapi import validate
 from tests.support.scripted_openai import ScriptedUpstream
 
@@ -69,7 +70,7 @@ def test_background_requests_are_relayed_to_the_presets_model(
     make_proxy: ProxyFactory, upstream: tuple[ScriptedUpstream, str]
 ) -> None:
     scripted, _ = upstream
-    title = "### Task:\nGenerate a concise, 3-5 word title for the chat history."
+    title = open_webui_task("title", [("user", "Plot sales."), ("assistant", "Done.")])
     with make_proxy(presets=PRESETS) as proxy:
         # Open WebUI's shape: model from /v1/models, stream, user, its task header.
         response = httpx.post(
@@ -87,10 +88,32 @@ def test_background_requests_are_relayed_to_the_presets_model(
         forwarded = scripted.seen[-1].json
         assert forwarded["model"] == "echo"
         assert "jetty" not in forwarded
-        # Without the header, the prompt itself gives it away.
+        # Without the header (Open WebUI 0.12 sends none), the prompt itself gives it away.
         plain = httpx.post(
             proxy + "/v1/chat/completions",
             json={"model": "jetty/data-science", "messages": [{"role": "user", "content": title}]},
         )
         assert plain.status_code == 200
         assert len(scripted.seen) == 2
+
+
+def test_a_turn_with_an_attached_file_goes_to_the_run_path(
+    make_proxy: ProxyFactory, upstream: tuple[ScriptedUpstream, str]
+) -> None:
+    scripted, _ = upstream
+    # Open WebUI's retrieval template starts like its housekeeping prompts ("### Task:").
+    turn = open_webui_rag("Plot sales by region.", [("sales.csv", "region,total\nNorth,10")])
+    with make_proxy(presets=PRESETS) as proxy:
+        response = httpx.post(
+            proxy + "/v1/chat/completions",
+            json={
+                "model": "jetty/data-science",
+                "stream": True,
+                "messages": [{"role": "user", "content": turn}],
+            },
+        )
+    # The preset names no image and the server has none: refused by the run path, with a 400
+    # naming the field, before anything starts. The upstream never saw it.
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "jetty.image"
+    assert scripted.seen == []

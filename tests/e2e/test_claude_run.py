@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from typing import Any
 
@@ -122,7 +123,11 @@ def test_streamed_run_keeps_artifacts_and_never_sees_the_provider_key(
         assert chunks[-1].usage.prompt_tokens > 0
 
         # Artifacts download byte-identical; the input file reached /app/assets.
-        assert paths["hello.txt"]["url"].startswith(proxy + "/api/v1/trajectory/acme/analysis/")
+        # Signed links (they open without a key): {proxy}/s/{expires}.{mac}/api/v1/….
+        assert re.match(
+            rf"{re.escape(proxy)}/s/[0-9]+\.[\w-]+/api/v1/trajectory/acme/analysis/",
+            str(paths["hello.txt"]["url"]),
+        )
         hello = httpx.get(paths["hello.txt"]["url"])
         assert hello.content == b"hello from the agent\n"
         sample = httpx.get(paths["sample.csv"]["url"])

@@ -8,6 +8,7 @@ translator, fed the recorded output of the real CLI.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,15 @@ async def test_a_run_keeps_its_results_and_waits_in_its_sandbox_for_the_next_tur
         assert not runs.deps.tokens.is_live(live.run_id)
 
     assert [a["path"] for a in live.artifacts] == ["hello.txt", "sub/data.csv"]
-    assert live.artifacts[0]["url"].startswith("http://proxy.test/")
-    assert f"Jetty run [{live.run_id}](http://proxy.test/api/v1/trajectory/acme/t/" in answer_of(
-        live
+    # Links in the answer are signed (they open in a browser without a key): the result
+    # files under the run's signed base, the run line at its page.
+    assert re.match(
+        r"http://proxy\.test/s/[^/]+/api/v1/trajectory/acme/t/", live.artifacts[0]["url"]
     )
+    run_line = (
+        rf"Jetty run \[{live.run_id}\]\(http://proxy\.test/s/[^/]+/runs/acme/t/{live.run_id}\)"
+    )
+    assert re.search(run_line, answer_of(live))
     stored = await store.list_artifacts(live.run_id)
     assert [await read_all(runs.deps.blobs, a.blob_key) for a in stored] == [b"hello", b"a,b\n"]
     record = await store.get_trajectory(live.run_id)

@@ -18,6 +18,7 @@ from proxy.agents.install import AgentCache
 from proxy.auth import LOCAL_PRINCIPAL
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults, parse_jetty_block
+from proxy.links import LinkSigner
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.deps import RunDeps
@@ -69,6 +70,7 @@ async def runs_on(
             defaults=defaults or PlanDefaults(image=IMAGE),
             settings=settings,
             http=http,
+            links=LinkSigner("test-secret", lifetime_seconds=3600),
             environments=environments,
         )
         try:

@@ -30,6 +30,7 @@ connection closed, so tests can check which key reached the upstream and that ca
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -90,6 +91,9 @@ class ScriptedAnthropic:
     cut_text: str | None = None
     cuts: int = 0
     turns: list[tuple[str, str]] = field(default_factory=list)
+    # While this event is unset, every model call after the first waits for it: the run
+    # stays live (its first tool call done) until the test lets it finish.
+    gate: threading.Event | None = None
     seen: list[Seen] = field(default_factory=list)
 
     @property
@@ -121,6 +125,9 @@ class ScriptedAnthropic:
             return JSONResponse(_error(self.error_status), status_code=self.error_status)
         if self.mode == "slow":
             await anyio.sleep(self.delay)
+        if self.gate is not None and answered >= 1:
+            while not self.gate.is_set():
+                await anyio.sleep(0.05)
         payload = json.loads(body)
         model = str(payload.get("model") or "claude-scripted")
         blocks = self._answer(payload.get("messages") or [])
