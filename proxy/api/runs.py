@@ -13,7 +13,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -50,7 +49,7 @@ from proxy.runs.launch import SERVER
 from proxy.runs.live import LiveRun
 from proxy.runs.render import Aggregator, ChunkRenderer, finish_reason_for, usage_dict
 from proxy.runs.runtime import RunService
-from proxy.sandbox import ImageNotFound, SandboxError
+from proxy.sandbox import FileContent, ImageNotFound, SandboxError
 from proxy.store import Store
 from proxy.store.blobs import BlobStore, file_source
 
@@ -96,7 +95,7 @@ async def start_run(
     continuation, plan = await _continuation(store, messages, collection, plan)
     image = await _environment(runs, plan)
     inputs = await _inputs(store, blobs, collection, plan)
-    previous_inputs: dict[str, bytes | Path] = {}
+    previous_inputs: dict[str, FileContent] = {}
     if continuation is not None:
         previous_inputs = await _previous_inputs(store, blobs, continuation)
     credentials = select_credentials(
@@ -199,7 +198,7 @@ async def _continuation(
 
 async def _previous_inputs(
     store: Store, blobs: BlobStore, continuation: Continuation
-) -> dict[str, bytes | Path]:
+) -> dict[str, FileContent]:
     """The input files of the run being continued that still exist, by name under /app/assets."""
     previous = continuation.previous
     recorded: Mapping[str, Any] = previous.jetty
@@ -212,7 +211,7 @@ async def _previous_inputs(
         record = await store.get_file(str(file_id))
         if record is not None and record.collection == previous.collection:
             records.append((record.filename, record))
-    found: dict[str, bytes | Path] = {}
+    found: dict[str, FileContent] = {}
     for name, record in records:
         found[name] = await file_source(blobs, record.blob_key)
     return found
@@ -256,9 +255,9 @@ async def _environment(runs: RunService, plan: RunPlan) -> str:
 
 async def _inputs(
     store: Store, blobs: BlobStore, collection: str, plan: RunPlan
-) -> dict[str, bytes | Path]:
+) -> dict[str, FileContent]:
     """Input files by their name under ``/app/assets``; unknown ones are a 404."""
-    inputs: dict[str, bytes | Path] = {}
+    inputs: dict[str, FileContent] = {}
     records = []
     for index, path in enumerate(plan.file_paths):
         record = await store.get_file_by_path(path)

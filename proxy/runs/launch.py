@@ -12,6 +12,7 @@ from proxy.jetty import RunPlan
 from proxy.relay.tokens import ProviderCreds
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.followup import Continuation
+from proxy.sandbox import FileContent
 from proxy.store.records import TrajectoryStatus
 
 RELAY_MOUNT = "/run/jetty"
@@ -45,7 +46,7 @@ class RunLaunch:
     # The agent, when it was ready at the edge; else ``setup`` installs it inside the run.
     agent: AgentSetup | None
     image: str
-    inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    inputs: Mapping[str, FileContent] = field(default_factory=dict)
     # Absolute URL of this server as the client reached it, for links to result files.
     base_url: str = ""
     setup: Callable[[], Awaitable[AgentSetup]] | None = None
@@ -54,7 +55,7 @@ class RunLaunch:
     # A follow-up turn: the run it continues, and that run's input files (put back when the
     # turn cannot run in the earlier sandbox).
     continuation: Continuation | None = None
-    previous_inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    previous_inputs: Mapping[str, FileContent] = field(default_factory=dict)
     # Absolute URL of the trajectory, named by the line that ends the answer.
     trajectory_url: str = ""
 

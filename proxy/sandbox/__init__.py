@@ -10,6 +10,7 @@ from proxy.sandbox.base import (
     CopyReport,
     EngineUnavailable,
     ExitStatus,
+    FileContent,
     ImageNotFound,
     Mount,
     Orphans,
@@ -34,6 +35,7 @@ __all__ = [
     "DockerSandbox",
     "EngineUnavailable",
     "ExitStatus",
+    "FileContent",
     "ImageNotFound",
     "LocalBackend",
     "LocalSandbox",
@@ -47,6 +49,7 @@ __all__ = [
     "SandboxStateError",
     "SkipReason",
     "SkippedFile",
+    "StreamedFile",
     "UnsafePathError",
     "select_backend",
 ]
