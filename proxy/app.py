@@ -37,7 +37,7 @@ from proxy.runs.runtime import run_service
 from proxy.sandbox import SandboxBackend
 from proxy.settings import Settings
 from proxy.store import Store, open_store
-from proxy.store.blobs import LocalBlobStore
+from proxy.store.blobs import open_blob_store
 from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
 
@@ -95,6 +95,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        blobs = open_blob_store(settings.blob_store_url)
         secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
         the_store = store or open_store(
             settings.database,
@@ -102,7 +103,6 @@ def create_app(
         )
         await the_store.migrate()
         upstreams = Upstreams(settings, transport=upstream_transport)
-        blobs = LocalBlobStore(settings.blobs)
         recorder = ChatRecorder(functools.partial(record_chats, the_store), first_bytes)
         try:
             async with (

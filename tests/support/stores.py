@@ -41,14 +41,20 @@ TEST_SECRET_KEY = "R0Jgn1W8v6qJ1hQ7m3Zq4kXcPpYfD2sT9uVbNaLeWiE="
 T = TypeVar("T")
 
 
-def postgres_url() -> str:
-    """The test PostgreSQL URL, or skip (fail under CI) when there is none."""
-    url = os.environ.get(POSTGRES_ENV)
+def service_url(name: str, service: str) -> str:
+    """The environment variable ``name`` that points the tests at ``service``, or skip
+    (fail under CI, which must test every service) when it is not set."""
+    url = os.environ.get(name)
     if url:
         return url
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{POSTGRES_ENV} is not set: CI must run the PostgreSQL tests")
-    pytest.skip(f"{POSTGRES_ENV} is not set")
+        pytest.fail(f"{name} is not set: CI must run the {service} tests (see scripts/ci/)")
+    pytest.skip(f"{name} is not set")
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL URL, or skip (fail under CI) when there is none."""
+    return service_url(POSTGRES_ENV, "PostgreSQL")
 
 
 @contextmanager
