@@ -14,11 +14,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    try:
-        await services_of(request).store.ping()
-    except StoreError as exc:
-        return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ok", "store": "ok"})
+    """Ready when the database answers and the blob store can take blobs; each says why not."""
+    services = services_of(request)
+    report = {"status": "ok", "store": "ok", "blobs": "ok"}
+    for name, check in (("store", services.store.ping), ("blobs", services.blobs.check)):
+        try:
+            await check()
+        except StoreError as exc:
+            report[name] = str(exc)
+            report["status"] = "unavailable"
+    return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
 
 async def metrics(request: Request) -> Response:
