@@ -51,7 +51,7 @@ from proxy.runs.runtime import run_service
 from proxy.sandbox import SandboxBackend
 from proxy.settings import Settings
 from proxy.store import Store, open_store
-from proxy.store.blobs import LocalBlobStore
+from proxy.store.blobs import open_blob_store
 from proxy.store.chat import record_chats
 from proxy.store.crypto import SecretBox, load_or_create_key
 from proxy.store.faults import TRANSIENT_FAULTS, StorageFull, StoreUnavailable
@@ -134,6 +134,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        blobs = open_blob_store(settings.blob_store_url)
         configured_key = settings.secret_key.get_secret_value() if settings.secret_key else None
         secret_keys = load_or_create_key(configured_key, settings.data_dir)
         the_store = store or open_store(
@@ -152,7 +153,6 @@ def create_app(
             browser_guard=browser_guard(settings),
         )
         upstreams = Upstreams(settings, transport=upstream_transport)
-        blobs = LocalBlobStore(settings.blobs)
         recorder = ChatRecorder(
             functools.partial(record_chats, the_store),
             first_bytes,

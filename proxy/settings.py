@@ -37,6 +37,7 @@ from proxy.jetty.fields import parse_memory
 from proxy.jetty.imageref import DEFAULT_REGISTRY, InvalidImageRef, parse_image_ref
 from proxy.presets import Preset, check_preset_names
 from proxy.sandbox.selection import check_backend_name
+from proxy.store.blobs.factory import parse_blob_url
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 
@@ -178,6 +179,13 @@ class Settings(BaseSettings):
 
     blob_dir: Path | None = Field(
         default=None, description="where uploads and artifacts are kept; default data_dir/blobs"
+    )
+    # The object store's endpoint, region and credentials are the standard AWS settings
+    # (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...), read by its client library.
+    blob_url: str | None = Field(
+        default=None,
+        description="file:///DIR or s3://BUCKET/PREFIX (needs jetty-proxy[s3]);"
+        " default file:// in blob_dir",
     )
     upload_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     min_free_disk_bytes: int = Field(
@@ -405,6 +413,13 @@ class Settings(BaseSettings):
     def _check_provider(cls, value: str) -> str:
         return _validate_base_url(value)
 
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_blob_url(value)
+        return value
+
     @field_validator("bedrock_base_url")
     @classmethod
     def _check_optional_provider(cls, value: str | None) -> str | None:
@@ -431,6 +446,11 @@ class Settings(BaseSettings):
     @property
     def blobs(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def blob_store_url(self) -> str:
+        """``blob_url``, else the ``file://`` URL of `blobs`."""
+        return self.blob_url or self.blobs.absolute().as_uri()
 
     @property
     def effective_default_snapshot(self) -> str | None:

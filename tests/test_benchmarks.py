@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
@@ -22,7 +22,7 @@ def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_passthrough_benchmark_runs_every_path() -> None:
-    result = _benchmark(
+    result = run_benchmark(
         "passthrough.py", "--levels", "1,4", "--requests", "20", "--chunks", "20", "--bare"
     )
     lines = result.stdout.splitlines()
@@ -35,7 +35,7 @@ def test_passthrough_benchmark_runs_every_path() -> None:
 
 
 def test_soak_benchmark_samples_and_judges() -> None:
-    result = _benchmark("soak.py", "--minutes", "0.15", "--interval", "1", "--streams", "2")
+    result = run_benchmark("soak.py", "--minutes", "0.15", "--interval", "1", "--streams", "2")
     lines = result.stdout.splitlines()
     header = lines.index(f"{'seconds':>7} {'requests':>9} {'RSS MiB':>8} {'fds':>6} {'tasks':>6}")
     rows = [line.split() for line in lines[header + 1 :]]
@@ -48,3 +48,17 @@ def test_soak_benchmark_samples_and_judges() -> None:
     assert not any(line.startswith("failed ") for line in lines), result.stdout
     verdicts = [line.split(":")[0] for line in lines if line.startswith("verdict ")]
     assert verdicts == ["verdict rss_mib", "verdict fds", "verdict tasks"], result.stdout
+
+
+def test_blobs_benchmark_measures_both_stores() -> None:
+    # No endpoint: the benchmark starts its own moto server, as it does for a person.
+    result = run_benchmark(
+        "blobs.py", "--small", "20", "--large", "2", "--large-size", str(3 * 1024 * 1024)
+    )
+    rows = [line.split()[:3] for line in result.stdout.splitlines()[1:]]
+    assert rows == [
+        [store, *phase.split()]
+        for store in ("directory", "s3")
+        for phase in ("write small", "read small", "write large", "read large")
+    ], result.stdout
+    assert all("peak RSS +" in line for line in result.stdout.splitlines()[1:])

@@ -88,3 +88,16 @@ def test_link_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValidationError):
             load_settings()
         monkeypatch.delenv(f"JETTY_PROXY_{field.upper()}")
+
+
+def test_blob_url_names_a_directory_or_a_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = Settings(data_dir=tmp_path)
+    assert default.blob_store_url == (tmp_path / "blobs").as_uri()
+    assert Settings(blob_dir=tmp_path / "b").blob_store_url == (tmp_path / "b").as_uri()
+    monkeypatch.setenv("JETTY_PROXY_BLOB_URL", "s3://bucket/some/prefix")
+    assert Settings(blob_dir=tmp_path / "b").blob_store_url == "s3://bucket/some/prefix"
+    for bad in ("file://relative/dir", "file:relative", "s3://", "gs://bucket", "/srv/blobs"):
+        with pytest.raises(ValidationError, match="blob URL must be"):
+            Settings(blob_url=bad)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from proxy.agents import AgentAdapter, get_adapter
@@ -37,6 +36,7 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.environment import check_environment
 from proxy.runs.errors import AgentUnavailable, RunInProgress
 from proxy.runs.followup import Continuation, previous_run_id
+from proxy.sandbox import FileContent
 from proxy.store import Store
 from proxy.store.blobs import BlobStore, file_source
 from proxy.store.records import StoredFile
@@ -73,9 +73,9 @@ class Draft:
     environment: CheckedEnvironment | None = None
     continuation: Continuation | None = None
     # The continued run's input files that still exist, by name under /app/assets.
-    previous_inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    previous_inputs: Mapping[str, FileContent] = field(default_factory=dict)
     # The run's input files, by name under /app/assets.
-    inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    inputs: Mapping[str, FileContent] = field(default_factory=dict)
     credentials: ProviderCreds | None = None
     # The agent CLI, when it is installed; else the run installs it, in its stream.
     agent: AgentSetup | None = None
@@ -209,7 +209,7 @@ CHECKS: tuple[Check, ...] = (network, follow_up, environment, input_files, crede
 
 async def _previous_inputs(
     store: Store, blobs: BlobStore, continuation: Continuation
-) -> dict[str, bytes | Path]:
+) -> dict[str, FileContent]:
     """The input files of the run being continued that still exist, by name under /app/assets."""
     previous = continuation.previous
     recorded: Mapping[str, Any] = previous.jetty
@@ -222,7 +222,7 @@ async def _previous_inputs(
         record = await store.get_file(str(file_id))
         if record is not None and record.collection == previous.collection:
             records.append((record.filename, record))
-    found: dict[str, bytes | Path] = {}
+    found: dict[str, FileContent] = {}
     for name, record in records:
         found[name] = await file_source(blobs, record.blob_key)
     return found

@@ -35,7 +35,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from proxy.chatui.retrieval import message_text
-from proxy.sandbox import Sandbox
+from proxy.sandbox import FileContent, Sandbox
 from proxy.store import Store
 from proxy.store.blobs import BlobStore, file_source, read_all
 from proxy.store.records import Trajectory
@@ -142,7 +142,7 @@ async def restore(
     store: Store,
     blobs: BlobStore,
     home: str,
-    inputs: Mapping[str, bytes | Path],
+    inputs: Mapping[str, FileContent],
 ) -> list[str]:
     """Put back what the continued run left into a new sandbox: its saved ``home``, its result
     files and its ``inputs``; what was restored, for the stream."""

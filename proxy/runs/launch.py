@@ -13,6 +13,7 @@ from proxy.relay.tokens import ProviderCreds
 from proxy.runs.agent import AgentSetup
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.followup import Continuation
+from proxy.sandbox import FileContent
 from proxy.store.records import TrajectoryStatus
 
 RELAY_MOUNT = "/run/jetty"
@@ -49,7 +50,7 @@ class RunLaunch:
     agent: AgentSetup | None
     # The image the run uses, decided by the checks (prepared in the run on an image engine).
     environment: CheckedEnvironment
-    inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    inputs: Mapping[str, FileContent] = field(default_factory=dict)
     # Absolute URL of this server as the client reached it, for links to result files.
     base_url: str = ""
     # Where this run's model calls go instead of the server's defaults (provider, collection key).
@@ -57,7 +58,7 @@ class RunLaunch:
     # A follow-up turn: the run it continues, and that run's input files (put back when the
     # turn cannot run in the earlier sandbox).
     continuation: Continuation | None = None
-    previous_inputs: Mapping[str, bytes | Path] = field(default_factory=dict)
+    previous_inputs: Mapping[str, FileContent] = field(default_factory=dict)
     # Absolute URL of the trajectory, named by the line that ends the answer.
     trajectory_url: str = ""
     # The collection's secrets by name: replaced in everything the run shows live.

@@ -13,6 +13,7 @@ from proxy.sandbox.base import (
     CopyReport,
     EngineUnavailable,
     ExitStatus,
+    FileContent,
     ImageNotFound,
     Isolation,
     Mount,
@@ -40,6 +41,7 @@ __all__ = [
     "DockerSandbox",
     "EngineUnavailable",
     "ExitStatus",
+    "FileContent",
     "ImageNotFound",
     "Isolation",
     "LocalBackend",
@@ -58,6 +60,7 @@ __all__ = [
     "ScriptedSandbox",
     "SkipReason",
     "SkippedFile",
+    "StreamedFile",
     "UnsafePathError",
     "open_backend",
 ]

@@ -35,10 +35,10 @@ chains the original with ``from``)::
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 LABEL_RUN_ID = "jetty-proxy.run-id"
 LABEL_COLLECTION = "jetty-proxy.collection"
@@ -46,6 +46,19 @@ LABEL_MANAGED = "jetty-proxy.managed"
 LABEL_OWNER = "jetty-proxy.owner"
 # The serving process that launched the sandbox (see `Orphans`).
 LABEL_SERVER = "jetty-proxy.server"
+
+
+class StreamedFile(Protocol):
+    """File content that is not on this machine (an object-store blob): read as it is put."""
+
+    async def open(self) -> AsyncIterator[bytes]:
+        """The content in chunks."""
+        ...
+
+
+#: What `Sandbox.put_files` writes: the bytes themselves, a regular file on the host (read
+#: as it is copied), or content streamed from elsewhere.
+FileContent: TypeAlias = bytes | Path | StreamedFile
 
 
 class SandboxError(Exception):
@@ -246,7 +259,7 @@ class Sandbox(Protocol):
     @property
     def run_id(self) -> str: ...
 
-    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
+    async def put_files(self, dest_dir: str, files: Mapping[str, FileContent]) -> None:
         """Write files under the absolute ``dest_dir`` before `start`.
 
         Keys are relative names ('a/b.txt'); parent directories are created. Names that are

@@ -45,6 +45,7 @@ from proxy.sandbox.base import (
     CopyReport,
     EngineUnavailable,
     ExitStatus,
+    FileContent,
     Isolation,
     Orphans,
     SandboxError,
@@ -62,6 +63,7 @@ from proxy.sandbox.dockerapi import (
 from proxy.sandbox.files import ArchiveExtractor, CopyBudget, clean_absolute_dir
 from proxy.sandbox.files import clean_relative_path as _clean
 from proxy.sandbox.frames import FrameDecoder, LineSplitter, StreamKind, TailBuffer
+from proxy.sandbox.spool import local_contents
 from proxy.sandbox.tarstream import Owner, TarFormatError, write_archive
 
 if TYPE_CHECKING:
@@ -242,11 +244,11 @@ class DockerSandbox:
     def run_id(self) -> str:
         return self._spec.run_id
 
-    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
+    async def put_files(self, dest_dir: str, files: Mapping[str, FileContent]) -> None:
         if self._started or self._closed:
             raise SandboxStateError("put_files is only possible before start")
         dest = clean_absolute_dir(dest_dir)
-        names = {_clean(name): content for name, content in files.items()}
+        names = {name: _clean(name) for name in files}
         # Upload at the deepest directory that exists: a tar entry for an existing directory
         # would reset its owner and mode (think /tmp), so only missing ones go in the tar.
         base, missing = dest, PurePosixPath()
@@ -254,7 +256,9 @@ class DockerSandbox:
             missing = PurePosixPath(base.name) / missing
             base = base.parent
         dirs = [missing] if missing.parts else []
-        await self._upload(base, dirs, {missing / name: content for name, content in names.items()})
+        async with local_contents(files) as contents:
+            members = {missing / names[name]: content for name, content in contents.items()}
+            await self._upload(base, dirs, members)
 
     async def _upload(
         self,

@@ -70,6 +70,7 @@ from proxy.sandbox.base import (
     Capabilities,
     CopyReport,
     ExitStatus,
+    FileContent,
     Isolation,
     Orphans,
     SandboxError,
@@ -97,6 +98,7 @@ from proxy.sandbox.rundirs import (
     remove_tree,
     signal_group,
 )
+from proxy.sandbox.spool import local_contents
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -252,19 +254,21 @@ class LocalSandbox:
             raise UnsafePathError(f"{path} is inside the mount at {root}: not writable here")
         return host, path.relative_to(root)
 
-    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
+    async def put_files(self, dest_dir: str, files: Mapping[str, FileContent]) -> None:
         if self._process is not None or self._closed:
             raise SandboxStateError("put_files is only possible before start")
         dest = clean_absolute_dir(dest_dir)
         if not any(dest in (root, *root.parents) for root in (APP, self.home)):
             self._locate(dest)  # neither under a root nor holding one: say why
-        placed: list[tuple[Path, PurePosixPath, bytes | Path]] = []
-        for name, content in files.items():
+        places: dict[str, tuple[Path, PurePosixPath]] = {}
+        for name in files:
             host, rel = self._locate(dest / clean_relative_path(name))
             if not rel.parts:
                 raise UnsafePathError(f"{dest / name} is a directory of the sandbox, not a file")
-            placed.append((host, rel, content))
-        await anyio.to_thread.run_sync(_write_files, placed)
+            places[name] = (host, rel)
+        async with local_contents(files) as contents:
+            placed = [(*places[name], content) for name, content in contents.items()]
+            await anyio.to_thread.run_sync(_write_files, placed)
 
     async def start(self) -> None:
         if self._closed:

@@ -36,6 +36,7 @@ from proxy.sandbox.base import (
     Capabilities,
     CopyReport,
     ExitStatus,
+    FileContent,
     ImageNotFound,
     Isolation,
     Orphans,
@@ -167,13 +168,18 @@ class ScriptedSandbox:
     def running(self) -> bool:
         return self._script is not None and self._exit is None
 
-    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
+    async def put_files(self, dest_dir: str, files: Mapping[str, FileContent]) -> None:
         if self._script is not None or self.closed:
             raise SandboxStateError("put_files is only possible before start")
         dest = clean_absolute_dir(dest_dir)
         for name, content in files.items():
             path = dest / clean_relative_path(name)
-            data = content if isinstance(content, bytes) else await anyio.Path(content).read_bytes()
+            if isinstance(content, bytes):
+                data = content
+            elif isinstance(content, Path):
+                data = await anyio.Path(content).read_bytes()
+            else:
+                data = b"".join([chunk async for chunk in await content.open()])
             self.files[str(path)] = data
 
     async def start(self) -> None:

@@ -26,6 +26,7 @@ from proxy.sandbox.base import (
 from proxy.sandbox.docker import DockerBackend, DockerSandbox
 from proxy.sandbox.dockerapi import ContainerPolicy
 from tests.sandbox.conftest import BUSYBOX, SESSION, SESSION_LABEL, TESTENV
+from tests.support.blobs import StreamedBytes
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -75,6 +76,19 @@ async def test_files_in_lines_out_and_exit_code(docker: DockerBackend, tmp_path:
     assert lines == ["ünïcode line", "hello"]
     assert status == ExitStatus(exit_code=7, oom_killed=False, timed_out=False)
     assert sandbox.stderr_tail() == "oops\n"
+
+
+async def test_streamed_files_are_put(docker: DockerBackend) -> None:
+    sandbox = await docker.launch(_spec(["cat", "/app/in/streamed.txt", "/app/in/given.txt"]))
+    try:
+        await sandbox.put_files(
+            "/app/in",
+            {"streamed.txt": StreamedBytes((b"streamed ", b"line\n")), "given.txt": b"given\n"},
+        )
+        lines, status = await _run(sandbox)
+    finally:
+        await sandbox.close()
+    assert (lines, status.exit_code) == (["streamed line", "given"], 0)
 
 
 async def test_non_root_user_owns_its_workdir_on_the_debian_image(

@@ -32,6 +32,7 @@ from proxy.sandbox.local import LocalBackend, LocalSandbox
 from proxy.sandbox.rundirs import MARK_ENV, installation_dir
 from proxy.sandbox.selection import open_backend
 from proxy.settings import Settings
+from tests.support.blobs import StreamedBytes
 from tests.support.ci import require_bwrap, unavailable
 
 pytestmark = pytest.mark.anyio
@@ -113,6 +114,19 @@ async def test_app_paths_are_mapped(backend: LocalBackend, tmp_path: Path) -> No
     assert lines == [f"{app}/work", app, "mounted", "put"]
     assert sorted(f.path for f in report.files) == [".keep", "r"]
     assert not sandbox.run_dir.exists()
+
+
+async def test_streamed_files_are_put(backend: LocalBackend) -> None:
+    sandbox = await backend.launch(_spec("cat /app/in/streamed.txt /app/in/given.txt"))
+    try:
+        await sandbox.put_files(
+            "/app/in",
+            {"streamed.txt": StreamedBytes((b"streamed ", b"line\n")), "given.txt": b"given\n"},
+        )
+        lines = await _run(sandbox)
+    finally:
+        await sandbox.close()
+    assert lines == ["streamed line", "given"]
 
 
 async def test_timeout_kills_the_whole_process_group(backend: LocalBackend) -> None:

@@ -42,12 +42,18 @@ TEST_SECRET_KEY = "R0Jgn1W8v6qJ1hQ7m3Zq4kXcPpYfD2sT9uVbNaLeWiE="
 T = TypeVar("T")
 
 
-def postgres_url() -> str:
-    """The test PostgreSQL URL, or skip (fail under CI) when there is none."""
-    url = os.environ.get(POSTGRES_ENV)
+def service_url(name: str, service: str) -> str:
+    """The environment variable ``name`` that points the tests at ``service``, or skip
+    (fail under CI, which must test every service) when it is not set."""
+    url = os.environ.get(name)
     if url:
         return url
-    unavailable(f"{POSTGRES_ENV} is not set", "start PostgreSQL with scripts/ci/postgres.sh")
+    unavailable(f"{name} is not set", f"CI must run the {service} tests (see scripts/ci/)")
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL URL, or skip (fail under CI) when there is none."""
+    return service_url(POSTGRES_ENV, "PostgreSQL")
 
 
 @contextmanager

@@ -1,10 +1,8 @@
-"""File contents (uploads, artifacts) live in a blob store; the database keeps their metadata.
+"""Blobs in a local directory (the default, ``file://``).
 
-The seam is small so an object store can implement it later. :class:`LocalBlobStore` keeps
-blobs in a directory: each write goes to a temporary file beside its destination and is
-renamed into place only when complete, so a failed, oversized or cancelled upload leaves
-nothing half-written. The size limit is enforced while streaming and the SHA-256 computed
-while writing.
+Each write goes to a temporary file beside its destination and is renamed into place only
+when complete, so a failed, oversized or cancelled upload leaves nothing half-written. File
+work runs in worker threads, the SHA-256 with it.
 """
 
 from __future__ import annotations
@@ -12,50 +10,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar, TypeVarTuple
+from typing import BinaryIO, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.to_thread
 
-from proxy.store.content import SNIFF_BYTES
-from proxy.store.errors import BlobTooLarge, RecordNotFound, StorageFull, StoreError
+from proxy.store.blobs.base import CHUNK_SIZE, BlobHealth, Meter, check_key, new_key
+from proxy.store.errors import RecordNotFound, StorageFull, StoreError
 from proxy.store.faults import is_disk_full
 from proxy.store.records import BlobInfo
 
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
-
-CHUNK_SIZE = 64 * 1024
-_KEY = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclass(frozen=True)
-class BlobHealth:
-    """Whether the store can take writes now, and the space it has left (None: unknown)."""
-
-    problem: str | None = None
-    free_bytes: int | None = None
-
-
-class BlobStore(Protocol):
-    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
-        """Store the content under a new key; raises :class:`BlobTooLarge` past ``max_bytes``."""
-
-    async def open(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """The content as chunks; raises :class:`RecordNotFound` now, not mid-stream."""
-
-    async def delete(self, key: str) -> None:
-        """Remove the blob; a missing one is not an error."""
-
-    async def health(self) -> BlobHealth:
-        """For readiness checks: quick, and never raises."""
 
 
 class LocalBlobStore:
@@ -65,35 +35,31 @@ class LocalBlobStore:
         self.root = root
 
     def path(self, key: str) -> Path:
-        if not _KEY.match(key):
-            raise RecordNotFound(f"invalid blob key: {key!r}")
+        check_key(key)
         return self.root / key[:2] / key
 
+    def local_path(self, key: str) -> Path:
+        return self.path(key)
+
     async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
-        key = uuid.uuid4().hex
+        key = new_key()
         final = self.path(key)
         handle, temp = await _disk(_create_temp, final.parent)
-        digest = hashlib.sha256()
-        size = 0
-        head = b""
+        meter = Meter(max_bytes)
         kept = False
         try:
             async for chunk in chunks:
                 if not chunk:
                     continue
-                size += len(chunk)
-                if max_bytes is not None and size > max_bytes:
-                    raise BlobTooLarge(max_bytes)
-                if len(head) < SNIFF_BYTES:
-                    head += chunk[: SNIFF_BYTES - len(head)]
-                await _disk(_write, handle, digest, chunk)
+                meter.count(chunk)
+                await _disk(_write, handle, meter.digest, chunk)
             await _disk(_commit, handle, temp, final)
             kept = True
         finally:
             if not kept:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_discard, handle, temp)
-        return BlobInfo(key=key, size=size, sha256=digest.hexdigest(), head=head)
+        return meter.info(key)
 
     async def open(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         try:
@@ -123,31 +89,12 @@ class LocalBlobStore:
             raise StoreError(f"deleting a blob failed: {exc}") from exc
 
     async def health(self) -> BlobHealth:
-        return await anyio.to_thread.run_sync(self._health)
-
-    def _health(self) -> BlobHealth:
+        """The directory can be written (a probe file is made and removed); its free space."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(self.root).free
+            free = await anyio.to_thread.run_sync(_probe, self.root)
         except OSError as exc:
-            return BlobHealth(problem=f"{self.root}: {exc.strerror or exc}")
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            return BlobHealth(problem=f"{self.root} is not writable", free_bytes=free)
+            return BlobHealth(problem=f"{self.root} is not writable: {exc.strerror or exc}")
         return BlobHealth(free_bytes=free)
-
-
-async def read_all(blobs: BlobStore, key: str) -> bytes:
-    """The whole content of a (small) blob."""
-    parts = [chunk async for chunk in await blobs.open(key)]
-    return b"".join(parts)
-
-
-async def file_source(blobs: BlobStore, key: str) -> bytes | Path:
-    """A blob as `Sandbox.put_files` takes it: its file on a local store (nothing read), else
-    its content."""
-    if isinstance(blobs, LocalBlobStore):
-        return blobs.path(key)
-    return await read_all(blobs, key)
 
 
 async def _disk(fn: Callable[[*Args], T], *args: *Args) -> T:
@@ -184,3 +131,11 @@ def _discard(handle: BinaryIO, temp: Path) -> None:
     with contextlib.suppress(OSError):
         handle.close()
     temp.unlink(missing_ok=True)
+
+
+def _probe(root: Path) -> int:
+    """Free bytes under ``root`` after proving a file can be created there."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
+        pass
+    return shutil.disk_usage(root).free
