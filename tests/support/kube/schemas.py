@@ -45,9 +45,15 @@ class Cause:
         return {"reason": self.reason, "message": self.message, "field": self.field}
 
 
-def validate(obj: dict[str, Any], version: str, *, strict: bool = True) -> list[Cause]:
-    """Every way ``obj`` violates the schema of its kind in Kubernetes ``version`` ("1.30")."""
-    validator = _validator(_schema_name(obj), version, strict)
+def validate(
+    obj: dict[str, Any], version: str, *, strict: bool = True, schema: str | None = None
+) -> list[Cause]:
+    """Every way ``obj`` violates the schema of its kind in Kubernetes ``version`` ("1.30").
+
+    ``schema`` names the schema file to use instead of the one of the object's kind (e.g.
+    ``status-meta-v1`` for a ``Status``).
+    """
+    validator = _validator(schema or _schema_name(obj), version, strict)
     causes = []
     for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path))):
         causes.extend(_causes(error))
