@@ -82,13 +82,15 @@ _FETCH_INPUTS = (
     f' "${ENV_URL}{SANDBOX_PATHS["inputs"]}"'
     f' | "{IMAGE_BUSYBOX}" tar -x -C /'
 )
-# $0 is a name, "$@" the agent's command. The stop watcher long-polls the proxy: a body of
-# "stop" kills the agent; anything else (a timeout, the proxy restarting) asks again. The
-# outputs go over nc rather than wget, whose --post-file reads the whole file into memory.
+# $0 is a name, "$@" the agent's command. The Pod's log carries the agent's stdout alone (the
+# translator reads it line by line); its stderr goes to a file that leaves with the outputs.
+# The stop watcher long-polls the proxy: a body of "stop" kills the agent; anything else (a
+# timeout, the proxy restarting) asks again. The outputs go over nc rather than wget, whose
+# --post-file reads the whole file into memory.
 _SUPERVISE = f"""b={BUSYBOX}
 "$b" mkdir -p {APP_DIR}/results {APP_DIR}/assets "$HOME"
 cd {APP_DIR}
-"$@" </dev/null &
+"$@" </dev/null 2>>{OUT_DIR}/stderr &
 agent=$!
 (
   while :; do
@@ -103,15 +105,19 @@ wait "$agent"
 code=$?
 kill "$watcher" 2>/dev/null
 cd /
-"$b" tar -c -f {OUT_DIR}/out.tar app/results "${{HOME#/}}" 2>/dev/null
+"$b" tar -c -f {OUT_DIR}/out.tar app/results "${{HOME#/}}" {OUT_DIR[1:]}/stderr 2>/dev/null
 size=$("$b" stat -c %s {OUT_DIR}/out.tar)
-{{
+said=$({{
   printf 'POST %s{SANDBOX_PATHS["outputs"]} HTTP/1.1\\r\\nHost: %s:%s\\r\\n' \\
     "${ENV_PATH}" "${ENV_HOST}" "${ENV_PORT}"
   printf 'Authorization: Bearer %s\\r\\nContent-Type: application/x-tar\\r\\n' "${ENV_TOKEN}"
   printf 'Content-Length: %s\\r\\nConnection: close\\r\\n\\r\\n' "$size"
   "$b" cat {OUT_DIR}/out.tar
-}} | "$b" nc "${ENV_HOST}" "${ENV_PORT}" | "$b" head -n 1 >&2
+}} | "$b" nc "${ENV_HOST}" "${ENV_PORT}" | "$b" head -n 1)
+case "$said" in
+  "HTTP/1."?" 2"*) ;;
+  *) echo "jetty-sandbox: the proxy did not take the outputs: $said" >&2 ;;
+esac
 exit "$code"
 """
 
