@@ -102,7 +102,19 @@ def _agents_install(args: argparse.Namespace, settings: Settings) -> int:
         return True
 
     async def install_all() -> list[str]:
-        return [adapter.name for adapter in adapters if not await install(adapter)]
+        failed = [adapter.name for adapter in adapters if not await install(adapter)]
+        if any(adapter.relay_transport == "tcp" for adapter in adapters):
+            # Agents that only take a URL reach the relay through the loopback forwarder,
+            # built here too, so that a cache made on one host serves any proxy (a container
+            # of the proxy has no compiler).
+            try:
+                binary = await ensure_forwarder(cache.root)
+            except AgentInstallError as exc:
+                print(f"jetty-proxy: {exc}", file=sys.stderr)
+                failed.append("forwarder")
+            else:
+                print(f"forwarder: ready ({binary})", file=sys.stderr)
+        return failed
 
     failed = anyio.run(install_all)
     if failed:
