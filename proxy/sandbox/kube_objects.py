@@ -18,13 +18,15 @@ One Pod per run, created with everything it needs (a Pod cannot be changed or re
       main   agent          the run's image; jetty-tools read-only at /opt/jetty, the same
                             paths as the Docker backend's mounts. busybox sh supervises:
                             runs the agent, long-polls {sandbox_url}/stop (answered "stop"
-                            on cancel or timeout: the agent is killed), then sends a tar of
-                            app/results and the HOME to {sandbox_url}/outputs and exits with
+                            on cancel or timeout: the agent is killed), then sends tars of
+                            /app/results and the HOME, and the agent's stderr, to
+                            {sandbox_url}/outputs?part=results|home|stderr, and exits with
                             the agent's status
 
 So files move over the relay's HTTP port with the run token, never with ``pods/exec``, and
-the archive is made by tar, which stores symlinks as symlinks (never follows them); the proxy
-unpacks it with the same checks and caps as Docker's archives. `SANDBOX_PATHS` names the
+the archives are made by tar, which stores symlinks as symlinks (never follows them), named
+like the engine's archive of a directory; the proxy unpacks them with the same checks and caps
+as Docker's archives. `SANDBOX_PATHS` names the
 three endpoints. ``activeDeadlineSeconds`` backs up the proxy's own timeout.
 
 The NetworkPolicy selects the run's Pod by its run-id label: no ingress at all, egress to DNS
@@ -85,8 +87,9 @@ _FETCH_INPUTS = (
 # $0 is a name, "$@" the agent's command. The Pod's log carries the agent's stdout alone (the
 # translator reads it line by line); its stderr goes to a file that leaves with the outputs.
 # The stop watcher long-polls the proxy: a body of "stop" kills the agent; anything else (a
-# timeout, the proxy restarting) asks again. The outputs go over nc rather than wget, whose
-# --post-file reads the whole file into memory.
+# timeout, the proxy restarting) asks again. Each part goes over nc rather than wget, whose
+# --post-file reads the whole file into memory. The archives are named like the engine's
+# archive of a directory (members under its base name), so the proxy reads them alike.
 _SUPERVISE = f"""b={BUSYBOX}
 "$b" mkdir -p {APP_DIR}/results {APP_DIR}/assets "$HOME"
 cd {APP_DIR}
@@ -104,20 +107,27 @@ watcher=$!
 wait "$agent"
 code=$?
 kill "$watcher" 2>/dev/null
-cd /
-"$b" tar -c -f {OUT_DIR}/out.tar app/results "${{HOME#/}}" {OUT_DIR[1:]}/stderr 2>/dev/null
-size=$("$b" stat -c %s {OUT_DIR}/out.tar)
-said=$({{
-  printf 'POST %s{SANDBOX_PATHS["outputs"]} HTTP/1.1\\r\\nHost: %s:%s\\r\\n' \\
-    "${ENV_PATH}" "${ENV_HOST}" "${ENV_PORT}"
-  printf 'Authorization: Bearer %s\\r\\nContent-Type: application/x-tar\\r\\n' "${ENV_TOKEN}"
-  printf 'Content-Length: %s\\r\\nConnection: close\\r\\n\\r\\n' "$size"
-  "$b" cat {OUT_DIR}/out.tar
-}} | "$b" nc "${ENV_HOST}" "${ENV_PORT}" | "$b" head -n 1)
-case "$said" in
-  "HTTP/1."?" 2"*) ;;
-  *) echo "jetty-sandbox: the proxy did not take the outputs: $said" >&2 ;;
-esac
+send() {{
+  size=$("$b" stat -c %s "$2")
+  said=$({{
+    printf 'POST %s{SANDBOX_PATHS["outputs"]}?part=%s HTTP/1.1\\r\\nHost: %s:%s\\r\\n' \\
+      "${ENV_PATH}" "$1" "${ENV_HOST}" "${ENV_PORT}"
+    printf 'Authorization: Bearer %s\\r\\nContent-Type: application/octet-stream\\r\\n' \\
+      "${ENV_TOKEN}"
+    printf 'Content-Length: %s\\r\\nConnection: close\\r\\n\\r\\n' "$size"
+    "$b" cat "$2"
+  }} | "$b" nc "${ENV_HOST}" "${ENV_PORT}" | "$b" head -n 1)
+  case "$said" in
+    "HTTP/1."?" 2"*) ;;
+    *) echo "jetty-sandbox: the proxy did not take the $1: $said" >&2 ;;
+  esac
+}}
+"$b" tar -c -f {OUT_DIR}/results.tar -C {APP_DIR} results 2>/dev/null
+"$b" tar -c -f {OUT_DIR}/home.tar -C "$("$b" dirname "$HOME")" "$("$b" basename "$HOME")" \\
+  2>/dev/null
+send results {OUT_DIR}/results.tar
+send home {OUT_DIR}/home.tar
+send stderr {OUT_DIR}/stderr
 exit "$code"
 """
 

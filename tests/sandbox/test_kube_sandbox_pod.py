@@ -46,7 +46,7 @@ class Endpoints:
     """The proxy's side of the Pod's file exchange, scripted."""
 
     inputs: bytes
-    outputs: list[bytes] = field(default_factory=list)
+    outputs: dict[str, bytes] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     refused: int = 0
 
@@ -73,7 +73,7 @@ class Endpoints:
         async def outputs(request: Request) -> Response:
             if not allowed(request):
                 return PlainTextResponse("", status_code=401)
-            self.outputs.append(await request.body())
+            self.outputs[request.query_params["part"]] = await request.body()
             return PlainTextResponse("kept")
 
         return Starlette(
@@ -84,8 +84,8 @@ class Endpoints:
             ]
         )
 
-    def output_members(self) -> dict[str, tarfile.TarInfo | bytes]:
-        (archive,) = self.outputs
+    def output_members(self, part: str) -> dict[str, tarfile.TarInfo | bytes]:
+        archive = self.outputs[part]
         found: dict[str, tarfile.TarInfo | bytes] = {}
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             for member in tar.getmembers():
@@ -166,12 +166,13 @@ async def test_the_agent_runs_from_the_image_and_files_go_both_ways(
     assert "2.1.328 (Claude Code)" in log
     assert "tools-read-only" in log
     assert "to-stderr" not in log  # the log is the agent's stdout; its stderr leaves apart
-    members = scripted.output_members()
-    assert members["app/results/copy.csv"] == b"a,b\n1,2\n"
-    link = members["app/results/passwd"]
+    assert set(scripted.outputs) == {"results", "home", "stderr"}
+    results = scripted.output_members("results")
+    assert results["results/copy.csv"] == b"a,b\n1,2\n"
+    link = results["results/passwd"]
     assert isinstance(link, tarfile.TarInfo) and link.issym()  # sent as a link, not followed
-    assert members["tmp/jetty-home/session.txt"] == b"resumable\n"
-    assert members["run/jetty-out/stderr"] == b"to-stderr\n"
+    assert scripted.output_members("home")["jetty-home/session.txt"] == b"resumable\n"
+    assert scripted.outputs["stderr"] == b"to-stderr\n"
     assert scripted.refused == 0
     await kube_client.delete(Pod, name, grace_period=0)
 
@@ -198,7 +199,7 @@ async def test_a_stop_kills_the_agent_and_its_results_still_leave(
     statuses = done.status.containerStatuses
     assert statuses and statuses[0].state and statuses[0].state.terminated
     assert statuses[0].state.terminated.exitCode == 137
-    assert scripted.output_members()["app/results/partial.txt"] == b"partial\n"
+    assert scripted.output_members("results")["results/partial.txt"] == b"partial\n"
     await kube_client.delete(Pod, name, grace_period=0)
 
 
