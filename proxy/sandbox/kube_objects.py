@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -84,11 +85,27 @@ _FETCH_INPUTS = (
     f' "${ENV_URL}{SANDBOX_PATHS["inputs"]}"'
     f' | "{IMAGE_BUSYBOX}" tar -x -C /'
 )
+# One part of the outputs: run by nc with the connection as its stdin and stdout ($0 busybox,
+# $1 the part, $2 its file). It reads the answer itself: busybox nc would half-close the
+# connection at the end of a piped body, and servers may drop it before they answer.
+_SEND = (
+    'b="$0"; '
+    "printf 'POST %s%s?part=%s HTTP/1.1\\r\\nHost: %s:%s\\r\\nAuthorization: Bearer %s\\r\\n"
+    "Content-Type: application/octet-stream\\r\\nContent-Length: %s\\r\\n"
+    "Connection: close\\r\\n\\r\\n' "
+    f'"${ENV_PATH}" {SANDBOX_PATHS["outputs"]} "$1" "${ENV_HOST}" "${ENV_PORT}" "${ENV_TOKEN}" '
+    '"$("$b" stat -c %s "$2")"; '
+    '"$b" cat "$2"; '
+    "read -r said; "
+    'case "$said" in "HTTP/1."?" 2"*) ;; '
+    '*) echo "jetty-sandbox: the proxy did not take the $1: $said" >&2 ;; esac'
+)
+
 # $0 is a name, "$@" the agent's command. The Pod's log carries the agent's stdout alone (the
 # translator reads it line by line); its stderr goes to a file that leaves with the outputs.
 # The stop watcher long-polls the proxy: a body of "stop" kills the agent; anything else (a
-# timeout, the proxy restarting) asks again. Each part goes over nc rather than wget, whose
-# --post-file reads the whole file into memory. The archives are named like the engine's
+# timeout, the proxy restarting) asks again. Each part goes over nc (`_SEND`) rather than
+# wget, whose --post-file reads the whole file into memory. The archives are named like the engine's
 # archive of a directory (members under its base name), so the proxy reads them alike.
 _SUPERVISE = f"""b={BUSYBOX}
 "$b" mkdir -p {APP_DIR}/results {APP_DIR}/assets "$HOME"
@@ -108,19 +125,7 @@ wait "$agent"
 code=$?
 kill "$watcher" 2>/dev/null
 send() {{
-  size=$("$b" stat -c %s "$2")
-  said=$({{
-    printf 'POST %s{SANDBOX_PATHS["outputs"]}?part=%s HTTP/1.1\\r\\nHost: %s:%s\\r\\n' \\
-      "${ENV_PATH}" "$1" "${ENV_HOST}" "${ENV_PORT}"
-    printf 'Authorization: Bearer %s\\r\\nContent-Type: application/octet-stream\\r\\n' \\
-      "${ENV_TOKEN}"
-    printf 'Content-Length: %s\\r\\nConnection: close\\r\\n\\r\\n' "$size"
-    "$b" cat "$2"
-  }} | "$b" nc "${ENV_HOST}" "${ENV_PORT}" | "$b" head -n 1)
-  case "$said" in
-    "HTTP/1."?" 2"*) ;;
-    *) echo "jetty-sandbox: the proxy did not take the $1: $said" >&2 ;;
-  esac
+  "$b" nc "${ENV_HOST}" "${ENV_PORT}" -e "$b" sh -c {shlex.quote(_SEND)} "$b" "$1" "$2"
 }}
 "$b" tar -c -f {OUT_DIR}/results.tar -C {APP_DIR} results 2>/dev/null
 "$b" tar -c -f {OUT_DIR}/home.tar -C "$("$b" dirname "$HOME")" "$("$b" basename "$HOME")" \\

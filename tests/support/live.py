@@ -10,10 +10,11 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -41,6 +42,27 @@ def serve(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
     )
     with _running(config, f"port {port}"):
         yield f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def serve_here(app: ASGIApp) -> AsyncIterator[str]:
+    """Run ``app`` in the current event loop until the block ends; yields its base URL.
+
+    For apps that share state (events, locks) with the test's own tasks.
+    """
+    port = free_port()
+    config = server_config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", loop="asyncio"
+    )
+    server = _Server(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.005)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
 
 
 @contextmanager
