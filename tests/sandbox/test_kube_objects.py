@@ -271,3 +271,7 @@ def test_cpu_quantities() -> None:
     assert cpu_quantity(2) == "2000m"
     assert cpu_quantity(0.25) == "250m"
     assert cpu_quantity(0.0001) == "1m"
+
+
+def test_the_token_stays_out_of_reprs() -> None:
+    assert "jr-secret-token" not in repr(RUN)
