@@ -62,5 +62,9 @@ rm -rf dist/wheels
     || fail "building the wheels failed"
 DOCKER_BUILDKIT=0 docker build --file deploy/Dockerfile --build-arg "BASE_IMAGE=$BASE" \
     --tag "$IMAGE" . >>"$LOG" 2>&1 || fail "building $IMAGE failed"
+# The build stage, and the image the tag pointed at before, are left untagged: remove them.
+for stage in build proxy; do
+    docker image prune --force --filter "label=jetty-proxy.image=$stage" >>"$LOG" 2>&1 || true
+done
 
 echo "export JETTY_PROXY_TEST_PROXY_IMAGE=$IMAGE"
