@@ -11,6 +11,7 @@ import fnmatch
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,6 +41,11 @@ from proxy.sandbox.selection import check_backend_name
 from proxy.store.blobs.factory import parse_blob_url
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
+# Kubernetes object names: RFC 1123 labels (namespaces) and subdomains (most other objects).
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+)
 
 NetworkAccess = Literal["allowed", "denied"]
 #: Bytes, from an int or a size such as "512m" or "4g" (binary units, as Docker reads them).
@@ -288,6 +294,29 @@ class Settings(BaseSettings):
         " may reach, e.g. an intranet runbook server",
     )
 
+    # The Kubernetes sandbox backend: one Pod per run (see docs/kubernetes.md).
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig file of the cluster that runs sandbox Pods;"
+        " default $KUBECONFIG, else the in-cluster service account",
+    )
+    kube_namespace: str = Field(
+        default="jetty-sandboxes", description="namespace the sandbox Pods are created in"
+    )
+    kube_runtime_class: str | None = Field(
+        default=None, description="RuntimeClass of sandbox Pods (e.g. gvisor); default none"
+    )
+    relay_url: str | None = Field(
+        default=None,
+        description="URL at which sandbox Pods reach this server's model relay"
+        " (a Service in the cluster, e.g. http://jetty-proxy-relay.jetty-proxy:8081)",
+    )
+    agents_image: str | None = Field(
+        default=None,
+        description="image with the pinned agent CLIs that sandbox Pods copy them from;"
+        " default the tag `jetty-proxy agents image` gives it",
+    )
+
     # Chat UIs: presets offered as models (jetty/NAME).
     presets: dict[str, Preset] = Field(default_factory=dict)
 
@@ -425,6 +454,35 @@ class Settings(BaseSettings):
     def _check_optional_provider(cls, value: str | None) -> str | None:
         return _validate_base_url(value) if value else None
 
+    @field_validator("relay_url")
+    @classmethod
+    def _check_relay_url(cls, value: str | None) -> str | None:
+        return _validate_base_url(value) if value else None
+
+    @field_validator("kube_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _DNS_LABEL.fullmatch(value):
+            raise ValueError("must be a DNS-1123 label (lowercase letters, digits and '-')")
+        return value
+
+    @field_validator("kube_runtime_class")
+    @classmethod
+    def _check_runtime_class(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_SUBDOMAIN.fullmatch(value):
+            raise ValueError("must be a DNS-1123 subdomain (a RuntimeClass name)")
+        return value or None
+
+    @field_validator("agents_image")
+    @classmethod
+    def _check_agents_image(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                parse_image_ref(value)
+            except InvalidImageRef as exc:
+                raise ValueError(str(exc)) from exc
+        return value or None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -458,6 +516,14 @@ class Settings(BaseSettings):
         if self.default_image and "default_snapshot" not in self.model_fields_set:
             return None
         return self.default_snapshot or None
+
+    @property
+    def kubeconfig_file(self) -> Path | None:
+        """``kubeconfig``, else the first file of ``$KUBECONFIG``; None means in-cluster."""
+        if self.kubeconfig is not None:
+            return self.kubeconfig
+        first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+        return Path(first) if first else None
 
     @property
     def is_loopback(self) -> bool:

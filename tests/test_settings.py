@@ -101,3 +101,36 @@ def test_blob_url_names_a_directory_or_a_bucket(
     for bad in ("file://relative/dir", "file:relative", "s3://", "gs://bucket", "/srv/blobs"):
         with pytest.raises(ValidationError, match="blob URL must be"):
             Settings(blob_url=bad)
+
+
+def test_kubernetes_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    settings = Settings()
+    assert settings.kube_namespace == "jetty-sandboxes"
+    assert settings.kubeconfig_file is None  # in-cluster
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert Settings().kubeconfig_file == tmp_path / "a"
+    monkeypatch.setenv("JETTY_PROXY_KUBECONFIG", str(tmp_path / "mine"))
+    monkeypatch.setenv("JETTY_PROXY_KUBE_RUNTIME_CLASS", "gvisor")
+    monkeypatch.setenv("JETTY_PROXY_RELAY_URL", "http://jetty-proxy-relay.jetty-proxy:8081/")
+    monkeypatch.setenv("JETTY_PROXY_AGENTS_IMAGE", "127.0.0.1:5000/jetty-proxy-agents:v1")
+    settings = Settings()
+    assert settings.kubeconfig_file == tmp_path / "mine"
+    assert settings.kube_runtime_class == "gvisor"
+    assert settings.relay_url == "http://jetty-proxy-relay.jetty-proxy:8081"
+    assert settings.agents_image == "127.0.0.1:5000/jetty-proxy-agents:v1"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("kube_namespace", "Sandboxes"),
+        ("kube_namespace", "a" * 64),
+        ("kube_runtime_class", "g_visor"),
+        ("relay_url", "jetty-proxy-relay:8081"),
+        ("agents_image", "Not An Image"),
+    ],
+)
+def test_kubernetes_settings_are_checked(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings.model_validate({field: value})

@@ -4,10 +4,12 @@ Everything goes through the Engine API (`proxy.sandbox.dockerapi.Engine`), pinne
 
     POST /images/create?fromImage=NAME&tag=TAG   pull; streams JSON progress messages
     POST /build?t=TAG&labels=…&buildargs=…       classic builder; the body is a tar context
+    POST /images/{name}/push?tag=TAG             push; streams JSON progress messages
     POST /containers/create + start + wait       `bash -c true` in the image, then removed
     GET  /images/json?filters=…                  images we built or pulled, for pruning
 
-No credentials are ever sent (no ``X-Registry-Auth``): only public images can be pulled. The
+No credentials are ever sent (an empty ``X-Registry-Auth``): only public images can be
+pulled, and pushes go to registries that take anonymous pushes. The
 engine reports pull failures as free text, so `pull_error` reads it into our error classes;
 the phrases it looks for are the registry protocol's own (``manifest unknown``,
 ``unauthorized``, ``no basic auth credentials``), which every registry and engine version
@@ -16,11 +18,13 @@ uses.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -133,7 +137,7 @@ class ImageEngine:
 
     async def build(
         self,
-        archive: bytes,
+        archive: bytes | AsyncIterable[bytes],
         *,
         tag: str,
         labels: Mapping[str, str],
@@ -141,7 +145,8 @@ class ImageEngine:
         build_args: Mapping[str, str] | None = None,
         dockerfile: str = "Dockerfile",
     ) -> str:
-        """Build ``archive`` (a tar context) with the classic builder; return the image id."""
+        """Build ``archive`` (a tar context, whole or streamed) with the classic builder;
+        return the image id."""
         params = {
             "t": tag,
             "dockerfile": dockerfile,
@@ -181,6 +186,39 @@ class ImageEngine:
             raise BuildFailed(f"The build of {tag} ended without an image", log.tail())
         image_id: str = info["Id"]
         return image_id
+
+    async def push(self, reference: str, progress: Progress) -> str | None:
+        """Push ``reference`` (``registry/repository:tag``) anonymously; its digest if told.
+
+        Raises `EnvironmentFailed` (code ``image_push_failed``) with the engine's or the
+        registry's message, e.g. when the registry asks for credentials.
+        """
+        ref = parse_image_ref(reference)
+        name = f"{ref.registry}/{ref.repository}" if ref.registry else ref.repository
+        headers = {"X-Registry-Auth": base64.urlsafe_b64encode(b"{}").decode()}
+        digest: str | None = None
+        async with self.engine.stream(
+            "POST",
+            f"/images/{quote(name, safe='/:')}/push",
+            params={"tag": ref.tag or "latest"},
+            headers=headers,
+            ok=_ANY_ERROR,
+            timeout=_STREAM_TIMEOUT,
+        ) as response:
+            if not response.is_success:
+                await response.aread()
+                raise _push_error(reference, engine_message(response))
+            async for message in _messages(response):
+                error = message.get("error") or (message.get("errorDetail") or {}).get("message")
+                if error:
+                    raise _push_error(reference, str(error))
+                aux = message.get("aux")
+                if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+                    digest = aux["Digest"]
+                status = message.get("status")
+                if isinstance(status, str) and not message.get("id"):
+                    await progress(status)
+        return digest
 
     async def _remove_leftovers(self, images: list[str]) -> None:
         """Remove the untagged intermediate images a failed build made, newest first.
@@ -240,6 +278,10 @@ class ImageEngine:
 
     async def remove(self, reference: str) -> bool:
         return await self.engine.remove_image(reference)
+
+
+def _push_error(reference: str, message: str) -> EnvironmentFailed:
+    return EnvironmentFailed(f"Pushing {reference} failed: {message}", code="image_push_failed")
 
 
 async def _messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from proxy.agents import agent_names, get_adapter
+from proxy.agents.forwarder import source_digest
 from proxy.agents.install import (
     MARKER,
     NODE_VERSION,
@@ -329,10 +330,13 @@ def test_cli_install_defaults_to_every_agent(
     tmp_path: Path, npm_log: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["agents", "install", "--data-dir", str(tmp_path)]) == 0
-    assert "3 agent CLIs ready" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 agent CLIs ready" in err
+    assert "forwarder: ready" in err  # Codex and Gemini CLI reach the relay through it
     assert cache_entries(tmp_path / "agents") == [
         "claude-code-2.1.328",
         "codex-0.169.0",
+        f"forwarder-{source_digest()}",
         "gemini-cli-0.61.0",
     ]
 
@@ -357,7 +361,10 @@ def test_cli_uses_the_configured_cache_dir(
 ) -> None:
     monkeypatch.setenv("JETTY_PROXY_AGENT_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert main(["agents", "install", "codex", "--data-dir", str(tmp_path / "data")]) == 0
-    assert cache_entries(tmp_path / "elsewhere") == ["codex-0.169.0"]
+    assert cache_entries(tmp_path / "elsewhere") == [
+        "codex-0.169.0",
+        f"forwarder-{source_digest()}",
+    ]
 
 
 @pytest.mark.agents

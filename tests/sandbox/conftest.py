@@ -14,13 +14,16 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from lightkube import AsyncClient, KubeConfig
 
 from proxy.sandbox.base import LABEL_MANAGED
 from proxy.sandbox.docker import DockerBackend
 from tests.support.ci import unavailable
+from tests.support.kube.standin import KubeStandIn, kube_standin
 
 BUSYBOX = "jetty-test/busybox:latest"
 TESTENV = "127.0.0.1:5000/jetty/testenv:bookworm"
@@ -101,3 +104,20 @@ def _no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
         for container_id in leaked:
             client.delete(f"/containers/{container_id}", params={"force": "1"})
     assert not leaked, f"the test left {len(leaked)} managed container(s) behind"
+
+
+@pytest.fixture
+def kube(docker_host: str, tmp_path: Path) -> Iterator[KubeStandIn]:
+    """A Kubernetes API stand-in whose Pods run on the test engine (see its module)."""
+    registry = os.environ.get("JETTY_PROXY_TEST_REGISTRY")
+    pull = (registry,) if registry else ()
+    with kube_standin(docker_host, tmp_path, pull_registries=pull) as standin:
+        yield standin
+
+
+@pytest.fixture
+async def kube_client(kube: KubeStandIn) -> AsyncIterator[AsyncClient]:
+    """lightkube, the Kubernetes backend's client, configured for the stand-in."""
+    client = AsyncClient(KubeConfig.from_file(kube.kubeconfig))
+    yield client
+    await client.close()

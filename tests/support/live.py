@@ -13,11 +13,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import uvicorn
 from starlette.types import ASGIApp
@@ -58,6 +59,27 @@ def serve(
     )
     with _running(config, f"port {port}"):
         yield f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def serve_here(app: ASGIApp) -> AsyncIterator[str]:
+    """Run ``app`` in the current event loop until the block ends; yields its base URL.
+
+    For apps that share state (events, locks) with the test's own tasks.
+    """
+    port = free_port()
+    config = server_config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", loop="asyncio"
+    )
+    server = _Server(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.005)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
 
 
 @contextmanager
