@@ -194,6 +194,12 @@ class Settings(BaseSettings):
         " default file:// in blob_dir",
     )
     upload_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    attachments_max_files: int = Field(
+        default=100,
+        gt=0,
+        description="files a runbook request may attach to its messages (all turns of a"
+        " conversation; each up to upload_max_bytes, all together too)",
+    )
     min_free_disk_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=0,
