@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from proxy.chatui.retrieval import message_text, without_retrieval
 from proxy.errors import ProxyError
 from proxy.jetty import parse_jetty_block
 
@@ -83,12 +84,16 @@ def preset_request(
 ) -> tuple[list[Any], dict[str, Any]]:
     """The messages and jetty block a preset turns a chat UI request into.
 
-    The preset's runbook becomes the system message unless the conversation brings its own;
-    the request's ``jetty`` fields win over the preset's.
+    The preset's runbook becomes the system message unless the conversation brings its own
+    (a system message that holds only Open WebUI's retrieval context, as ``RAG_SYSTEM_CONTEXT``
+    sends it, is not one); the request's ``jetty`` fields win over the preset's.
     """
     block = {**preset.jetty, **(jetty or {}), "runbook": True}
     has_system = any(
-        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+        isinstance(m, dict)
+        and m.get("role") in ("system", "developer")
+        and without_retrieval(message_text(m.get("content"))).strip()
+        for m in messages
     )
     runbook = preset.runbook_text()
     if has_system or not runbook:

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         default=75.0, gt=0, description="how long an idle connection waits for its next request"
     )
     keepalive_seconds: float = Field(default=15.0, gt=0)
+    still_running_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description="while an agent's tool runs silently, a 'still running' reasoning line"
+        " this often in run streams (0: none)",
+    )
     insecure_no_auth: bool = False
     auth_cache_seconds: float = Field(default=2.0, ge=0)
     auth_grace_seconds: float = Field(
@@ -194,6 +200,12 @@ class Settings(BaseSettings):
         " default file:// in blob_dir",
     )
     upload_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    attachments_max_files: int = Field(
+        default=100,
+        gt=0,
+        description="files a runbook request may attach to its messages (all turns of a"
+        " conversation; each up to upload_max_bytes, all together too)",
+    )
     min_free_disk_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=0,

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from proxy.presets import Preset, model_entries, preset_name, preset_request
 from proxy.settings import load_settings
+from tests.support.chat_ui_prompts import template
 
 
 def test_presets_load_from_toml_and_are_checked(tmp_path: Path) -> None:
@@ -42,6 +43,18 @@ def test_preset_request_merges_the_block_and_adds_the_runbook() -> None:
     assert merged[0] == {"role": "system", "content": "# RB"}
     assert block == {"collection": "acme", "timeout_sec": 30, "runbook": True}
     own = [{"role": "system", "content": "mine"}, *messages]
+    assert preset_request(preset, own, None)[0] == own
+
+
+def test_retrieval_context_in_a_system_message_does_not_replace_the_runbook() -> None:
+    # Open WebUI with RAG_SYSTEM_CONTEXT sends its retrieval template as a system message.
+    preset = Preset(model="m", runbook="# RB")
+    rag = template("open-webui", "rag").replace("{{CONTEXT}}", '<source id="1">x</source>')
+    messages = [{"role": "system", "content": rag}, {"role": "user", "content": "hi"}]
+    merged, _ = preset_request(preset, messages, None)
+    assert merged == [{"role": "system", "content": "# RB"}, *messages]
+    # Appended to a system prompt of the user's own, which replaces the runbook as before.
+    own = [{"role": "system", "content": f"mine\n{rag}"}, messages[1]]
     assert preset_request(preset, own, None)[0] == own
 
 

@@ -49,7 +49,7 @@ async def start_run(
     headers = {"x-jetty-trajectory-id": started.trajectory_id}
     if stream:
         return RunStreamResponse(
-            started.live, renderer, include_usage, keepalive=keepalive, headers=headers
+            started, renderer, include_usage, keepalive=keepalive, headers=headers
         )
     return RunCompletionResponse(started, renderer, headers)
 
@@ -70,16 +70,16 @@ class RunStreamResponse(EventSourceResponse):
 
     def __init__(
         self,
-        live: LiveRun,
+        started: StartedRun,
         renderer: ChunkRenderer,
         include_usage: bool,
         *,
         keepalive: float,
         headers: dict[str, str],
     ) -> None:
-        self._live = live
+        self._live = started.live
         super().__init__(
-            _chunks(live, renderer, include_usage),
+            _chunks(started, renderer, include_usage),
             headers=headers,
             ping=int(keepalive) or 1,
             sep="\n",
@@ -96,12 +96,13 @@ class RunStreamResponse(EventSourceResponse):
 
 
 async def _chunks(
-    live: LiveRun, renderer: ChunkRenderer, include_usage: bool
+    started: StartedRun, renderer: ChunkRenderer, include_usage: bool
 ) -> AsyncIterator[ServerSentEvent]:
+    live = started.live
     first = renderer.role_chunk()
     # The run's identity and page (a signed link): a client can open the run while it goes.
     yield _event({**first, "jetty": live.meta()})
-    async for event in live.follow():
+    async for event in live.follow(still_running=started.still_running):
         for chunk in renderer.render(event):
             yield _event(chunk)
     meta = _meta(live)

@@ -13,7 +13,9 @@ unique under ``/app/assets``. Everything that cannot become a file is refused wi
 OpenAI-shaped error naming the part (``messages[2].content[1]``): data over the limits (413),
 bad base64, a file name that tries to leave the directory, media that is not a file (an image
 by ``https://`` URL: the server fetches nothing on a client's behalf), an unknown part type
-(400). A part repeated in a later message (chat UIs resend the whole conversation) counts once.
+(400). A part repeated in a later message (chat UIs resend the whole conversation) counts once,
+and keeps its name: the names given to unnamed parts (``image-1.png``) are numbered in order of
+first appearance, so a conversation's files keep their names from one turn to the next.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ IMAGE_TYPES = MappingProxyType(
     {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
 )
 AUDIO_FORMATS = frozenset({"wav", "mp3"})
+#: The content part types that carry a file.
+ATTACHMENT_PARTS = frozenset({"file", "image_url", "input_audio"})
 _TEXT_PARTS = frozenset({"text", "refusal"})
 
 
@@ -74,9 +78,9 @@ def parse_attachments(
     """
     names = set(taken)
     found: list[Attachment] = []
-    seen: set[tuple[str | None, str]] = set()
+    seen: set[tuple[str, str]] = set()
     total = 0
-    counters = {"image": 0, "audio": 0, "attachment": 0}
+    counters: dict[str, int] = {}
     for m, message in enumerate(messages):
         if not isinstance(message, Mapping) or message.get("role") != "user":
             continue
@@ -84,14 +88,12 @@ def parse_attachments(
         if not isinstance(content, list):
             continue
         for p, part in enumerate(content):
-            param = f"messages[{m}].content[{p}]"
-            item = _parse_part(part, param, limits, counters)
+            item = _parse_part(part, f"messages[{m}].content[{p}]", limits)
             if item is None:
                 continue
-            identity = (item.name, item.file_id or hashlib.sha256(item.data or b"").hexdigest())
-            if identity in seen:
+            if item.identity in seen:
                 continue
-            seen.add(identity)
+            seen.add(item.identity)
             if len(found) == limits.max_files:
                 raise BadRequest(
                     f"Too many attached files: at most {limits.max_files} per request.",
@@ -106,15 +108,19 @@ def parse_attachments(
                         param=item.param,
                         code="attachments_too_large",
                     )
-            if item.name is not None:
-                item = Attachment(
+            name = None
+            if item.file_id is None:
+                name = unique_name(item.name or _numbered(item.unnamed, counters), names)
+                names.add(name)
+            found.append(
+                Attachment(
                     param=item.param,
-                    name=unique_name(item.name, names),
+                    name=name,
                     data=item.data,
+                    file_id=item.file_id,
                     media_type=item.media_type,
                 )
-                names.add(item.name or "")
-            found.append(item)
+            )
     return found
 
 
@@ -131,20 +137,45 @@ def unique_name(name: str, taken: set[str]) -> str:
     return f"{stem}-{number}{dot}{ext}"
 
 
-def _parse_part(
-    part: object, param: str, limits: AttachmentLimits, counters: dict[str, int]
-) -> Attachment | None:
+@dataclass(frozen=True)
+class _Part:
+    """One attachment part as read, before it is named: by its client's ``name``, else
+    ``unnamed`` (``("image", ".png")``) is numbered once the part is known to be new."""
+
+    param: str
+    data: bytes | None = None
+    file_id: str | None = None
+    media_type: str | None = None
+    name: str | None = None
+    unnamed: tuple[str, str] = ("attachment", ".bin")
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """Equal for the same file sent again (a chat UI resends the conversation)."""
+        if self.file_id is not None:
+            return ("file_id", self.file_id)
+        digest = hashlib.sha256(self.data or b"").hexdigest()
+        return (self.name or "".join(self.unnamed), digest)
+
+
+def _numbered(unnamed: tuple[str, str], counters: dict[str, int]) -> str:
+    stem, extension = unnamed
+    counters[stem] = counters.get(stem, 0) + 1
+    return f"{stem}-{counters[stem]}{extension}"
+
+
+def _parse_part(part: object, param: str, limits: AttachmentLimits) -> _Part | None:
     if not isinstance(part, Mapping):
         raise BadRequest("A content part must be an object.", param=param, code="invalid_value")
     kind = part.get("type")
     if kind in _TEXT_PARTS:
         return None
     if kind == "file":
-        return _file_part(part.get("file"), param, limits, counters)
+        return _file_part(part.get("file"), param, limits)
     if kind == "image_url":
-        return _image_part(part.get("image_url"), param, limits, counters)
+        return _image_part(part.get("image_url"), param, limits)
     if kind == "input_audio":
-        return _audio_part(part.get("input_audio"), param, limits, counters)
+        return _audio_part(part.get("input_audio"), param, limits)
     raise BadRequest(
         f"Content parts of type {kind!r} cannot be given to an agent run; attach files as"
         " 'file', 'image_url' (a data: URL) or 'input_audio' parts.",
@@ -153,9 +184,7 @@ def _parse_part(
     )
 
 
-def _file_part(
-    file: object, param: str, limits: AttachmentLimits, counters: dict[str, int]
-) -> Attachment:
+def _file_part(file: object, param: str, limits: AttachmentLimits) -> _Part:
     param = f"{param}.file"
     if not isinstance(file, Mapping):
         raise BadRequest("'file' must be an object.", param=param, code="invalid_value")
@@ -169,7 +198,7 @@ def _file_part(
             raise BadRequest(
                 "'file_id' must be a file id.", param=f"{param}.file_id", code="invalid_value"
             )
-        return Attachment(param=param, file_id=file_id)
+        return _Part(param=param, file_id=file_id)
     if not isinstance(file_data, str) or not file_data:
         raise BadRequest(
             "A 'file' part needs 'file_id' (from /v1/files) or 'file_data' (base64).",
@@ -178,17 +207,13 @@ def _file_part(
         )
     media_type, data = _decode(file_data, f"{param}.file_data", limits)
     if filename is None:
-        counters["attachment"] += 1
         extension = (mimetypes.guess_extension(media_type) if media_type else None) or ".bin"
-        name = f"attachment-{counters['attachment']}{extension}"
-    else:
-        name = _safe_filename(filename, f"{param}.filename")
-    return Attachment(param=param, name=name, data=data, media_type=media_type)
+        return _Part(param, data, media_type=media_type, unnamed=("attachment", extension))
+    name = _safe_filename(filename, f"{param}.filename")
+    return _Part(param, data, media_type=media_type, name=name)
 
 
-def _image_part(
-    image: object, param: str, limits: AttachmentLimits, counters: dict[str, int]
-) -> Attachment:
+def _image_part(image: object, param: str, limits: AttachmentLimits) -> _Part:
     param = f"{param}.image_url"
     url = image.get("url") if isinstance(image, Mapping) else None
     if not isinstance(url, str) or not url:
@@ -208,15 +233,10 @@ def _image_part(
             param=f"{param}.url",
             code="unsupported_media",
         )
-    counters["image"] += 1
-    return Attachment(
-        param=param, name=f"image-{counters['image']}{extension}", data=data, media_type=media_type
-    )
+    return _Part(param, data, media_type=media_type, unnamed=("image", extension))
 
 
-def _audio_part(
-    audio: object, param: str, limits: AttachmentLimits, counters: dict[str, int]
-) -> Attachment:
+def _audio_part(audio: object, param: str, limits: AttachmentLimits) -> _Part:
     param = f"{param}.input_audio"
     if not isinstance(audio, Mapping):
         raise BadRequest("'input_audio' must be an object.", param=param, code="invalid_value")
@@ -233,14 +253,8 @@ def _audio_part(
             "'input_audio.data' must be base64.", param=f"{param}.data", code="invalid_value"
         )
     data = _base64(raw, f"{param}.data", limits)
-    counters["audio"] += 1
     media_type = "audio/wav" if audio_format == "wav" else "audio/mpeg"
-    return Attachment(
-        param=param,
-        name=f"audio-{counters['audio']}.{audio_format}",
-        data=data,
-        media_type=media_type,
-    )
+    return _Part(param, data, media_type=media_type, unnamed=("audio", f".{audio_format}"))
 
 
 def _decode(value: str, param: str, limits: AttachmentLimits) -> tuple[str | None, bytes]:

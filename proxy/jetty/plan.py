@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from proxy.agents import UnknownAgentError, get_adapter, infer_agent
 from proxy.agents.base import RelayApi
+from proxy.chatui.attachments import ATTACHMENT_PARTS
 from proxy.errors import InvalidField
 from proxy.jetty.fields import ToolActivityMode
 from proxy.jetty.imageref import check_registry, parse_image_ref
@@ -324,13 +325,15 @@ def system_text(messages: Sequence[Mapping[str, Any]]) -> str:
 def _instruction(messages: Sequence[Mapping[str, Any]]) -> str:
     for index in range(len(messages) - 1, -1, -1):
         if messages[index].get("role") == "user":
-            text = _text(messages[index].get("content"), f"messages[{index}].content")
+            content = messages[index].get("content")
+            text = _text(content, f"messages[{index}].content", attachments=True)
             return text if text.strip() else DEFAULT_INSTRUCTION
     return DEFAULT_INSTRUCTION
 
 
-def _text(content: object, param: str) -> str:
-    """A message's content as text; an agent cannot take images or audio, so those are 400s."""
+def _text(content: object, param: str, *, attachments: bool = False) -> str:
+    """A message's content as text. A user message's attachment parts are not text (the run
+    writes them to /app/assets, `proxy.runs.attachments`); any other part is a 400."""
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -338,9 +341,12 @@ def _text(content: object, param: str) -> str:
     texts: list[str] = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        if attachments and kind in ATTACHMENT_PARTS:
+            continue
         if kind != "text":
+            what = "text and attached files" if attachments else "text only"
             raise InvalidField(
-                f"{param}[{index}]", f"Runbook mode takes text only, not a part of type {kind!r}"
+                f"{param}[{index}]", f"Runbook mode takes {what}, not a part of type {kind!r}"
             )
         if not isinstance(part.get("text"), str):
             raise InvalidField(f"{param}[{index}].text", "A text part needs a 'text' string")

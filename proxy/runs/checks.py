@@ -11,8 +11,8 @@ is a function and a line in `CHECKS`::
             raise TooManyRuns(...)  # 429
         return draft
 
-    async def attachments(draft: Draft, deps: RunDeps) -> Draft:
-        files = await files_of(draft.request.messages)
+    async def input_files(draft: Draft, deps: RunDeps) -> Draft:
+        files = await files_of(draft.plan.files)
         return dataclasses.replace(draft, inputs={**draft.inputs, **files})
 """
 
@@ -26,11 +26,14 @@ from typing import Any
 from proxy.agents import AgentAdapter, get_adapter
 from proxy.agents.install import AgentInstallError
 from proxy.auth import Principal
+from proxy.chatui.attachments import AttachmentLimits
+from proxy.chatui.retrieval import Source, unwrap_retrieval
 from proxy.environments import CheckedEnvironment
 from proxy.errors import NotFound
 from proxy.jetty import JettyBlock, RunPlan, fetch_runbook_url, resolve_plan, system_text
 from proxy.relay.tokens import ProviderCreds
 from proxy.runs.agent import AgentSetup, prepare_agent
+from proxy.runs.attachments import attached_files
 from proxy.runs.credentials import select_credentials
 from proxy.runs.deps import RunDeps
 from proxy.runs.environment import check_environment
@@ -76,6 +79,8 @@ class Draft:
     previous_inputs: Mapping[str, FileContent] = field(default_factory=dict)
     # The run's input files, by name under /app/assets.
     inputs: Mapping[str, FileContent] = field(default_factory=dict)
+    # What Open WebUI retrieved for this turn from the user's documents (see `plan`).
+    sources: tuple[Source, ...] = ()
     credentials: ProviderCreds | None = None
     # The agent CLI, when it is installed; else the run installs it, in its stream.
     agent: AgentSetup | None = None
@@ -95,16 +100,23 @@ async def admit(request: RunRequest, deps: RunDeps) -> Draft:
 
 async def plan(request: RunRequest, deps: RunDeps) -> Draft:
     """The run's plan: its collection (which the caller must be allowed), runbook (fetched
-    from ``jetty.runbook_url``, or the system message) and settings (`resolve_plan`)."""
+    from ``jetty.runbook_url``, or the system message) and settings (`resolve_plan`).
+
+    Open WebUI's retrieval context is taken out of the conversation first: the user's own
+    request is the instruction, the system message the runbook, and the retrieved sources
+    wait in the draft for the `attachments` check.
+    """
     block = request.jetty
     collection = block.collection or request.principal.default_collection
     request.principal.require(collection)
+    conversation = unwrap_retrieval(request.messages)
+    messages = conversation.messages
     if block.runbook_url:
         runbook = await fetch_runbook_url(block.runbook_url, deps.http, RUNBOOK_URL_MAX_BYTES)
     else:
-        runbook = system_text(request.messages)
+        runbook = system_text(messages)
     secrets = await deps.store.secret_values(collection)
-    planned = resolve_plan(request.model, request.messages, block, runbook, deps.defaults, secrets)
+    planned = resolve_plan(request.model, messages, block, runbook, deps.defaults, secrets)
     return Draft(
         request=request,
         collection=collection,
@@ -112,6 +124,7 @@ async def plan(request: RunRequest, deps: RunDeps) -> Draft:
         plan=planned,
         adapter=get_adapter(planned.agent),
         secrets=secrets,
+        sources=conversation.sources,
     )
 
 
@@ -173,6 +186,30 @@ async def input_files(draft: Draft, deps: RunDeps) -> Draft:
     return dataclasses.replace(draft, inputs=inputs)
 
 
+async def attachments(draft: Draft, deps: RunDeps) -> Draft:
+    """Files attached to the user's messages and the sources retrieved for the turn, as input
+    files (`proxy.runs.attachments`), named at the end of the instruction. A part that cannot
+    become a file is a 400 or 413, an unknown ``file_id`` a 404, each naming the part."""
+    settings = deps.settings
+    found = await attached_files(
+        draft.request.messages,
+        draft.sources,
+        collection=draft.collection,
+        store=deps.store,
+        blobs=deps.blobs,
+        limits=AttachmentLimits(
+            max_files=settings.attachments_max_files,
+            max_file_bytes=settings.upload_max_bytes,
+            max_total_bytes=settings.upload_max_bytes,
+        ),
+        taken={*draft.inputs, *draft.previous_inputs},
+    )
+    if not found.files:
+        return draft
+    planned = dataclasses.replace(draft.plan, instruction=draft.plan.instruction + found.note)
+    return dataclasses.replace(draft, plan=planned, inputs={**draft.inputs, **found.files})
+
+
 async def credentials(draft: Draft, deps: RunDeps) -> Draft:
     """Where the run's model calls go, and with which key (`proxy.runs.credentials`)."""
     plan = draft.plan
@@ -204,7 +241,15 @@ async def network(draft: Draft, deps: RunDeps) -> Draft:
 
 
 #: Every check a run passes, in order, after `plan`.
-CHECKS: tuple[Check, ...] = (network, follow_up, environment, input_files, credentials, agent)
+CHECKS: tuple[Check, ...] = (
+    network,
+    follow_up,
+    environment,
+    input_files,
+    attachments,
+    credentials,
+    agent,
+)
 
 
 async def _previous_inputs(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 
-from proxy.events import Event, Finished, Usage
+from proxy.events import Event, Finished, Progress, ToolCall, ToolResult, Usage
 from proxy.runs.redaction import LiveRedactor
 
 RunOutcome = Literal["completed", "failed", "cancelled"]
@@ -42,6 +43,8 @@ class LiveRun:
     redactor: LiveRedactor | None = None
     # The run's page (a signed link), so a client can open the run while it goes.
     page_url: str = ""
+    # The tools started and not finished yet: id -> (name, when it started, monotonic).
+    _open_tools: dict[str, tuple[str, float]] = field(default_factory=dict)
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _cancel_scope: anyio.CancelScope | None = None
     _cancel_asked: bool = False
@@ -57,6 +60,10 @@ class LiveRun:
                 self.usage = shown if self.usage is None else self.usage + shown
             elif isinstance(shown, Finished):
                 self.finished = shown
+            elif isinstance(shown, ToolCall):
+                self._open_tools[shown.id] = (shown.name, time.monotonic())
+            elif isinstance(shown, ToolResult):
+                self._open_tools.pop(shown.id, None)
         self._wake()
 
     def close(self, outcome: RunOutcome, error: str | None = None, code: str | None = None) -> None:
@@ -89,8 +96,14 @@ class LiveRun:
             finally:
                 self._cancel_scope = None
 
-    async def follow(self) -> AsyncIterator[Event]:
-        """Every event from the first, then live ones, until the run is over."""
+    async def follow(self, *, still_running: float = 0) -> AsyncGenerator[Event, None]:
+        """Every event from the first, then live ones, until the run is over.
+
+        With ``still_running`` (seconds), each time that long passes without an event while
+        one of the agent's tools runs, a `Progress` line says so ("still running: Bash, 45 s"):
+        chat UIs show it, so a long, silent step does not look like a hung run. The line is
+        this follower's own: not published to others, not stored.
+        """
         index = 0
         while True:
             while index < len(self.events):
@@ -99,7 +112,15 @@ class LiveRun:
             if self.done:
                 return
             changed = self._changed
-            await changed.wait()
+            if still_running <= 0:
+                await changed.wait()
+                continue
+            with anyio.move_on_after(still_running):
+                await changed.wait()
+            if not changed.is_set() and self._open_tools:
+                # The latest tool started: inside a sub-agent, the one that is running.
+                name, started = next(reversed(self._open_tools.values()))
+                yield Progress(f"still running: {name}, {int(time.monotonic() - started)} s")
 
     def meta(self) -> dict[str, Any]:
         """The run's identity, as it rides in the ``jetty`` object of chunks."""

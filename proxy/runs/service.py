@@ -30,11 +30,13 @@ __all__ = ["RunRequest", "Runs", "StartedRun"]
 @dataclass(frozen=True)
 class StartedRun:
     """A run that started: follow ``live``; its chunks name ``model`` and show tool activity
-    as ``tool_activity`` says."""
+    as ``tool_activity`` says; a stream says a silent tool is still running every
+    ``still_running`` seconds (0: never; see `LiveRun.follow`)."""
 
     live: LiveRun
     model: str
     tool_activity: ToolActivityMode
+    still_running: float = 0
 
     @property
     def trajectory_id(self) -> str:
@@ -59,7 +61,12 @@ class Runs:
         draft = await admit(request, self.deps)
         launch = await self._record(draft)
         live = self.engine.start(launch)
-        return StartedRun(live, draft.plan.model, draft.plan.tool_activity)
+        return StartedRun(
+            live,
+            draft.plan.model,
+            draft.plan.tool_activity,
+            still_running=self.deps.settings.still_running_seconds,
+        )
 
     def live(self, run_id: str) -> LiveRun | None:
         """The run, while it is live on this server."""

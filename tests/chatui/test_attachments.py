@@ -179,3 +179,17 @@ def test_only_user_messages_carry_attachments() -> None:
         {"role": "user", "content": "plain text"},
     ]
     assert parse_attachments(messages, LIMITS) == []
+
+
+def test_a_resent_image_counts_once_and_keeps_its_name() -> None:
+    # Open WebUI and LibreChat resend every earlier image with each turn.
+    first, second = (
+        image(f"data:image/png;base64,{b64(PNG)}"),
+        image(f"data:image/gif;base64,{b64(b'GIF89a')}"),
+    )
+    messages = [user(first), {"role": "assistant", "content": "ok"}, user(second, first)]
+    found = parse_attachments(messages, AttachmentLimits(2, 1000, 1500))
+    assert [(a.name, a.param) for a in found] == [
+        ("image-1.png", "messages[0].content[1].image_url"),
+        ("image-2.gif", "messages[2].content[1].image_url"),
+    ]

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from proxy.chatui.retrieval import Source, has_retrieval_context, message_text, split_retrieval
+from proxy.chatui.retrieval import (
+    Source,
+    Unwrapped,
+    has_retrieval_context,
+    message_text,
+    split_retrieval,
+    unwrap_retrieval,
+    without_retrieval,
+)
 from tests.support.chat_ui_prompts import open_webui_rag, open_webui_task, template
 
 
@@ -71,3 +79,49 @@ def test_message_text_of_parts() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
     assert message_text(parts) == "a\nb"
     assert message_text(None) == ""
+
+
+def test_a_conversation_unwrapped_keeps_the_users_words_and_the_parts_in_place() -> None:
+    rag = open_webui_rag("Plot it.", [("sales.csv", "North,10")])
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Earlier question"},
+        {"role": "assistant", "content": "Earlier answer"},
+        # Open WebUI puts the template in front of every text part of the message.
+        {"role": "user", "content": [{"type": "text", "text": rag}, image]},
+    ]
+    unwrapped = unwrap_retrieval(messages)
+    assert unwrapped.messages == [
+        *messages[:3],
+        {"role": "user", "content": [{"type": "text", "text": "Plot it."}, image]},
+    ]
+    assert unwrapped.sources == (Source("sales.csv", "North,10"),)
+    assert unwrap_retrieval(messages[:3]) == Unwrapped(messages[:3], ())
+
+
+def test_the_template_in_a_system_message_is_cut_out_of_it() -> None:
+    # RAG_SYSTEM_CONTEXT: a system message of its own, or appended to the one there is.
+    context = '<source id="1" name="a.txt">alpha</source>\n<source id="2">beta</source>'
+    rag = template("open-webui", "rag").replace("{{CONTEXT}}", context)
+    alone = unwrap_retrieval(
+        [{"role": "system", "content": rag}, {"role": "user", "content": "Q?"}]
+    )
+    assert alone.messages == [{"role": "system", "content": ""}, {"role": "user", "content": "Q?"}]
+    assert [s.name for s in alone.sources] == ["a.txt", "source-2"]
+    appended = unwrap_retrieval([{"role": "system", "content": f"# Runbook\n\nAnswer.\n{rag}"}])
+    assert appended.messages == [{"role": "system", "content": "# Runbook\n\nAnswer."}]
+    assert without_retrieval(f"{rag}\nAfter.") == "After."
+    assert without_retrieval("No context here.") == "No context here."
+
+
+def test_passages_of_one_source_sent_twice_are_kept_once() -> None:
+    rag = open_webui_rag("Q?", [("a.txt", "alpha")])
+    context = template("open-webui", "rag").replace(
+        "{{CONTEXT}}",
+        '<source id="1" name="a.txt">alpha</source>\n<source id="2" name="a.txt">more</source>',
+    )
+    unwrapped = unwrap_retrieval(
+        [{"role": "system", "content": context}, {"role": "user", "content": rag}]
+    )
+    assert unwrapped.sources == (Source("a.txt", "alpha\n\nmore"),)

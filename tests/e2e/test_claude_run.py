@@ -305,3 +305,27 @@ def test_an_agent_installed_by_its_first_run_is_installed_inside_the_stream(
     else:
         assert "Done: wrote hello.txt" in "".join(d.get("content") or "" for d in deltas)
         assert record["status"] == "completed"
+
+
+def test_a_long_silent_tool_step_shows_movement_in_the_stream(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str]
+) -> None:
+    scripted, _ = anthropic
+    scripted.command = "sleep 3 && echo slept"
+    with make_proxy(still_running_seconds=0.5) as proxy:
+        client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="claude-sonnet-4-6",
+            messages=[{"role": "system", "content": "# Wait"}, MESSAGES[1]],
+            stream=True,
+            extra_body={"jetty": {"runbook": True, "collection": "acme", "task": "wait"}},
+        )
+        run_id = raw.headers["x-jetty-trajectory-id"]
+        reasoning = _reasoning(list(raw.parse()))
+        # Lines while the tool ran (between its call and its result), none after.
+        during = reasoning.split("→ Bash", 1)[1].split("← Bash", 1)[0]
+        assert re.search(r"^still running: Bash, \d+ s$", during, re.MULTILINE), reasoning
+        assert "still running" not in reasoning.split("← Bash", 1)[1]
+        # They were the stream's own: the run's recorded events have none.
+        events = httpx.get(f"{proxy}/api/v1/trajectory/acme/wait/{run_id}/events").text
+        assert "still running" not in events

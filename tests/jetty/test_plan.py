@@ -260,10 +260,7 @@ def test_instruction_uses_the_last_user_message_only() -> None:
 @pytest.mark.parametrize(
     ("content", "param"),
     [
-        (
-            [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}],
-            "messages[1].content[1]",
-        ),
+        ([{"type": "text", "text": "a"}, {"type": "video", "video": {}}], "messages[1].content[1]"),
         ([{"type": "text"}], "messages[1].content[0].text"),
         (["plain"], "messages[1].content[0]"),
         (42, "messages[1].content"),
@@ -271,6 +268,18 @@ def test_instruction_uses_the_last_user_message_only() -> None:
 )
 def test_non_text_content_is_refused(content: Any, param: str) -> None:
     assert refused(msgs=messages(BODY, content)).param == param
+
+
+def test_attachment_parts_are_not_the_instruction() -> None:
+    # The run writes them to /app/assets (proxy.runs.attachments); the text is the instruction.
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    content = [{"type": "text", "text": "Describe"}, image, {"type": "text", "text": "it."}]
+    assert plan(msgs=messages(BODY, content)).instruction == "Describe\nit."
+    assert plan(msgs=messages(BODY, [image])).instruction == "Execute the runbook."
+    # A system message takes text only.
+    with pytest.raises(InvalidField) as caught:
+        system_text([{"role": "system", "content": [{"type": "text", "text": BODY}, image]}])
+    assert caught.value.param == "messages[0].content[1]"
 
 
 def test_an_empty_runbook_is_refused() -> None:

@@ -48,12 +48,16 @@ async def runs_on(
     environments: Environments | None = None,
     presence: Presence | None = None,
     defaults: PlanDefaults | None = None,
+    settings: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> AsyncIterator[Runs]:
     """`Runs` over ``backend`` until the block ends; then its live runs are cancelled and its
-    kept sandboxes closed, as when a server stops. ``config``: `EngineConfig` fields."""
+    kept sandboxes closed, as when a server stops. ``settings``: `Settings` fields;
+    ``config``: `EngineConfig` fields."""
     fields: dict[str, Any] = {"owner": OWNER, "keep_sandbox_seconds": 600.0, **config}
-    settings = Settings(data_dir=tmp_path / "data", anthropic_api_key=PROVIDER_KEY)
+    server = Settings(
+        data_dir=tmp_path / "data", anthropic_api_key=PROVIDER_KEY, **(settings or {})
+    )
     async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
         deps = RunDeps(
             store=store,
@@ -68,7 +72,7 @@ async def runs_on(
             ),
             kept=KeptSandboxes(tg, fields["keep_sandbox_seconds"]),
             defaults=defaults or PlanDefaults(image=IMAGE),
-            settings=settings,
+            settings=server,
             http=http,
             links=LinkSigner("test-secret", lifetime_seconds=3600),
             environments=environments,
