@@ -13,28 +13,10 @@ import httpx
 import pytest
 
 from proxy.store import Store
+from tests.support.sse import sse_events
 from tests.support.stores import database_url_fixture, fresh_database, live_proxy, with_store
 
 __all__ = ["database_url_fixture"]
-
-
-def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
-    """Parse an SSE stream until its ``end`` event; comments (pings) are skipped."""
-    events: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-    for line in response.iter_lines():
-        if line.startswith(":"):
-            continue
-        if not line:
-            if current:
-                events.append(current)
-                if current.get("event") == "end":
-                    break
-            current = {}
-            continue
-        field, _, value = line.partition(":")
-        current[field] = value.removeprefix(" ")
-    return events
 
 
 def follow_while(url: str, write: Callable[[], None], *, timeout: float) -> list[dict[str, Any]]:
