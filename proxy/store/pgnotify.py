@@ -1,8 +1,9 @@
 """Changes told between processes on one PostgreSQL database: NOTIFY, and a LISTEN connection.
 
-Notifications are payload-light: each names a trajectory and what changed — its events
-(``e``) or its record (``r``: status, session…) — never the change itself, which whoever
-wakes reads from the tables, the truth. A payload is ``"<kind> <origin> <trajectory id>"``;
+Notifications are payload-light: each names trajectories and what changed — their events
+(``e``) or their records (``r``: status, session…) — never the change itself, which whoever
+wakes reads from the tables, the truth. A payload is ``"<kind> <origin> <id>,<id>…"`` (a
+batch of appends is one notification: PostgreSQL serialises the commits that notify);
 ``origin`` is the sending store's random id, so that a store does not wake its own waiters a
 second time (it woke them when it wrote). Installations in other schemas of the same database
 use other channels, one per schema.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import anyio
@@ -33,6 +34,8 @@ Kind = Literal["e", "r"]
 EVENTS: Kind = "e"
 RECORD: Kind = "r"
 NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+#: Trajectories named by one notification (a batch of appends names each of its own once).
+MAX_IDS = 512
 #: Waits between attempts to listen again: doubling from the first to the last.
 _RETRY_FIRST, _RETRY_LAST = 0.5, 5.0
 
@@ -46,8 +49,12 @@ async def channel_of(conn: psycopg.AsyncConnection[Any]) -> str:
     return "jetty_proxy_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
 
 
-def payload(kind: Kind, origin: str, trajectory_id: str) -> str:
-    return f"{kind} {origin} {trajectory_id}"
+def payload(kind: Kind, origin: str, trajectory_ids: Collection[str]) -> str:
+    """What changed, for ``trajectory_ids`` (at most `MAX_IDS`: 8-character ids fit a
+    notification's 8,000 bytes many times over)."""
+    if len(trajectory_ids) > MAX_IDS:
+        raise ValueError(f"at most {MAX_IDS} trajectories per notification")
+    return f"{kind} {origin} {','.join(sorted(trajectory_ids))}"
 
 
 def deliver(notifier: ChangeNotifier, text: str, own_origin: str) -> None:
@@ -55,7 +62,9 @@ def deliver(notifier: ChangeNotifier, text: str, own_origin: str) -> None:
     parts = text.split(" ")
     if len(parts) != 3 or parts[0] not in (EVENTS, RECORD) or parts[1] == own_origin:
         return
-    notifier.notify(parts[2], record=parts[0] == RECORD)
+    for trajectory_id in parts[2].split(","):
+        if trajectory_id:
+            notifier.notify(trajectory_id, record=parts[0] == RECORD)
 
 
 class Listener:

@@ -18,7 +18,7 @@ holds a connection of its own that LISTENs (see :mod:`proxy.store.pgnotify`).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -211,12 +211,11 @@ class PostgresDatabase:
                         (created_at, trajectory_id, event_type, Jsonb(data.value), created_at),
                     )
                     cursors.append((i, cursor))
-                # Told to the other processes when (and if) the batch commits, once per trajectory.
-                for trajectory_id in sorted({item[0] for item in batch}):
-                    await conn.execute(
-                        pgnotify.NOTIFY_SQL,
-                        (self._channel, self._payload(pgnotify.EVENTS, trajectory_id)),
-                    )
+                # Told to the other processes when (and if) the batch commits: one notification.
+                await conn.execute(
+                    pgnotify.NOTIFY_SQL,
+                    (self._channel, self._payload(pgnotify.EVENTS, {item[0] for item in batch})),
+                )
             for i, cursor in cursors:
                 row = await cursor.fetchone()
                 seqs[i] = None if row is None else int(row["seq"])
@@ -226,7 +225,7 @@ class PostgresDatabase:
         async with self._connection() as conn:
             await conn.execute(
                 pgnotify.NOTIFY_SQL,
-                (self._channel, self._payload(pgnotify.RECORD, trajectory_id)),
+                (self._channel, self._payload(pgnotify.RECORD, {trajectory_id})),
             )
 
     async def listen(self, notifier: ChangeNotifier) -> None:
@@ -235,8 +234,8 @@ class PostgresDatabase:
             options["application_name"] = "jetty-proxy-listen"
         await pgnotify.Listener(self._url, options, self._origin).run(notifier)
 
-    def _payload(self, kind: pgnotify.Kind, trajectory_id: str) -> str:
-        return pgnotify.payload(kind, self._origin, trajectory_id)
+    def _payload(self, kind: pgnotify.Kind, trajectory_ids: Collection[str]) -> str:
+        return pgnotify.payload(kind, self._origin, trajectory_ids)
 
     async def migrate(self) -> None:
         async with self._connection() as conn, conn.transaction():

@@ -18,7 +18,7 @@ import pytest
 from proxy.store import Store, StoredEvent
 from proxy.store.follow import follow_events
 from proxy.store.notify import ChangeNotifier
-from proxy.store.pgnotify import channel_of, deliver, payload
+from proxy.store.pgnotify import MAX_IDS, channel_of, deliver, payload
 from tests.support.stores import fresh_database, make_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -119,13 +119,15 @@ async def test_the_listener_comes_back_when_its_connection_is_killed(database_ur
             assert await changed.wait(10)
 
 
-def test_payloads_name_the_trajectory_and_what_changed_not_the_change() -> None:
+def test_payloads_name_trajectories_and_what_changed_not_the_change() -> None:
     notifier = ChangeNotifier()
     woken: list[tuple[str, bool]] = []
     notifier.notify = lambda key, *, record=False: woken.append((key, record))  # type: ignore[method-assign]
-    deliver(notifier, payload("e", "them", "a1b2c3d4"), own_origin="me")
-    deliver(notifier, payload("r", "them", "a1b2c3d4"), own_origin="me")
-    deliver(notifier, payload("r", "me", "a1b2c3d4"), own_origin="me")  # woken when written
+    deliver(notifier, payload("e", "them", ["a1b2c3d4", "0badcafe"]), own_origin="me")
+    deliver(notifier, payload("r", "them", {"a1b2c3d4"}), own_origin="me")
+    deliver(notifier, payload("r", "me", {"a1b2c3d4"}), own_origin="me")  # woken when written
     deliver(notifier, "x them a1b2c3d4", own_origin="me")
     deliver(notifier, "nonsense", own_origin="me")
-    assert woken == [("a1b2c3d4", False), ("a1b2c3d4", True)]
+    assert woken == [("0badcafe", False), ("a1b2c3d4", False), ("a1b2c3d4", True)]
+    with pytest.raises(ValueError, match="at most"):
+        payload("e", "them", [f"{n:08x}" for n in range(MAX_IDS + 1)])
