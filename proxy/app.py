@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -120,6 +121,17 @@ def browser_guard(settings: Settings) -> BrowserGuard:
     )
 
 
+@contextlib.asynccontextmanager
+async def listening(store: Store) -> AsyncIterator[None]:
+    """Run `Store.listen` for the duration of the block."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.listen, name="store-listen")
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -164,6 +176,8 @@ def create_app(
         links = LinkSigner(secret_keys, lifetime_seconds=settings.link_lifetime_seconds)
         try:
             async with (
+                # Other servers' changes wake this one's followers and runs (PostgreSQL).
+                listening(the_store),
                 run_service(
                     settings,
                     the_store,

@@ -251,6 +251,22 @@ class Settings(BaseSettings):
     # turn (0 = never; the turn then starts a new sandbox restored from what the run saved).
     keep_sandbox_seconds: float = Field(default=600.0, ge=0, le=86400)
     session_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # Servers sharing a database: each records that it is alive every heartbeat_seconds; one
+    # silent for server_stale_seconds is gone, and every sweep_seconds the others look for the
+    # sandboxes and live runs of gone servers (removed and failed).
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
+    server_stale_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="a server that has not recorded a heartbeat for this long is gone",
+    )
+    sweep_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="how often a server looks for the sandboxes and runs of gone servers",
+    )
     public_base_url: str | None = Field(
         default=None,
         description="absolute URL clients reach this server at, for the links in answers;"
@@ -417,6 +433,13 @@ class Settings(BaseSettings):
             if not name.replace("_", "").isalnum() or name == "ALL":
                 raise ValueError(f"{name!r} is not a capability name such as CHOWN")
         return names
+
+    @model_validator(mode="after")
+    def _check_heartbeats(self) -> Settings:
+        # A live server whose beat is a little late must not look gone to the others.
+        if self.server_stale_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("server_stale_seconds must be at least twice heartbeat_seconds")
+        return self
 
     @model_validator(mode="after")
     def _check_run_limits(self) -> Settings:

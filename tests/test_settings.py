@@ -134,3 +134,24 @@ def test_kubernetes_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_kubernetes_settings_are_checked(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings.model_validate({field: value})
+
+
+def test_server_heartbeat_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert (defaults.heartbeat_seconds, defaults.server_stale_seconds, defaults.sweep_seconds) == (
+        10.0,
+        120.0,
+        60.0,
+    )
+    monkeypatch.setenv("JETTY_PROXY_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("JETTY_PROXY_SERVER_STALE_SECONDS", "3")
+    monkeypatch.setenv("JETTY_PROXY_SWEEP_SECONDS", "1")
+    quick = Settings()
+    assert (quick.heartbeat_seconds, quick.server_stale_seconds, quick.sweep_seconds) == (
+        0.5,
+        3.0,
+        1.0,
+    )
+    # A live server whose beat is a little late must not look gone.
+    with pytest.raises(ValidationError, match="at least twice heartbeat_seconds"):
+        Settings(heartbeat_seconds=10, server_stale_seconds=15)

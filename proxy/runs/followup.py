@@ -12,12 +12,15 @@ What a run leaves to be continued (its trajectory's ``session``)::
 
     {"conversation": "<id of turn 1>", "turn": 2, "continues": "<id of turn 1>",
      "agent_session_id": "<the CLI's session id>", "home_blob": "<blob of the saved HOME>",
-     "home_bytes": 12345}
+     "home_bytes": 12345, "continued_by": "<id of the latest turn that continued it>"}
 
 At the end of every run the agent's HOME (where the CLIs keep their sessions) is archived into
 a blob. A follow-up then runs in the same sandbox if it is still kept (see
 :class:`KeptSandboxes`), else in a new one where the saved HOME, the previous run's result files
-and its input files are put back first; either way the CLI resumes its session.
+and its input files are put back first; either way the CLI resumes its session. A turn that
+lands on another server than the one keeping the sandbox (several replicas behind a load
+balancer) is restored there, and the keeping server releases its sandbox when it reads
+``continued_by`` (see `proxy.runs.watch`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from proxy.store.records import Trajectory
 from proxy.store.redact import redact_bytes
 
 MARKER_WORDS = "Jetty run"
+# Key of a run's session naming the latest turn that continued it.
+CONTINUED_BY = "continued_by"
 _MARKER = re.compile(r"Jetty run \[?`?([0-9a-f]{8})\b")
 # Paths inside a saved HOME that are not worth keeping (caches the CLIs rebuild).
 _SKIP_PARTS = frozenset({".cache", ".npm", "node_modules"})
@@ -94,6 +99,23 @@ class Continuation:
             "turn": self.turn,
             "continues": self.previous.id,
         }
+
+
+async def mark_continued(store: Store, continuation: Continuation, run_id: str) -> None:
+    """Record in the continued run's ``session`` that ``run_id`` continues it: a server that
+    still keeps its sandbox (another one, since this server's was taken first) learns it
+    from there and releases the sandbox. Nothing to mark where nothing was kept: a run that
+    saved no session."""
+    previous = continuation.previous
+    if previous.session is not None:
+        await store.update_trajectory(
+            previous.id, session={**previous.session, CONTINUED_BY: run_id}
+        )
+
+
+def continued(trajectory: Trajectory) -> bool:
+    """Whether a later turn has continued ``trajectory`` (see `mark_continued`)."""
+    return bool((trajectory.session or {}).get(CONTINUED_BY))
 
 
 def public_session(session: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -227,6 +249,20 @@ class KeptSandboxes:
         except RuntimeError:  # the server is stopping: nothing will take it
             return False
         self._kept[run_id] = _Kept(sandbox, image, scope)
+        return True
+
+    def run_ids(self) -> set[str]:
+        """The runs whose sandboxes are kept now."""
+        return set(self._kept)
+
+    async def release(self, run_id: str) -> bool:
+        """Close the kept sandbox of ``run_id`` (its run was continued elsewhere); False when
+        there is none."""
+        taken = self.take(run_id)
+        if taken is None:
+            return False
+        with anyio.CancelScope(shield=True):
+            await taken[0].close()
         return True
 
     def take(self, run_id: str) -> tuple[Sandbox, str] | None:

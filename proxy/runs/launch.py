@@ -78,6 +78,9 @@ class EngineConfig:
     heartbeat_seconds: float = 10.0
     server_stale_seconds: float = 120.0
     sweep_seconds: float = 60.0
+    # How often the records of this server's live runs and kept sandboxes are read for what
+    # other servers decided (cancelled, continued), besides when the database tells of it.
+    watch_seconds: float = 1.0
     cleanup_timeout: float = 30.0
     # How long a finished run's sandbox is kept for a follow-up turn (0: never).
     keep_sandbox_seconds: float = 0.0

@@ -31,7 +31,13 @@ from proxy.relay.tokens import ModelUsage
 from proxy.runs.agent import prepare_agent
 from proxy.runs.artifacts import collect_results, results_markdown
 from proxy.runs.deps import RunDeps
-from proxy.runs.followup import Continuation, marker_line, restore, save_home
+from proxy.runs.followup import (
+    Continuation,
+    mark_continued,
+    marker_line,
+    restore,
+    save_home,
+)
 from proxy.runs.launch import AGENT_HOME, RunLaunch, environment_record
 from proxy.runs.live import LiveRun
 from proxy.runs.sandboxspec import sandbox_spec
@@ -114,6 +120,9 @@ class RunLifecycle:
         start, and the files to copy into it first: the continued run's kept sandbox when it
         can take this turn, else a new one."""
         kept = await self._kept_sandbox()
+        if self.launch.continuation is not None:
+            # After taking it, if this server kept it: a server that keeps it lets it go.
+            await mark_continued(self.store, self.launch.continuation, self.launch.run_id)
         if kept is not None:
             self.sandbox = kept  # owned from here: the cleanup closes it
             spec, files = self._sandbox_spec(token, reusing=True)

@@ -4,7 +4,8 @@
   mounts read-only (so agents need no network to reach their model);
 * the sandbox backend chosen by the settings;
 * the agent CLI cache, and the image engine when the backend builds images;
-* the run engine and the task group its runs live in,
+* the run engine and the task group its runs live in, and the watch that learns through the
+  database what other servers decided about this one's runs,
 
 handed to the app as one `~proxy.runs.service.Runs`.
 """
@@ -41,6 +42,7 @@ from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
 from proxy.runs.presence import Presence
 from proxy.runs.service import Runs
+from proxy.runs.watch import RunWatch
 from proxy.sandbox import Isolation, SandboxBackend, open_backend
 from proxy.server import server_config
 from proxy.settings import Settings
@@ -178,6 +180,9 @@ async def run_service(
                         ),
                         owner=sandbox_owner(settings),
                         server_id=server_id,
+                        heartbeat_seconds=settings.heartbeat_seconds,
+                        server_stale_seconds=settings.server_stale_seconds,
+                        sweep_seconds=settings.sweep_seconds,
                         keep_sandbox_seconds=settings.keep_sandbox_seconds,
                         session_max_bytes=settings.session_max_bytes,
                     ),
@@ -195,6 +200,8 @@ async def run_service(
                 if removed:
                     logger.warning("removed %d sandboxes left by an earlier process", len(removed))
                 tg.start_soon(engine.keep_beating, name="server-heartbeat")
+                watch = RunWatch(store, engine.live, deps.kept, deps.config.watch_seconds)
+                tg.start_soon(watch.run, name="run-watch")
                 try:
                     yield Runs(deps, engine)
                 finally:

@@ -9,6 +9,9 @@ from proxy.store.records import StoredEvent
 
 #: How often a follower looks for changes it was not told about (another process's writes).
 POLL_SECONDS = 0.5
+#: How often it looks while other processes' changes are heard (PostgreSQL's LISTEN): only a
+#: safety net, since a listener that stops hearing wakes every follower to poll again.
+HEARD_POLL_SECONDS = 5.0
 BATCH = 500
 
 
@@ -24,7 +27,8 @@ async def follow_events(
 
     Ends when the trajectory has reached a final status and every event it logged has been
     yielded (or when it disappears). Wakes at once for writes made through ``store`` in
-    this process, and polls every ``poll_seconds`` for the rest.
+    this process, and for those of other processes that the store hears (`Store.listen`);
+    polls every ``poll_seconds`` while they are not heard.
     """
     while True:
         with store.subscribe(trajectory_id) as changed:
@@ -42,4 +46,6 @@ async def follow_events(
             if trajectory.is_final and trajectory.last_seq <= after_seq:
                 return
             if not events:
-                await changed.wait(poll_seconds)
+                await changed.wait(
+                    max(poll_seconds, HEARD_POLL_SECONDS) if changed.hears_others else poll_seconds
+                )

@@ -10,11 +10,15 @@ Waits are bounded by ``timeout``: for a connection from the pool, for a new conn
 through TCP keepalives, for a server that stopped answering. A database that is stopped or
 unreachable is a :class:`~proxy.store.faults.StoreUnavailable` within about that time, not a
 hang; once it is back, the pool reconnects within seconds.
+
+Several processes on one database hear each other's changes: writes NOTIFY, and `listen`
+holds a connection of its own that LISTENs (see :mod:`proxy.store.pgnotify`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import secrets
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -27,6 +31,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from proxy.store import pgnotify
 from proxy.store.batch import Coalescer
 from proxy.store.crypto import SecretBox
 from proxy.store.errors import (
@@ -37,6 +42,7 @@ from proxy.store.errors import (
     StoreUnavailable,
 )
 from proxy.store.migrations import migrations
+from proxy.store.notify import ChangeNotifier
 from proxy.store.sql import SQLStore
 from proxy.store.sql.database import Json, Params, Row, Statement
 
@@ -88,6 +94,10 @@ class PostgresDatabase:
         self._timeout = timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening: anyio.Event | None = None
+        # Names this store in its notifications (see proxy.store.pgnotify); the channel is
+        # read on the first connection.
+        self._origin = secrets.token_hex(4)
+        self._channel = ""
         # Concurrent appends share one transaction (and one round trip) per batch.
         self._appends: Coalescer[_Append, int | None] = Coalescer(
             self._append_batch, max_batch=APPEND_BATCH
@@ -123,6 +133,8 @@ class PostgresDatabase:
         )
         try:
             await pool.open(wait=True, timeout=max(_OPEN_TIMEOUT, self._timeout))
+            async with pool.connection() as conn:
+                self._channel = await pgnotify.channel_of(conn)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -199,10 +211,31 @@ class PostgresDatabase:
                         (created_at, trajectory_id, event_type, Jsonb(data.value), created_at),
                     )
                     cursors.append((i, cursor))
+                # Told to the other processes when (and if) the batch commits: one notification.
+                await conn.execute(
+                    pgnotify.NOTIFY_SQL,
+                    (self._channel, self._payload(pgnotify.EVENTS, {item[0] for item in batch})),
+                )
             for i, cursor in cursors:
                 row = await cursor.fetchone()
                 seqs[i] = None if row is None else int(row["seq"])
         return seqs
+
+    async def announce(self, trajectory_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                pgnotify.NOTIFY_SQL,
+                (self._channel, self._payload(pgnotify.RECORD, {trajectory_id})),
+            )
+
+    async def listen(self, notifier: ChangeNotifier) -> None:
+        options: dict[str, object] = dict(_network_limits(self._url, self._timeout))
+        if "application_name" not in conninfo_to_dict(self._url):
+            options["application_name"] = "jetty-proxy-listen"
+        await pgnotify.Listener(self._url, options, self._origin).run(notifier)
+
+    def _payload(self, kind: pgnotify.Kind, trajectory_ids: Collection[str]) -> str:
+        return pgnotify.payload(kind, self._origin, trajectory_ids)
 
     async def migrate(self) -> None:
         async with self._connection() as conn, conn.transaction():

@@ -8,7 +8,7 @@ the engine.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -85,6 +85,10 @@ class TrajectoryStore(Protocol):
 
     async def get_trajectory(self, trajectory_id: str) -> Trajectory | None: ...
 
+    async def get_trajectories(self, trajectory_ids: Collection[str]) -> list[Trajectory]:
+        """Those of ``trajectory_ids`` that exist, in one read (in no particular order)."""
+        ...
+
     async def update_trajectory(
         self,
         trajectory_id: str,
@@ -155,7 +159,20 @@ class TrajectoryStore(Protocol):
         """Events with ``seq > after_seq``, oldest first."""
 
     def subscribe(self, trajectory_id: str) -> AbstractContextManager[Subscription]:
-        """Be woken when this process appends to or updates the trajectory."""
+        """Be woken when the trajectory changes: an event appended, its record updated. By
+        this process; and, on PostgreSQL while `listen` runs, by any process on the database.
+        Subscribe before reading, then wait (see `proxy.store.notify`)."""
+
+    def subscribe_records(
+        self, wanted: Callable[[str], bool]
+    ) -> AbstractContextManager[Subscription]:
+        """Be woken when the record (status, session…, not the events) of a trajectory for
+        which ``wanted(trajectory_id)`` holds changes, here or, as for `subscribe`, elsewhere."""
+
+    async def listen(self) -> None:
+        """Until cancelled, hear the changes other processes on the database make and wake
+        this process's subscribers (PostgreSQL: LISTEN/NOTIFY on a connection of its own,
+        re-made after a failure). Returns at once on SQLite, which serves one process."""
 
     async def add_artifact(
         self, trajectory_id: str, path: str, blob: BlobInfo, content_type: str

@@ -27,6 +27,7 @@ from proxy.store.errors import (
     StoreUnavailable,
 )
 from proxy.store.migrations import migrations
+from proxy.store.notify import ChangeNotifier
 from proxy.store.sql import SQLStore
 from proxy.store.sql.database import Json, Params, Row, Statement
 
@@ -146,6 +147,12 @@ class SQLiteDatabase:
             return seqs
 
         return await self._run(append)
+
+    async def announce(self, trajectory_id: str) -> None:
+        """Nothing: other processes on the file are not told, they poll."""
+
+    async def listen(self, notifier: ChangeNotifier) -> None:
+        """Nothing to hear: SQLite serves one process (others on the file poll)."""
 
     async def migrate(self) -> None:
         def apply(conn: sqlite3.Connection) -> None:

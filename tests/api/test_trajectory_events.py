@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+import pytest
 
 from proxy.store import Store
-from tests.support.stores import database_url_fixture, live_proxy, with_store
+from tests.support.sse import sse_events
+from tests.support.stores import database_url_fixture, fresh_database, live_proxy, with_store
 
 __all__ = ["database_url_fixture"]
 
 
-def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
-    """Parse an SSE stream until its ``end`` event; comments (pings) are skipped."""
-    events: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-    for line in response.iter_lines():
-        if line.startswith(":"):
-            continue
-        if not line:
-            if current:
-                events.append(current)
-                if current.get("event") == "end":
-                    break
-            current = {}
-            continue
-        field, _, value = line.partition(":")
-        current[field] = value.removeprefix(" ")
+def follow_while(url: str, write: Callable[[], None], *, timeout: float) -> list[dict[str, Any]]:
+    """The events after seq 1 at ``url``, read while ``write`` runs in a thread (another
+    process writing)."""
+    with httpx.stream("GET", url, headers={"last-event-id": "1"}, timeout=timeout) as response:
+        writer = threading.Thread(target=write)
+        writer.start()
+        events = sse_events(response)
+        writer.join()
     return events
 
 
@@ -91,14 +86,32 @@ def test_follows_a_live_run_written_by_another_process(database_url: str, tmp_pa
 
     with live_proxy(database_url, tmp_path / "data") as proxy:
         url = proxy + f"/api/v1/trajectory/alpha/live/{run}/events"
-        with httpx.stream("GET", url, headers={"last-event-id": "1"}, timeout=20) as response:
-            writer = threading.Thread(target=keep_writing)
-            writer.start()
-            events = sse_events(response)
-            writer.join()
+        events = follow_while(url, keep_writing, timeout=20)
     texts = [json.loads(e["data"])["data"]["text"] for e in events[:-1]]
     assert texts == ["t1", "t2", "t3", "t4", "t5"]
     assert [int(e["id"]) for e in events[:-1]] == [2, 3, 4, 5, 6]
+    assert json.loads(events[-1]["data"]) == {"status": "completed"}
+
+
+@pytest.mark.postgres
+def test_on_postgres_another_process_wakes_the_stream_without_polling(tmp_path: Path) -> None:
+    with fresh_database("postgres", tmp_path) as database_url:
+        run = make_run(database_url, 1)
+
+        def write() -> None:
+            async def work(store: Store) -> None:
+                await store.append_event(run, "text_delta", {"text": "t1"})
+                await store.update_trajectory(run, status="completed")
+
+            with_store(database_url, work)
+
+        # It would poll once in ten minutes: only the database's notifications wake it in time.
+        with live_proxy(
+            database_url, tmp_path / "data", events_poll_seconds=600, keepalive_seconds=60
+        ) as proxy:
+            url = proxy + f"/api/v1/trajectory/alpha/live/{run}/events"
+            events = follow_while(url, write, timeout=30)
+    assert [e.get("id") for e in events] == ["2", None]
     assert json.loads(events[-1]["data"]) == {"status": "completed"}
 
 

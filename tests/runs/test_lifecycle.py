@@ -11,14 +11,13 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from proxy.agents import get_adapter
 from proxy.agents.install import AgentCache
-from proxy.events import Progress, SessionStarted, TextDelta
+from proxy.events import Progress
 from proxy.jetty import PlanDefaults
 from proxy.runs.launch import AGENT_HOME, SANDBOX_OF, SERVER
 from proxy.runs.live import LiveRun
@@ -29,34 +28,23 @@ from proxy.store.blobs import read_all
 from tests.agents.replay import STREAMS
 from tests.support.fake_npm import write_fake_npm
 from tests.support.leftovers import INTERRUPTED
-from tests.support.runs import IMAGE, request, runs_on
+from tests.support.runs import (
+    CLAUDE,
+    IMAGE,
+    SESSION,
+    SESSION_FILE,
+    answer_of,
+    continuing,
+    finished,
+    request,
+    runs_on,
+    started_agent,
+    status_of,
+)
 
 pytestmark = pytest.mark.anyio
 
-CLAUDE = (STREAMS / "claude-code" / "claude1.jsonl").read_text().splitlines()
 CLAUDE_401 = (STREAMS / "claude-code" / "claude_err401.jsonl").read_text().splitlines()
-SESSION = "be2fab52-8198-4e59-a560-dad4374c749d"  # the session claude1.jsonl starts
-# Where Claude Code keeps that session, under its HOME.
-SESSION_FILE = f"{AGENT_HOME}/.claude/projects/-app/{SESSION}.jsonl"
-
-
-async def status_of(store: Store, run_id: str) -> tuple[str, str | None]:
-    record = await store.get_trajectory(run_id)
-    assert record is not None
-    return record.status, record.error
-
-
-async def finished(live: LiveRun) -> LiveRun:
-    async for _ in live.follow():
-        pass
-    return live
-
-
-async def started_agent(live: LiveRun) -> None:
-    """Follow ``live`` until the agent said it started."""
-    async for event in live.follow():
-        if isinstance(event, SessionStarted):
-            return
 
 
 async def two_turns(
@@ -69,19 +57,6 @@ async def two_turns(
         second = await finished((await runs.start(request(continuing(first)))).live)
     assert second.outcome == "completed", second.error
     return first, second
-
-
-def answer_of(live: LiveRun) -> str:
-    return "".join(event.text for event in live.events if isinstance(event, TextDelta))
-
-
-def continuing(started: StartedRun) -> list[dict[str, Any]]:
-    """The history a chat UI sends next: the run's answer (with its marker line), then more."""
-    return [
-        {"role": "user", "content": "Go"},
-        {"role": "assistant", "content": answer_of(started.live)},
-        {"role": "user", "content": "And now the second file."},
-    ]
 
 
 async def test_a_run_keeps_its_results_and_waits_in_its_sandbox_for_the_next_turn(

@@ -152,3 +152,26 @@ async def test_follow_pages_through_long_logs(store: Store) -> None:
     await store.update_trajectory(run.id, status="completed")
     events = [e async for e in follow_events(store, run.id, 0, batch=10)]
     assert [e.seq for e in events] == list(range(1, 26))
+
+
+async def test_record_watchers_wake_on_updates_and_transitions_not_on_events(
+    store: Store,
+) -> None:
+    run = await store.create_trajectory("alpha", "t")
+    other = await store.create_trajectory("alpha", "t")
+    with store.subscribe_records({run.id}.__contains__) as changed:
+        await store.append_event(run.id, "progress", {})
+        await store.update_trajectory(other.id, status="running")
+        assert not await changed.wait(0.01)
+        await store.update_trajectory(run.id, status="running")
+        assert await changed.wait(5)
+    with store.subscribe_records({run.id}.__contains__) as changed:
+        await store.transition(run.id, "cancelled", allowed_from=["running"])
+        assert await changed.wait(5)
+
+
+async def test_several_trajectories_in_one_read(store: Store) -> None:
+    runs = [await store.create_trajectory("alpha", "t") for _ in range(3)]
+    found = await store.get_trajectories([runs[0].id, runs[2].id, "ffffffff", runs[0].id])
+    assert sorted(t.id for t in found) == sorted([runs[0].id, runs[2].id])
+    assert await store.get_trajectories([]) == []

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import anyio
 import httpx
@@ -118,8 +119,15 @@ class ServeProcess:
 
     url: str
     process: subprocess.Popen[str]
+    #: Where its stderr goes (a file: a pipe nobody reads would block a talkative server).
+    log: IO[str]
     #: What it printed on stderr, once it has exited.
     err: str = ""
+
+    def printed(self) -> str:
+        """What it has printed on stderr so far."""
+        self.log.seek(0)
+        return self.log.read()
 
 
 @contextmanager
@@ -127,28 +135,31 @@ def serve_process(
     args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> Iterator[ServeProcess]:
     """Run ``python -m proxy serve --port PORT ARGS`` until the block ends, once it answers
-    ``/healthz`` on loopback; then stop it with SIGTERM."""
+    ``/healthz`` on loopback; then stop it with SIGTERM (unless it is gone already)."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args],
-        env={**os.environ, **(env or {})},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    served = ServeProcess(f"http://127.0.0.1:{port}", process)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(served.url + "/healthz")
-                break
-            except httpx.ConnectError:
-                if process.poll() is not None:
-                    raise RuntimeError(f"serve exited early: {process.communicate()[1]}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("serve did not come up") from None
-                time.sleep(0.1)
-        yield served
-    finally:
-        process.terminate()
-        served.err = process.communicate(timeout=30)[1]
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args],
+            env={**os.environ, **(env or {})},
+            stderr=log,
+            text=True,
+        )
+        served = ServeProcess(f"http://127.0.0.1:{port}", process, log)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    httpx.get(served.url + "/healthz")
+                    break
+                except httpx.ConnectError:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"serve exited early: {served.printed()}") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("serve did not come up") from None
+                    time.sleep(0.1)
+            yield served
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=30)
+            served.err = served.printed()

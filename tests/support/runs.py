@@ -1,7 +1,8 @@
 """Runs wired as the lifespan wires them, on a given store and sandbox backend, for run tests.
 
 The sandbox backend is usually `proxy.sandbox.ScriptedBackend`; everything else is real: the
-store, the blob directory, the run tokens, the agent cache, the engine and its task group.
+store, the blob directory, the run tokens, the agent cache, the engine and its task group, the
+watch of the runs' records.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 from proxy.agents.install import AgentCache
 from proxy.auth import LOCAL_PRINCIPAL
 from proxy.environments import Environments
+from proxy.events import SessionStarted, TextDelta
 from proxy.jetty import PlanDefaults, parse_jetty_block
 from proxy.links import LinkSigner
 from proxy.relay.tokens import RunTokens
@@ -24,14 +26,22 @@ from proxy.runs.artifacts import ResultLimits
 from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.followup import KeptSandboxes
-from proxy.runs.launch import EngineConfig
+from proxy.runs.launch import AGENT_HOME, EngineConfig
+from proxy.runs.live import LiveRun
 from proxy.runs.presence import Presence
-from proxy.runs.service import RunRequest, Runs
+from proxy.runs.service import RunRequest, Runs, StartedRun
+from proxy.runs.watch import RunWatch
 from proxy.sandbox import SandboxBackend
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import LocalBlobStore
+from tests.agents.replay import STREAMS
 
+#: Claude Code's output, recorded from the real CLI: a session started, a tool call, an answer.
+CLAUDE = (STREAMS / "claude-code" / "claude1.jsonl").read_text().splitlines()
+SESSION = "be2fab52-8198-4e59-a560-dad4374c749d"  # the session claude1.jsonl starts
+# Where Claude Code keeps that session, under its HOME.
+SESSION_FILE = f"{AGENT_HOME}/.claude/projects/-app/{SESSION}.jsonl"
 OWNER = "me"
 IMAGE = "img"
 RUNBOOK = "# Runbook\n\nWrite hello.txt into {{results_dir}}."
@@ -77,8 +87,10 @@ async def runs_on(
             links=LinkSigner("test-secret", lifetime_seconds=3600),
             environments=environments,
         )
+        engine = RunEngine(deps, tg, presence=presence)
+        tg.start_soon(RunWatch(store, engine.live, deps.kept, deps.config.watch_seconds).run)
         try:
-            yield Runs(deps, RunEngine(deps, tg, presence=presence))
+            yield Runs(deps, engine)
         finally:
             tg.cancel_scope.cancel()
     await deps.kept.close_all()
@@ -98,3 +110,35 @@ def request(
     if not messages:
         history.append({"role": "user", "content": "Go"})
     return RunRequest(LOCAL_PRINCIPAL, model, history, block, "http://proxy.test")
+
+
+async def status_of(store: Store, run_id: str) -> tuple[str, str | None]:
+    record = await store.get_trajectory(run_id)
+    assert record is not None
+    return record.status, record.error
+
+
+async def finished(live: LiveRun) -> LiveRun:
+    async for _ in live.follow():
+        pass
+    return live
+
+
+async def started_agent(live: LiveRun) -> None:
+    """Follow ``live`` until the agent said it started."""
+    async for event in live.follow():
+        if isinstance(event, SessionStarted):
+            return
+
+
+def answer_of(live: LiveRun) -> str:
+    return "".join(event.text for event in live.events if isinstance(event, TextDelta))
+
+
+def continuing(started: StartedRun) -> list[dict[str, Any]]:
+    """The history a chat UI sends next: the run's answer (with its marker line), then more."""
+    return [
+        {"role": "user", "content": "Go"},
+        {"role": "assistant", "content": answer_of(started.live)},
+        {"role": "user", "content": "And now the second file."},
+    ]

@@ -7,7 +7,7 @@ import logging
 import time
 
 from proxy.store.crypto import SecretBox
-from proxy.store.errors import RecordNotFound, SecretsUnavailable
+from proxy.store.errors import RecordNotFound, SecretsUnavailable, StoreError
 from proxy.store.notify import ChangeNotifier
 from proxy.store.sql.database import Database
 
@@ -59,6 +59,14 @@ class SQLCore:
             self._secrets_cache.clear()
         self._secrets_cache[collection] = (now + SECRETS_CACHE_SECONDS, values)
         return values
+
+    async def _record_changed(self, trajectory_id: str) -> None:
+        """Wake whoever waits on the trajectory here, and tell the other processes."""
+        self._notifier.notify(trajectory_id, record=True)
+        try:
+            await self._db.announce(trajectory_id)
+        except StoreError as exc:  # the change is made; those not told find it by polling
+            logger.warning("could not tell other servers that %s changed: %s", trajectory_id, exc)
 
     def _forget_secrets(self, collection: str) -> None:
         self._secrets_cache.pop(collection, None)

@@ -13,7 +13,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from proxy.store.notify import ChangeNotifier
 
 Row = dict[str, Any]
 Params = Sequence[object]
@@ -54,6 +57,15 @@ class Database(Protocol):
 
         Returns the new seq, or None when the trajectory does not exist.
         """
+
+    async def announce(self, trajectory_id: str) -> None:
+        """Tell the other processes on the database that the trajectory's record changed
+        (its events are announced by `append_event`). Best effort: they also poll."""
+
+    async def listen(self, notifier: ChangeNotifier) -> None:
+        """Until cancelled, pass on to ``notifier`` the changes other processes announce, and
+        tell it whether they are heard (`ChangeNotifier.hearing`); return at once on an engine
+        that cannot hear them."""
 
     async def migrate(self) -> None: ...
 

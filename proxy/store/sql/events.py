@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,6 +41,14 @@ class EventsPart(SQLCore):
     def subscribe(self, trajectory_id: str) -> Iterator[Subscription]:
         with self._notifier.subscribe(trajectory_id) as subscription:
             yield subscription
+
+    @contextmanager
+    def subscribe_records(self, wanted: Callable[[str], bool]) -> Iterator[Subscription]:
+        with self._notifier.watch(wanted) as subscription:
+            yield subscription
+
+    async def listen(self) -> None:
+        await self._db.listen(self._notifier)
 
     async def add_artifact(
         self, trajectory_id: str, path: str, blob: BlobInfo, content_type: str

@@ -32,6 +32,7 @@ from proxy.store.sql.database import (
 )
 
 _ID_ATTEMPTS = 8
+_IDS_PER_QUERY = 500
 
 
 class TrajectoriesPart(SQLCore):
@@ -118,6 +119,18 @@ class TrajectoriesPart(SQLCore):
         row = await self._db.fetchone("SELECT * FROM trajectories WHERE id = ?", (trajectory_id,))
         return None if row is None else trajectory_from_row(row)
 
+    async def get_trajectories(self, trajectory_ids: Collection[str]) -> list[Trajectory]:
+        wanted = sorted(set(trajectory_ids))
+        found: list[Trajectory] = []
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            chunk = wanted[start : start + _IDS_PER_QUERY]
+            rows = await self._db.fetchall(
+                f"SELECT * FROM trajectories WHERE id IN ({placeholders(len(chunk))})",  # noqa: S608
+                chunk,
+            )
+            found += [trajectory_from_row(row) for row in rows]
+        return found
+
     async def update_trajectory(
         self,
         trajectory_id: str,
@@ -167,7 +180,7 @@ class TrajectoriesPart(SQLCore):
         )
         if row is None:
             raise RecordNotFound(f"trajectory {trajectory_id} not found")
-        self._notifier.notify(trajectory_id)
+        await self._record_changed(trajectory_id)
         return trajectory_from_row(row)
 
     async def transition(
@@ -189,7 +202,7 @@ class TrajectoriesPart(SQLCore):
         )
         if row is None:
             return None
-        self._notifier.notify(trajectory_id)
+        await self._record_changed(trajectory_id)
         return trajectory_from_row(row)
 
     async def list_trajectories(
