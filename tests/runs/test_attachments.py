@@ -19,10 +19,9 @@ from proxy.errors import ProxyError
 from proxy.runs.service import Runs
 from proxy.sandbox import Script, ScriptedBackend, ScriptedSandbox
 from proxy.store import Store
-from tests.runs.test_lifecycle import CLAUDE, answer_of, finished
 from tests.support.chat_ui_prompts import open_webui_rag, template
 from tests.support.openapi import validate
-from tests.support.runs import IMAGE, RUNBOOK, request, runs_on
+from tests.support.runs import CLAUDE, IMAGE, RUNBOOK, answer_of, finished, request, runs_on
 
 pytestmark = pytest.mark.anyio
 

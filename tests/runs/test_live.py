@@ -16,8 +16,7 @@ from proxy.agents.install import AgentCache
 from proxy.events import Event, Progress, ToolCall, ToolResult
 from proxy.sandbox import Pause, Script, ScriptedBackend
 from proxy.store import Store
-from tests.runs.test_lifecycle import CLAUDE
-from tests.support.runs import request, runs_on
+from tests.support.runs import CLAUDE, request, runs_on
 
 pytestmark = pytest.mark.anyio
 
