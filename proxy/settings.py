@@ -37,6 +37,7 @@ from proxy.egress import AddressPolicy
 from proxy.jetty.fields import parse_memory
 from proxy.jetty.imageref import DEFAULT_REGISTRY, InvalidImageRef, parse_image_ref
 from proxy.presets import Preset, check_preset_names
+from proxy.prices import ModelPrice
 from proxy.sandbox.selection import check_backend_name
 from proxy.store.blobs.factory import parse_blob_url
 
@@ -319,6 +320,13 @@ class Settings(BaseSettings):
 
     # Chat UIs: presets offered as models (jetty/NAME).
     presets: dict[str, Preset] = Field(default_factory=dict)
+
+    # What model calls cost: these prices add models to the price database, or replace its.
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description='[prices."MODEL"] tables (MODEL may be a shell pattern): US dollars per'
+        " million tokens",
+    )
 
     @field_validator("backend")
     @classmethod
