@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,6 +23,7 @@ from proxy.api import (
     collections,
     files,
     health,
+    limits,
     models,
     openapi,
     snapshots,
@@ -46,6 +48,8 @@ from proxy.browsers import BrowserGuard
 from proxy.errors import ProxyError
 from proxy.links import SIGNED_PREFIX, LinkRejected, LinkSigner
 from proxy.metrics import Metrics
+from proxy.prices import PriceBook
+from proxy.quota import QuotaConfig, Quotas
 from proxy.relay.upstream import Upstreams
 from proxy.runs.runtime import run_service
 from proxy.sandbox import SandboxBackend
@@ -162,13 +166,26 @@ def create_app(
         )
         metrics.chat_records_retrying.set_function(lambda: recorder.retrying)
         links = LinkSigner(secret_keys, lifetime_seconds=settings.link_lifetime_seconds)
+        prices = PriceBook(settings.prices)
+        await anyio.to_thread.run_sync(prices.load)
+        quotas = Quotas(
+            the_store,
+            QuotaConfig(
+                settings.default_limits, settings.collections, settings.limits_sync_seconds
+            ),
+        )
+        metrics.watch_collections(quotas)
         try:
             async with (
+                # Outermost: the spend of the last runs and records is written at its end.
+                quotas.running(),
                 run_service(
                     settings,
                     the_store,
                     blobs,
                     links=links,
+                    prices=prices,
+                    quotas=quotas,
                     backend=sandbox_backend,
                     relay_transport=relay_transport,
                 ) as runs,
@@ -187,6 +204,8 @@ def create_app(
                         recorder=recorder,
                         links=links,
                         origins=Origins(settings.public_base_url, settings.forwarded_allow_ips),
+                        prices=prices,
+                        quotas=quotas,
                     )
                 }
         finally:
@@ -277,6 +296,8 @@ def create_app(
             collections.patch_environment,
             methods=["PATCH"],
         ),
+        Route("/api/v1/collections/{collection}/limits", limits.get_limits, methods=["GET"]),
+        Route("/api/v1/collections/{collection}/limits", limits.patch_limits, methods=["PATCH"]),
         *pages.routes(),
         signed,
     ]

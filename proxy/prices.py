@@ -84,6 +84,27 @@ class TokenCounts:
     cache_write: int = 0
 
 
+@dataclass(slots=True)
+class CostTotal:
+    """What several calls cost together: their sum, or None once one of them had no price
+    (a total missing a part is not a total)."""
+
+    usd: float = 0.0
+    calls: int = 0
+    unpriced: int = 0
+
+    def add(self, cost: float | None) -> None:
+        self.calls += 1
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.usd += cost
+
+    @property
+    def total(self) -> float | None:
+        return None if self.unpriced else self.usd
+
+
 class PriceBook:
     """Prices models from the server's table, then from the price database.
 

@@ -143,8 +143,6 @@ class Quotas:
     async def set_limits(self, collection: str, changes: Mapping[str, Any]) -> Effective:
         """Set limits at runtime (``None`` removes one: the config's holds again); they hold
         here at once, on other servers within ``sync_seconds``."""
-        merged = {**self._runtime.get(collection, {}), **changes}
-        Limits.model_validate({k: v for k, v in merged.items() if v is not None})
         stored = await self._store.update_collection_limits(collection, changes)
         self._runtime[collection] = stored
         self._effective.pop(collection, None)

@@ -19,6 +19,8 @@ from proxy.auth import LOCAL_PRINCIPAL
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults, parse_jetty_block
 from proxy.links import LinkSigner
+from proxy.prices import PriceBook
+from proxy.quota import Limits, QuotaConfig, Quotas
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.deps import RunDeps
@@ -48,6 +50,8 @@ async def runs_on(
     environments: Environments | None = None,
     presence: Presence | None = None,
     defaults: PlanDefaults | None = None,
+    quotas: Quotas | None = None,
+    prices: PriceBook | None = None,
     **config: Any,
 ) -> AsyncIterator[Runs]:
     """`Runs` over ``backend`` until the block ends; then its live runs are cancelled and its
@@ -71,6 +75,8 @@ async def runs_on(
             settings=settings,
             http=http,
             links=LinkSigner("test-secret", lifetime_seconds=3600),
+            prices=prices or PriceBook(),
+            quotas=quotas or Quotas(store, QuotaConfig(Limits(), {})),
             environments=environments,
         )
         try:
