@@ -355,28 +355,33 @@ class Quotas:
 
     async def _write_spend(self) -> None:
         owed, self._owed = self._owed, {}
-        self._writing, self._owed_by_scope = self._owed_by_scope, defaultdict(float)
+        moving, self._owed_by_scope = self._owed_by_scope, defaultdict(float)
+        # Counted as being written until the database's totals, which hold it, are read back.
+        for scope, usd in moving.items():
+            self._writing[scope] += usd
         entries = [
             SpendEntry(scope, day, usd, int(calls)) for (scope, day), (usd, calls) in owed.items()
         ]
         try:
             await self._store.add_spend(entries)
-            watched: dict[str, list[str]] = {}
-            for scope, known in self._spend.items():
-                watched.setdefault(known.first_day, []).append(scope)
-            for first_day, scopes in watched.items():
-                for scope, usd in (await self._store.spend_since(scopes, first_day)).items():
-                    self._spend[scope].usd = usd
         except BaseException:
             for key, (usd, calls) in owed.items():
                 again = self._owed.setdefault(key, [0.0, 0.0])
                 again[0] += usd
                 again[1] += calls
-            for scope, usd in self._writing.items():
+            for scope, usd in moving.items():
+                self._writing[scope] -= usd
                 self._owed_by_scope[scope] += usd
             raise
-        finally:
-            self._writing = defaultdict(float)
+        watched: dict[str, list[str]] = {}
+        for scope, spend in self._spend.items():
+            watched.setdefault(spend.first_day, []).append(scope)
+        for first_day, scopes in watched.items():
+            for scope, usd in (await self._store.spend_since(scopes, first_day)).items():
+                known = self._spend.get(scope)
+                if known is not None and known.first_day == first_day:
+                    known.usd = usd
+        self._writing = defaultdict(float)
 
     async def _write_rates(self) -> None:
         advances = []
