@@ -4,7 +4,12 @@ Relayed completions are recorded as one-step trajectories under the task ``_chat
 ``jetty.task``) of ``jetty.collection`` or the caller's default collection: model, finish
 reason, usage, latency and the upstream's id; the messages and the answer only with the
 ``record_chat_content`` setting. Recording happens after the last byte has gone out, and
-failed or cancelled calls are recorded too.
+failed or cancelled calls are recorded too; a record is priced from the usage the upstream
+reported, and its cost counted against the collection's and the key's budgets.
+
+Every request, relayed or runbook, is first checked against its collection's and its key's
+limits (`proxy.quota`): over a request rate or a spent budget it is refused with a 429 before
+the upstream is called or a run is planned.
 """
 
 from __future__ import annotations
