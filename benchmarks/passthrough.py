@@ -7,7 +7,7 @@ and prints what the proxy adds: time to first byte p50/p99, per-request latency,
 chunks per second, the proxy's CPU time per relayed chunk and its peak RSS.
 
     python benchmarks/passthrough.py [--chunks 200] [--levels 1,32,128] [--requests N]
-                                     [--clients 2] [--gap-ms 0] [--bare]
+                                     [--clients 2] [--gap-ms 0] [--bare] [--limits]
 
 The load comes from ``--clients`` separate processes (one at concurrency 1), each a
 minimal HTTP/1.1 client on uvloop and httptools holding one keep-alive connection per
@@ -39,6 +39,12 @@ what any relay in the middle costs on this machine, before it does any work: whe
 client, the relay and the upstream share a few cores, the client waits for a core more
 often than when it talks to the upstream directly, and that shows in the TTFB p99 of
 every relay.
+
+With ``--limits`` a second proxy runs too, with a request rate and a budget configured for
+every collection (both far above what the run uses, so nothing is refused): its ``limits +``
+line is what checking limits adds to the relay, next to the plain proxy. The check itself is
+also timed in-process (``Quotas.admit_request`` on a real store, with and without limits),
+which is steadier than the difference of two runs.
 
 Figures depend on the machine and on what else runs on it; compare the rows of one run,
 not runs. The proxy's CPU per chunk is the least sensitive to a busy machine.
@@ -497,6 +503,35 @@ def _wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+#: Limits that every request is checked against and none reaches.
+BENCH_LIMITS = json.dumps({"requests_per_minute": 1_000_000_000, "budget_usd": 1e12})
+
+
+def measure_limits_check(rounds: int = 200_000) -> tuple[float, float]:
+    """Microseconds one ``Quotas.admit_request`` takes, with limits and without."""
+    from proxy.quota import Limits, QuotaConfig, Quotas
+    from proxy.store import open_store
+
+    async def measure() -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as directory:
+            store = open_store(f"sqlite:///{directory}/bench.db")
+            await store.migrate()
+            try:
+                figures = []
+                for limits in (Limits.model_validate_json(BENCH_LIMITS), Limits()):
+                    quotas = Quotas(store, QuotaConfig(limits, {}))
+                    await quotas.admit_request("default", None)  # loads the bucket once
+                    started = time.perf_counter()
+                    for _ in range(rounds):
+                        await quotas.admit_request("default", None)
+                    figures.append((time.perf_counter() - started) / rounds * 1e6)
+                return figures[0], figures[1]
+            finally:
+                await store.close()
+
+    return asyncio.run(measure())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--chunks", type=int, default=200)
@@ -515,6 +550,11 @@ def main() -> int:
         "--bare",
         action="store_true",
         help="also run each level through a bare relay: what any relay costs on this machine",
+    )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="also run each level through a proxy with limits configured: what checking them costs",
     )
     parser.add_argument(
         "--upstream-cpu",
@@ -539,6 +579,7 @@ def main() -> int:
         return 0
 
     up_port, proxy_port, bare_port = _free_port(), _free_port(), _free_port()
+    limited_port = _free_port()
     upstream = subprocess.Popen(
         [
             sys.executable,
@@ -552,7 +593,7 @@ def main() -> int:
         if args.bare
         else None
     )
-    with tempfile.TemporaryDirectory() as data_dir:
+    with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryDirectory() as other_dir:
         env = {
             **os.environ,
             "JETTY_PROXY_UPSTREAM_URL": f"http://127.0.0.1:{up_port}/v1",
@@ -565,6 +606,20 @@ def main() -> int:
             env=env,
             stderr=subprocess.DEVNULL,
         )
+        limited = (
+            subprocess.Popen(
+                [sys.executable, "-m", "proxy", "serve", "--port", str(limited_port)],
+                cwd=ROOT,
+                env={
+                    **env,
+                    "JETTY_PROXY_DATA_DIR": other_dir,
+                    "JETTY_PROXY_DEFAULT_LIMITS": BENCH_LIMITS,
+                },
+                stderr=subprocess.DEVNULL,
+            )
+            if args.limits
+            else None
+        )
         try:
             _wait_http(f"http://127.0.0.1:{up_port}/", upstream)
             _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
@@ -575,6 +630,10 @@ def main() -> int:
                 _wait_http(f"http://127.0.0.1:{bare_port}/", bare)
                 bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
                 paths.append(("bare", bare_url, bare.pid))
+            if limited is not None:
+                _wait_http(f"http://127.0.0.1:{limited_port}/healthz", limited)
+                limited_url = f"http://127.0.0.1:{limited_port}/v1/chat/completions"
+                paths.append(("limits", limited_url, limited.pid))
             idle = tuple(pid for _, _, pid in paths)
             pace = f"{args.gap_ms:g} ms apart" if args.gap_ms else "each response in one burst"
             print(
@@ -604,7 +663,15 @@ def main() -> int:
                 _print_added(level, results["direct"], results["proxy"])
                 if "bare" in results:
                     _print_added(level, results["direct"], results["bare"], "bare +")
+                if "limits" in results:
+                    _print_added(level, results["proxy"], results["limits"], "limits +")
             print(f"proxy peak RSS: {_peak_rss_mib(proxy.pid):.1f} MiB")
+            if limited is not None:
+                with_limits, without = measure_limits_check()
+                print(
+                    f"limits check in-process: {with_limits:.2f} µs per request with limits,"
+                    f" {without:.2f} µs without"
+                )
             print(
                 "CPU/chunk: the upstream's CPU time (direct) or the relay's (proxy, bare) per chunk"
             )
@@ -614,6 +681,9 @@ def main() -> int:
             if bare is not None:
                 bare.terminate()
                 bare.wait(timeout=10)
+            if limited is not None:
+                limited.terminate()
+                limited.wait(timeout=120)
             # The proxy finishes writing its records of the completions before it exits.
             proxy.wait(timeout=120)
             upstream.wait(timeout=10)

@@ -23,6 +23,7 @@ from proxy.api import (
     collections,
     files,
     health,
+    limits,
     models,
     openapi,
     snapshots,
@@ -47,6 +48,8 @@ from proxy.browsers import BrowserGuard
 from proxy.errors import ProxyError
 from proxy.links import SIGNED_PREFIX, LinkRejected, LinkSigner
 from proxy.metrics import Metrics
+from proxy.prices import PriceBook
+from proxy.quota import QuotaConfig, Quotas
 from proxy.relay.upstream import Upstreams
 from proxy.runs.runtime import run_service
 from proxy.sandbox import SandboxBackend
@@ -174,8 +177,19 @@ def create_app(
         )
         metrics.chat_records_retrying.set_function(lambda: recorder.retrying)
         links = LinkSigner(secret_keys, lifetime_seconds=settings.link_lifetime_seconds)
+        prices = PriceBook(settings.prices)
+        await anyio.to_thread.run_sync(prices.load)
+        quotas = Quotas(
+            the_store,
+            QuotaConfig(
+                settings.default_limits, settings.collections, settings.limits_sync_seconds
+            ),
+        )
+        metrics.watch_collections(quotas)
         try:
             async with (
+                # Outermost: the spend of the last runs and records is written at its end.
+                quotas.running(),
                 # Other servers' changes wake this one's followers and runs (PostgreSQL).
                 listening(the_store),
                 run_service(
@@ -183,6 +197,8 @@ def create_app(
                     the_store,
                     blobs,
                     links=links,
+                    prices=prices,
+                    quotas=quotas,
                     backend=sandbox_backend,
                     relay_transport=relay_transport,
                 ) as runs,
@@ -201,6 +217,8 @@ def create_app(
                         recorder=recorder,
                         links=links,
                         origins=Origins(settings.public_base_url, settings.forwarded_allow_ips),
+                        prices=prices,
+                        quotas=quotas,
                     )
                 }
         finally:
@@ -291,6 +309,8 @@ def create_app(
             collections.patch_environment,
             methods=["PATCH"],
         ),
+        Route("/api/v1/collections/{collection}/limits", limits.get_limits, methods=["GET"]),
+        Route("/api/v1/collections/{collection}/limits", limits.patch_limits, methods=["PATCH"]),
         *pages.routes(),
         signed,
     ]

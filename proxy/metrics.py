@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,6 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -76,8 +79,77 @@ class Metrics:
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
         ProcessCollector(registry=self.registry)
 
+    def watch_collections(self, counts: CollectionCounts) -> None:
+        """Report ``counts`` per collection (read when ``/metrics`` is rendered)."""
+        self.registry.register(_CollectionCollector(counts))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CollectionCounts(Protocol):
+    """What this server counts per collection (`proxy.quota.Quotas` keeps these)."""
+
+    @property
+    def requests(self) -> Mapping[str, int]: ...
+
+    @property
+    def spend(self) -> Mapping[str, float]: ...
+
+    @property
+    def live_runs(self) -> Mapping[str, int]: ...
+
+    @property
+    def refusals(self) -> Mapping[tuple[str, str], int]: ...
+
+
+class _CollectionCollector:
+    def __init__(self, counts: CollectionCounts) -> None:
+        self._counts = counts
+
+    def describe(self) -> list[Metric]:
+        return []  # families are made at each scrape (their label sets grow)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts
+        yield _family(
+            CounterMetricFamily,
+            "jetty_proxy_collection_requests",
+            "Chat completion requests (relayed and runbook) by collection.",
+            counts.requests,
+        )
+        yield _family(
+            CounterMetricFamily,
+            "jetty_proxy_collection_spend_usd",
+            "US dollars of priced model calls and relayed chats, by collection.",
+            counts.spend,
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "jetty_proxy_collection_live_runs",
+            "Runs live on this server, by collection.",
+            counts.live_runs,
+        )
+        yield _family(
+            CounterMetricFamily,
+            "jetty_proxy_limit_refusals",
+            "Requests and runs refused by a limit, by collection and limit.",
+            counts.refusals,
+            ("collection", "limit"),
+        )
+
+
+def _family(
+    kind: type[CounterMetricFamily | GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    values: Mapping[Any, float],
+    labels: tuple[str, ...] = ("collection",),
+) -> Metric:
+    family = kind(name, documentation, labels=labels)
+    for label, value in sorted(values.items()):
+        family.add_metric(list(label) if isinstance(label, tuple) else [label], value)
+    return family
 
 
 def _task_count() -> float:

@@ -37,6 +37,8 @@ from proxy.egress import AddressPolicy
 from proxy.jetty.fields import parse_memory
 from proxy.jetty.imageref import DEFAULT_REGISTRY, InvalidImageRef, parse_image_ref
 from proxy.presets import Preset, check_preset_names
+from proxy.prices import ModelPrice
+from proxy.quota.limits import Limits
 from proxy.sandbox.selection import check_backend_name
 from proxy.store.blobs.factory import parse_blob_url
 
@@ -93,10 +95,12 @@ class SnapshotSettings(BaseModel):
     base_snapshot: str | None = None
 
 
-class CollectionPolicy(BaseModel):
-    """One ``[collections.NAME]`` table: the server's rules for one collection's runs.
+class CollectionPolicy(Limits):
+    """One ``[collections.NAME]`` table: the server's rules for one collection: its runs'
+    network, and its limits (see `proxy.quota`).
 
-    A field left out follows the server-wide setting.
+    A field left out follows the server-wide setting (``network_policy``,
+    ``[default_limits]``); limits set at runtime through the API replace these.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -300,7 +304,19 @@ class Settings(BaseSettings):
         " tables decide for one collection",
     )
     collections: dict[str, CollectionPolicy] = Field(
-        default_factory=dict, description="per-collection rules ([collections.NAME] tables)"
+        default_factory=dict,
+        description="per-collection rules ([collections.NAME] tables): network, limits",
+    )
+    default_limits: Limits = Field(
+        default_factory=Limits,
+        description="limits of collections that set none ([default_limits] table)",
+    )
+    limits_sync_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often spend and request counts are written to and read from the"
+        " database (servers sharing it see each other's that late)",
     )
     image_registries: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -347,6 +363,13 @@ class Settings(BaseSettings):
 
     # Chat UIs: presets offered as models (jetty/NAME).
     presets: dict[str, Preset] = Field(default_factory=dict)
+
+    # What model calls cost: these prices add models to the price database, or replace its.
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description='[prices."MODEL"] tables (MODEL may be a shell pattern): US dollars per'
+        " million tokens",
+    )
 
     @field_validator("backend")
     @classmethod

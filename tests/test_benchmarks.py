@@ -34,6 +34,16 @@ def test_passthrough_benchmark_runs_every_path() -> None:
     assert any(line.startswith("proxy peak RSS:") for line in lines)
 
 
+def test_passthrough_benchmark_measures_the_limits_check() -> None:
+    result = run_benchmark(
+        "passthrough.py", "--levels", "1", "--requests", "20", "--chunks", "20", "--limits"
+    )
+    lines = result.stdout.splitlines()
+    rows = [line.split()[1] for line in lines if line.split()[:1] == ["1"]]
+    assert rows == ["upstream:", "direct", "proxy", "limits", "added", "limits"], result.stdout
+    assert any(line.startswith("limits check in-process: ") for line in lines), result.stdout
+
+
 def test_soak_benchmark_samples_and_judges() -> None:
     result = run_benchmark("soak.py", "--minutes", "0.15", "--interval", "1", "--streams", "2")
     lines = result.stdout.splitlines()

@@ -44,6 +44,31 @@ def test_keys_create_needs_a_scope(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["keys", "create", "--admin", "--data-dir", str(tmp_path)]) == 0
 
 
+def test_keys_create_with_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    limits = ["--rpm", "30", "--max-concurrent-runs", "2", "--budget-usd", "12.5"]
+    assert main(["keys", "create", "--collection", "acme", *limits, *data]) == 0
+    created = capsys.readouterr().err
+    assert "limited to max_concurrent_runs=2,requests_per_minute=30,budget_usd=12.5" in created
+    assert main(["keys", "list", *data]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split()[-1] == "LIMITS"
+    assert listing[1].endswith("max_concurrent_runs=2,requests_per_minute=30,budget_usd=12.5")
+    more = ["--runs-per-hour", "10", "--budget-usd", "1", "--budget-period", "day"]
+    assert main(["keys", "create", "--admin", *more, *data]) == 0
+    assert "runs_per_hour=10,budget_usd=1.0,budget_period=day" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags", [["--rpm", "0"], ["--budget-usd", "-2"], ["--max-concurrent-runs", "0"]]
+)
+def test_keys_create_refuses_a_bad_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    assert main(["keys", "create", "--admin", *flags, "--data-dir", str(tmp_path)]) == 2
+    assert "jetty-proxy: --" in capsys.readouterr().err
+
+
 def test_serve_refuses_an_open_bind_without_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

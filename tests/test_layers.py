@@ -9,7 +9,7 @@ import pytest
 
 PROXY = Path(__file__).resolve().parents[1] / "proxy"
 # Below runs: none of them may import runs or the HTTP edge.
-LOWER = ("sandbox", "agents", "relay", "store", "environments", "jetty")
+LOWER = ("sandbox", "agents", "relay", "store", "environments", "jetty", "quota")
 
 
 def imported(package: str) -> dict[str, set[str]]:

@@ -4,7 +4,12 @@ Relayed completions are recorded as one-step trajectories under the task ``_chat
 ``jetty.task``) of ``jetty.collection`` or the caller's default collection: model, finish
 reason, usage, latency and the upstream's id; the messages and the answer only with the
 ``record_chat_content`` setting. Recording happens after the last byte has gone out, and
-failed or cancelled calls are recorded too.
+failed or cancelled calls are recorded too; a record is priced from the usage the upstream
+reported, and its cost counted against the collection's and the key's budgets.
+
+Every request, relayed or runbook, is first checked against its collection's and its key's
+limits (`proxy.quota`): over a request rate or a spent budget it is refused with a 429 before
+the upstream is called or a run is planned.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from proxy.auth import Principal
 from proxy.chatui.background import is_background_request
 from proxy.errors import BadRequest, InvalidField, NotFound, NotImplementedYet
 from proxy.presets import Preset, preset_name, preset_request
+from proxy.prices import TokenCounts
 from proxy.relay.response import RelayJSONResponse, RelayOutcome, RelayStreamResponse
-from proxy.relay.summary import StreamContent, summarize_chat_stream
-from proxy.store.chat import ChatRecord
+from proxy.relay.summary import ChatSummary, StreamContent, summarize_chat_stream
+from proxy.store.chat import ChatRecord, normalise_usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,10 @@ async def chat_completions(request: Request) -> Response:
         if not isinstance(collection, str) or not collection:
             raise InvalidField("jetty.collection", "'jetty.collection' must be a non-empty string.")
         principal.require(collection)
+        check_name(collection, "jetty.collection")
+    target = collection if collection is not None else principal.default_collection
+    # Relayed and runbook requests alike; refused before any upstream call or any run.
+    await services.quotas.admit_request(target, principal.key)
 
     if jetty.get("runbook") is True:
         if services.runs is None:
@@ -116,12 +126,12 @@ async def chat_completions(request: Request) -> Response:
             base_url=services.origins.of(request),
             keepalive=services.settings.keepalive_seconds,
         )
+    key = principal.key
     record = _Record(
-        collection=check_name(collection, "jetty.collection")
-        if collection is not None
-        else principal.default_collection,
+        collection=target,
         task=_task(jetty),
         jetty=jetty,
+        key_id=key.id if key is not None else None,
     )
     await services.recorder.admit()
     if "jetty" in raw:
@@ -165,6 +175,23 @@ class _Record:
     collection: str
     task: str | None
     jetty: dict[str, Any]
+    key_id: str | None
+
+
+def _cost(services: Services, model: str, summary: ChatSummary) -> float | None:
+    """What the completion cost, from the usage the upstream reported (None without it: a
+    stream sent without ``stream_options.include_usage`` reports none)."""
+    usage = normalise_usage(summary.usage)
+    if usage is None:
+        return None
+    tokens = TokenCounts(
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["cache_read_tokens"],
+        usage["cache_write_tokens"],
+    )
+    base_url, _ = services.settings.route_for(model)
+    return services.prices.cost([model, summary.model], tokens, api_url=base_url)
 
 
 def _task(jetty: dict[str, Any]) -> str | None:
@@ -199,6 +226,8 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
 
         def make() -> ChatRecord:
             summary = summarize_chat_stream(head, tail)
+            cost = _cost(services, model, summary)
+            services.quotas.spent(record.collection, record.key_id, cost)
             return ChatRecord(
                 collection=record.collection,
                 task=record.task,
@@ -218,6 +247,8 @@ def _relay(services: Services, chat: ChatRequest, body: bytes, record: _Record) 
                 content=streamed if stream else summary.content,
                 keep_content=keep_content,
                 ended=ended,
+                cost_usd=cost,
+                key_id=record.key_id,
             )
 
         size = RECORD_OVERHEAD + len(head) + len(tail) + len(streamed or "")

@@ -11,6 +11,8 @@ from proxy.api.recording import ChatRecorder
 from proxy.auth import Authenticator, Principal
 from proxy.links import LinkSigner
 from proxy.metrics import Metrics
+from proxy.prices import PriceBook
+from proxy.quota import Quotas
 from proxy.relay.upstream import Upstreams
 from proxy.runs.service import Runs
 from proxy.settings import Settings
@@ -33,6 +35,9 @@ class Services:
     # Signed run links, and the origin clients reach this server at (for links).
     links: LinkSigner
     origins: Origins
+    # What model calls cost, and the limits requests and runs are checked against.
+    prices: PriceBook
+    quotas: Quotas
     runs: Runs | None = None
 
 

@@ -29,12 +29,14 @@ from proxy.api import (
     collections,
     files,
     health,
+    limits,
     params,
     snapshots,
     storage,
     trajectories,
     trajectory_events,
 )
+from proxy.quota import Limits
 
 OPENAPI_VERSION = "3.1.0"
 _REF = "#/components/schemas/{model}"
@@ -43,6 +45,7 @@ _STATUS_TEXT = MappingProxyType(
     {
         400: "The request is malformed; `error.param` names the field.",
         401: "A key is required and was missing or wrong.",
+        403: "The key may not do this (e.g. change limits without being an admin key).",
         404: "No such resource, or one the key may not use.",
         409: "The resource is not in a state that allows this.",
         413: "The body is larger than the server's limit.",
@@ -180,6 +183,15 @@ OPERATIONS: Mapping[Callable[..., Any], Operation] = MappingProxyType(
         collections.patch_environment: Operation(
             "Set (string) or delete (null) a collection's variables and secrets.",
             body=collections.EnvironmentPatch,
+        ),
+        limits.get_limits: Operation(
+            "A collection's limits, each with its source and current usage (and the calling"
+            " key's own)."
+        ),
+        limits.patch_limits: Operation(
+            "Set a collection's limits at runtime (admin keys); null returns one to the config.",
+            body=Limits,
+            errors=(*_COMMON_ERRORS, 403),
         ),
     }
 )

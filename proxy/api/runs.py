@@ -61,7 +61,9 @@ def _meta(live: LiveRun) -> dict[str, Any]:
         "status": live.outcome,
         "artifacts": live.artifacts,
         "usage": usage_dict(usage) if usage else None,
-        "cost_usd": usage.cost_usd if usage else None,
+        # What the proxy priced the run's model calls at; the agent's own figure beside it.
+        "cost_usd": live.cost.total,
+        "agent_cost_usd": usage.cost_usd if usage else None,
     }
 
 

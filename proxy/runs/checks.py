@@ -6,9 +6,8 @@ refuses, with a `~proxy.errors.ProxyError` (a 4xx or a 503: no trajectory was cr
 sandbox launched, no agent started), or returns the draft with what it found. Adding a check
 is a function and a line in `CHECKS`::
 
-    async def quota(draft: Draft, deps: RunDeps) -> Draft:
-        if await runs_in_progress(deps.store, draft.collection) >= LIMIT:
-            raise TooManyRuns(...)  # 429
+    async def network(draft: Draft, deps: RunDeps) -> Draft:
+        deps.defaults.network_policy.check(draft.plan.network_enabled, draft.collection)
         return draft
 
     async def input_files(draft: Draft, deps: RunDeps) -> Draft:
@@ -42,7 +41,7 @@ from proxy.runs.followup import Continuation, previous_run_id
 from proxy.sandbox import FileContent
 from proxy.store import Store
 from proxy.store.blobs import BlobStore, file_source
-from proxy.store.records import StoredFile
+from proxy.store.records import RunGate, StoredFile
 
 __all__ = ["CHECKS", "Check", "Draft", "RunRequest", "admit"]
 
@@ -84,6 +83,8 @@ class Draft:
     credentials: ProviderCreds | None = None
     # The agent CLI, when it is installed; else the run installs it, in its stream.
     agent: AgentSetup | None = None
+    # The run caps its trajectory's insert must still keep (`limits`).
+    gate: RunGate | None = None
 
 
 #: A check: refuse the draft (raise a ProxyError) or return it with what the check found.
@@ -234,6 +235,14 @@ async def agent(draft: Draft, deps: RunDeps) -> Draft:
     return dataclasses.replace(draft, agent=ready)
 
 
+async def limits(draft: Draft, deps: RunDeps) -> Draft:
+    """429 over the collection's or the key's budget or run caps (`proxy.quota`): first, as
+    the cheapest refusal. The caps are checked again in the insert of the run's trajectory,
+    which holds them against runs started meanwhile (`Store.create_run`)."""
+    gate = await deps.quotas.admit_run(draft.collection, draft.request.principal.key)
+    return dataclasses.replace(draft, gate=gate)
+
+
 async def network(draft: Draft, deps: RunDeps) -> Draft:
     """403 when the run asks for a network its collection may not have (`NetworkPolicy`)."""
     deps.defaults.network_policy.check(draft.plan.network_enabled, draft.collection)
@@ -242,6 +251,7 @@ async def network(draft: Draft, deps: RunDeps) -> Draft:
 
 #: Every check a run passes, in order, after `plan`.
 CHECKS: tuple[Check, ...] = (
+    limits,
     network,
     follow_up,
     environment,

@@ -10,6 +10,8 @@ from proxy.agents.install import AgentCache
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
 from proxy.links import LinkSigner
+from proxy.prices import PriceBook
+from proxy.quota import Quotas
 from proxy.relay.tokens import RunTokens
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
@@ -44,4 +46,7 @@ class RunDeps:
     http: httpx.AsyncClient
     # Signs the links a run puts in its answer (result files, zip, its page).
     links: LinkSigner
+    # What each model call costs, and the limits runs and their spend count against.
+    prices: PriceBook
+    quotas: Quotas
     environments: Environments | None = None

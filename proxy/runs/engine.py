@@ -150,6 +150,7 @@ class RunEngine:
             page_url=launch.trajectory_url,
         )
         self.live[launch.run_id] = live
+        self.deps.quotas.live_runs[launch.collection] += 1
         self._tg.start_soon(self._lifecycle, launch, live, name=f"run-{launch.run_id}")
         return live
 
@@ -163,3 +164,4 @@ class RunEngine:
         finally:
             live.close("cancelled", "The run was cancelled.", "cancelled")
             self.live.pop(launch.run_id, None)
+            self.deps.quotas.live_runs[launch.collection] -= 1

@@ -63,6 +63,8 @@ class RunLaunch:
     trajectory_url: str = ""
     # The collection's secrets by name: replaced in everything the run shows live.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The key that started the run (its spend counts against the key too).
+    key_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from proxy.events import (
     TextDelta,
     Usage,
 )
+from proxy.prices import TokenCounts
 from proxy.relay.tokens import ModelUsage
 from proxy.runs.agent import prepare_agent
 from proxy.runs.artifacts import collect_results, results_markdown
@@ -63,6 +64,8 @@ class RunLifecycle:
         self.image = launch.environment.reference
         self.artifacts_collected = False
         self.kept = False
+        # The run's final record is written: later model calls update its cost.
+        self.settled = False
 
     async def emit(self, event: Event) -> None:
         self.live.publish(event)
@@ -70,8 +73,21 @@ class RunLifecycle:
         await self.store.append_event(self.launch.run_id, str(data.get("type")), data)
 
     async def record_model_call(self, usage: ModelUsage) -> None:
+        """One model call through the relay: priced, counted against the limits, recorded."""
+        launch = self.launch
+        tokens = TokenCounts(
+            usage.prompt_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+        )
+        cost = self.deps.prices.cost(
+            [usage.model, launch.plan.model], tokens, provider=usage.provider
+        )
+        self.live.cost.add(cost)
+        self.deps.quotas.spent(launch.collection, launch.key_id, cost)
         await self.store.append_event(
-            self.launch.run_id,
+            launch.run_id,
             "model_call",
             {
                 "provider": usage.provider,
@@ -82,8 +98,14 @@ class RunLifecycle:
                 "cache_creation_input_tokens": usage.cache_creation_input_tokens,
                 "reasoning_tokens": usage.reasoning_tokens,
                 "complete": usage.complete,
+                "cost_usd": cost,
             },
         )
+        total = self.live.cost.total
+        if self.settled and total is not None:
+            # A call reported after the run's record was written (its last bytes reached the
+            # agent before the relay counted them): the record keeps up.
+            await self.store.update_trajectory(launch.run_id, cost_usd=total)
 
     async def execute(self) -> None:
         launch, plan = self.launch, self.launch.plan
@@ -315,12 +337,14 @@ class RunLifecycle:
                 "output_tokens": usage.output_tokens,
                 "cache_read_tokens": usage.cache_read_tokens,
                 "cache_write_tokens": usage.cache_write_tokens,
+                **self._costs(),
             },
-            cost_usd=usage.cost_usd,
+            cost_usd=live.cost.total,
             error=error,
             finished_at=datetime.now(UTC),
             session=session,
         )
+        self.settled = True
         # Kept before the run is closed: a follow-up sent as soon as the answer ends finds it.
         # Only where the backend can rerun it for that turn.
         if self.deps.backend.capabilities.reruns:
@@ -390,9 +414,23 @@ class RunLifecycle:
         await self.emit(AgentError(message, code))
         await self.emit(Finished(ok=False, reason=code))
         await self.store.update_trajectory(
-            self.launch.run_id, status="failed", error=message, finished_at=datetime.now(UTC)
+            self.launch.run_id,
+            status="failed",
+            error=message,
+            finished_at=datetime.now(UTC),
+            cost_usd=self.live.cost.total,
         )
+        self.settled = True
         self.live.close("failed", message, code)
+
+    def _costs(self) -> dict[str, object]:
+        """The run's cost figures besides its total: the agent's own, and its model calls."""
+        cost = self.live.cost
+        return {
+            "agent_cost_usd": self.live.usage.cost_usd if self.live.usage else None,
+            "model_calls": cost.calls,
+            "unpriced_model_calls": cost.unpriced,
+        }
 
     async def _cleanup(self) -> None:
         """Shielded: keep what the run wrote, remove the sandbox, settle the record."""
@@ -411,7 +449,9 @@ class RunLifecycle:
                     status="cancelled",
                     error="cancelled before it finished",
                     finished_at=datetime.now(UTC),
+                    cost_usd=self.live.cost.total,
                 )
+                self.settled = True
         if sandbox is not None and not self.kept:
             await sandbox.close()
 

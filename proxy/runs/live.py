@@ -11,6 +11,7 @@ from typing import Any, Literal
 import anyio
 
 from proxy.events import Event, Finished, Progress, ToolCall, ToolResult, Usage
+from proxy.prices import CostTotal
 from proxy.runs.redaction import LiveRedactor
 
 RunOutcome = Literal["completed", "failed", "cancelled"]
@@ -37,7 +38,10 @@ class LiveRun:
     error: str | None = None
     error_code: str | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # The agent's own figures (its Usage events, e.g. Claude Code's total_cost_usd) …
     usage: Usage | None = None
+    # … and what the proxy priced its model calls at (the run's cost).
+    cost: CostTotal = field(default_factory=CostTotal)
     finished: Finished | None = None
     detached: bool = False
     redactor: LiveRedactor | None = None

@@ -33,6 +33,8 @@ from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
 from proxy.jetty.policy import NetworkPolicy
 from proxy.links import LinkSigner
+from proxy.prices import PriceBook
+from proxy.quota import Quotas
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
@@ -130,6 +132,8 @@ async def run_service(
     blobs: BlobStore,
     *,
     links: LinkSigner,
+    prices: PriceBook,
+    quotas: Quotas,
     backend: SandboxBackend | None = None,
     relay_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Runs]:
@@ -191,6 +195,8 @@ async def run_service(
                     settings=settings,
                     http=http,
                     links=links,
+                    prices=prices,
+                    quotas=quotas,
                     environments=environments,
                 )
                 kept = deps.kept

@@ -23,6 +23,7 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.launch import RunLaunch, environment_record
 from proxy.runs.live import LiveRun
+from proxy.store.records import NewTrajectory
 
 __all__ = ["RunRequest", "Runs", "StartedRun"]
 
@@ -78,7 +79,11 @@ class Runs:
         if environment is None:
             raise RuntimeError("the environment check did not run")
         continuation = draft.continuation
-        trajectory = await self.deps.store.create_trajectory(
+        key = draft.request.principal.key
+        gate = draft.gate
+        if gate is None:
+            raise RuntimeError("the limits check did not run")
+        new = NewTrajectory(
             draft.collection,
             draft.task,
             model=draft.plan.model,
@@ -88,7 +93,12 @@ class Runs:
                 environment.reference, self.deps.backend.name, self.deps.config.server_id
             ),
             session=continuation.session() if continuation else None,
+            key_id=key.id if key is not None else None,
         )
+        trajectory = await self.deps.store.create_run(new, gate)
+        if trajectory is None:
+            # Another run took the last slot since the check: nothing of this one exists.
+            raise await self.deps.quotas.run_refusal(draft.collection, gate)
         # Every link the run puts in its answer is signed: it opens in a browser without a key.
         links = self.deps.links.links(
             draft.request.base_url, draft.collection, draft.task, trajectory.id
@@ -108,6 +118,7 @@ class Runs:
             continuation=continuation,
             previous_inputs=draft.previous_inputs,
             trajectory_url=links.page(),
+            key_id=new.key_id,
         )
 
 

@@ -42,6 +42,9 @@ class ChatRecord:
     keep_content: bool = False
     jetty: Mapping[str, Any] | None = None
     ended: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # What the completion cost (None: unknown), and the key that asked for it.
+    cost_usd: float | None = None
+    key_id: str | None = None
 
     @property
     def started(self) -> datetime:
@@ -80,9 +83,11 @@ class ChatRecord:
             jetty=self.jetty,
             steps={CHAT_STEP: self.step()},
             usage=normalise_usage(self.usage),
+            cost_usd=self.cost_usd,
             error=self.error,
             started_at=self.started,
             finished_at=self.ended,
+            key_id=self.key_id,
         )
 
 
@@ -106,6 +111,8 @@ async def record_chat(
     content: str | None = None,
     keep_content: bool = False,
     jetty: Mapping[str, Any] | None = None,
+    cost_usd: float | None = None,
+    key_id: str | None = None,
 ) -> Trajectory:
     """Store one relayed completion under ``task`` (default ``_chat``), in one write.
 
@@ -129,6 +136,8 @@ async def record_chat(
         content=content,
         keep_content=keep_content,
         jetty=jetty,
+        cost_usd=cost_usd,
+        key_id=key_id,
     )
     return await _create(store, record)
 
@@ -171,7 +180,9 @@ async def _create(store: Store, record: ChatRecord) -> Trajectory:
         jetty=new.jetty,
         steps=new.steps,
         usage=new.usage,
+        cost_usd=new.cost_usd,
         error=new.error,
         started_at=new.started_at,
         finished_at=new.finished_at,
+        key_id=new.key_id,
     )

@@ -170,6 +170,31 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at {time} NOT NULL
     )
     """,
+    # 5: limits and what counts against them: who started a trajectory (runs are counted per
+    # collection and per key), keys' and collections' limits, spend by day, request rates.
+    """
+    ALTER TABLE trajectories ADD COLUMN key_id TEXT;
+    CREATE INDEX trajectories_created ON trajectories (collection, kind, created_at);
+    CREATE INDEX trajectories_key_status ON trajectories (key_id, status);
+    CREATE INDEX trajectories_key_created ON trajectories (key_id, kind, created_at);
+    ALTER TABLE api_keys ADD COLUMN limits {json};
+    CREATE TABLE collection_limits (
+        collection TEXT PRIMARY KEY,
+        limits {json} NOT NULL,
+        updated_at {time} NOT NULL
+    );
+    CREATE TABLE spend_by_day (
+        scope TEXT NOT NULL,
+        day TEXT NOT NULL,
+        usd {float} NOT NULL,
+        calls {int} NOT NULL,
+        PRIMARY KEY (scope, day)
+    );
+    CREATE TABLE rate_buckets (
+        scope TEXT PRIMARY KEY,
+        tat {float} NOT NULL
+    )
+    """,
 )
 
 

@@ -50,6 +50,9 @@ Connection = psycopg.AsyncConnection[dict[str, Any]]
 
 #: Any constant will do; it only has to be the same in every process.
 _MIGRATION_LOCK = 0x6A657474
+# insert_if's lock: per schema (installations sharing a server do not wait for each other),
+# held until its transaction ends.
+_INSERT_IF_LOCK = "SELECT pg_advisory_xact_lock(1785750377, hashtext(current_schema()))"
 #: How long the pool may take to open (at start: a database starting beside the proxy).
 _OPEN_TIMEOUT = 30.0
 #: trajectory id, event type, data, timestamp
@@ -189,6 +192,18 @@ class PostgresDatabase:
         async with self._connection() as conn, conn.transaction():
             for sql, params in statements:
                 await conn.execute(_sql(sql), _bind(params))
+
+    async def insert_if(self, guard: Statement, insert: Statement) -> Row | None:
+        async with self._connection() as conn, conn.transaction():
+            # Under READ COMMITTED each statement sees what committed before it began: once
+            # the lock is held, the guard counts every row an earlier holder inserted.
+            await conn.execute(_INSERT_IF_LOCK)
+            cursor = await conn.execute(_sql(guard[0]), _bind(guard[1]))
+            allowed = await cursor.fetchone()
+            if allowed is None or not next(iter(allowed.values())):
+                return None
+            cursor = await conn.execute(_sql(insert[0]), _bind(insert[1]))
+            return await cursor.fetchone()
 
     async def append_event(
         self, trajectory_id: str, event_type: str, data: Json, created_at: datetime

@@ -21,6 +21,10 @@ from proxy.store.records import (
     CollectionEnvironment,
     Label,
     NewTrajectory,
+    RateAdvance,
+    RunGate,
+    RunUsage,
+    SpendEntry,
     Step,
     StoredEvent,
     StoredFile,
@@ -39,6 +43,7 @@ class KeyStore(Protocol):
         collections: tuple[str, ...],
         admin: bool,
         name: str | None,
+        limits: Mapping[str, Any] | None = None,
     ) -> ApiKey: ...
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
@@ -72,6 +77,7 @@ class TrajectoryStore(Protocol):
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
         session: Mapping[str, Any] | None = None,
+        key_id: str | None = None,
     ) -> Trajectory:
         """Insert a trajectory with a fresh 8-hex id (unique across the store).
 
@@ -264,7 +270,52 @@ class ServerStore(Protocol):
         """Remove the records of servers silent since before ``before``; return how many."""
 
 
-class Store(KeyStore, TrajectoryStore, FileStore, CollectionStore, ServerStore, Protocol):
+class QuotaStore(Protocol):
+    """What limits are counted against (see `proxy.quota`): runs, spend, request rates, and
+    the limits set at runtime. Scopes are ``collection:NAME`` or ``key:ID``."""
+
+    async def create_run(self, new: NewTrajectory, gate: RunGate) -> Trajectory | None:
+        """Insert the run ``new`` (as `create_trajectory` would) if, counting it, the gate's
+        caps still hold; None (nothing inserted) otherwise. The check and the insert are one
+        transaction that no other ``create_run`` on the database, from any process, runs
+        beside: two servers cannot both take the last slot."""
+
+    async def run_usage(
+        self,
+        since: datetime,
+        *,
+        collection: str | None = None,
+        key_id: str | None = None,
+        cap: int | None = None,
+    ) -> RunUsage:
+        """The live runs of ``collection`` (or of the key ``key_id``) and those created at
+        ``since`` or later; with ``cap``, when that window next drops below it."""
+
+    async def collection_limits(self) -> dict[str, dict[str, Any]]:
+        """Every collection's limits set at runtime, by collection (few rows)."""
+
+    async def update_collection_limits(
+        self, collection: str, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Set the given limits (``None``: remove one) and return the collection's."""
+
+    async def add_spend(self, entries: Sequence[SpendEntry]) -> None:
+        """Add each entry's dollars and calls to its scope's day, in one transaction."""
+
+    async def spend_since(self, scopes: Collection[str], first_day: str) -> dict[str, float]:
+        """Each scope's spend from ``first_day`` (an ISO date) on; scopes without any: 0."""
+
+    async def advance_rates(self, advances: Sequence[RateAdvance]) -> dict[str, float]:
+        """Move request-rate buckets on (created at ``floor + add``), in one transaction;
+        return their new theoretical arrival times."""
+
+    async def rate_times(self, scopes: Collection[str]) -> dict[str, float]:
+        """The theoretical arrival times of the scopes' buckets that exist."""
+
+
+class Store(
+    KeyStore, TrajectoryStore, FileStore, CollectionStore, ServerStore, QuotaStore, Protocol
+):
     """What the rest of the proxy may ask of the database."""
 
     async def migrate(self) -> None:

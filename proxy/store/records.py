@@ -31,6 +31,8 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None = None
     name: str | None = None
+    # The key's own limits (see proxy.quota), as stored: field name -> value.
+    limits: Mapping[str, Any] | None = None
 
     def can_access(self, collection: str) -> bool:
         return self.admin or collection in self.collections
@@ -99,6 +101,8 @@ class Trajectory:
     last_seq: int = 0
     # Follow-up turns: the run this one continues, its conversation, what was saved to resume.
     session: Mapping[str, Any] | None = None
+    # The key that started it (None: the local user, or a record from before keys were kept).
+    key_id: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -125,6 +129,65 @@ class NewTrajectory:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     session: Mapping[str, Any] | None = None
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunGate:
+    """Caps a new run must keep, checked in the transaction that inserts it (see
+    ``Store.create_run``): live runs (``pending``/``running``) and runs created since
+    ``since``, of the collection and of the key ``key_id``. ``None`` caps nothing."""
+
+    since: datetime
+    collection_live: int | None = None
+    collection_recent: int | None = None
+    key_id: str | None = None
+    key_live: int | None = None
+    key_recent: int | None = None
+
+    @property
+    def caps(self) -> bool:
+        return any(
+            cap is not None
+            for cap in (
+                self.collection_live,
+                self.collection_recent,
+                self.key_live,
+                self.key_recent,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """A collection's or a key's runs: how many are live, how many were created since a
+    moment, and (when asked, with that many or more) when the next of them leaves the window."""
+
+    live: int
+    recent: int
+    # When the window drops below the cap it was asked about: the oldest recent run that must
+    # age out, by its creation time.
+    slot_frees_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SpendEntry:
+    """Spend to add to a scope's day (``day`` is an ISO date, UTC)."""
+
+    scope: str
+    day: str
+    usd: float
+    calls: int = 1
+
+
+@dataclass(frozen=True)
+class RateAdvance:
+    """A request-rate bucket moved on: its theoretical arrival time becomes
+    ``max(current, floor) + add`` (seconds since the epoch)."""
+
+    scope: str
+    floor: float
+    add: float
 
 
 @dataclass(frozen=True)

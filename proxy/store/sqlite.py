@@ -118,6 +118,19 @@ class SQLiteDatabase:
 
         await self._run(run)
 
+    async def insert_if(self, guard: Statement, insert: Statement) -> Row | None:
+        def run(conn: sqlite3.Connection) -> Row | None:
+            # BEGIN IMMEDIATE takes the file's write lock before the guard reads: another
+            # process's insert_if waits for this one (busy_timeout) and then sees its row.
+            with _transaction(conn):
+                allowed = conn.execute(guard[0], _bind(guard[1])).fetchone()
+                if allowed is None or not allowed[0]:
+                    return None
+                row = conn.execute(insert[0], _bind(insert[1])).fetchone()
+                return None if row is None else dict(row)
+
+        return await self._run(run)
+
     async def append_event(
         self, trajectory_id: str, event_type: str, data: Json, created_at: datetime
     ) -> int | None:

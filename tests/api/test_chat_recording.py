@@ -290,6 +290,8 @@ def test_a_batch_is_stored_as_one_by_one(database_url: str) -> None:
         keep_content=True,
         jetty={"collection": "alpha", "task": "support", "api_key": "anything"},
         ended=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        cost_usd=0.0125,
+        key_id="k1",
     )
     fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     del fields["ended"]
@@ -310,6 +312,7 @@ def test_a_batch_is_stored_as_one_by_one(database_url: str) -> None:
     one, batch = anyio.run(work)
     assert len(batch) == 3 and len({t.id for t in batch}) == 3
     assert "sk-hidden-value" not in repr(one)
+    assert (one.cost_usd, one.key_id) == (0.0125, "k1")
     for trajectory in batch:
         assert (
             dataclasses.replace(

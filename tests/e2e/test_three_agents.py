@@ -112,6 +112,9 @@ def test_the_same_runbook_on_all_three_agents(
             assert PROVIDER_KEY not in json.dumps(record)
             assert servers[agent].calls >= 2, agent
             assert all(PROVIDER_KEY in json.dumps(s.headers) for s in servers[agent].seen), agent
+            # Every model call through the relay (Messages, Responses, Gemini) was priced.
+            assert record["cost_usd"] is not None and record["cost_usd"] > 0, (agent, record)
+            assert record["usage"]["unpriced_model_calls"] == 0, agent
             shapes[agent] = shape
     claude = shapes["claude-code"]
     for agent in ("codex", "gemini-cli"):

@@ -21,6 +21,8 @@ from proxy.environments import Environments
 from proxy.events import SessionStarted, TextDelta
 from proxy.jetty import PlanDefaults, parse_jetty_block
 from proxy.links import LinkSigner
+from proxy.prices import PriceBook
+from proxy.quota import Limits, QuotaConfig, Quotas
 from proxy.relay.tokens import RunTokens
 from proxy.runs.artifacts import ResultLimits
 from proxy.runs.deps import RunDeps
@@ -59,6 +61,8 @@ async def runs_on(
     presence: Presence | None = None,
     defaults: PlanDefaults | None = None,
     settings: Mapping[str, Any] | None = None,
+    quotas: Quotas | None = None,
+    prices: PriceBook | None = None,
     **config: Any,
 ) -> AsyncIterator[Runs]:
     """`Runs` over ``backend`` until the block ends; then its live runs are cancelled and its
@@ -85,6 +89,8 @@ async def runs_on(
             settings=server,
             http=http,
             links=LinkSigner("test-secret", lifetime_seconds=3600),
+            prices=prices or PriceBook(),
+            quotas=quotas or Quotas(store, QuotaConfig(Limits(), {})),
             environments=environments,
         )
         engine = RunEngine(deps, tg, presence=presence)

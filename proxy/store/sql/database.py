@@ -50,6 +50,11 @@ class Database(Protocol):
     async def atomic(self, statements: Sequence[Statement]) -> None:
         """Run the statements in one transaction: all of them or none."""
 
+    async def insert_if(self, guard: Statement, insert: Statement) -> Row | None:
+        """Run ``guard`` (one row, one column) and, when its value is true, ``insert``, whose
+        returned row is the result; None when the guard said no. Both run in one transaction
+        that no other ``insert_if`` on the database, from any process, interleaves with."""
+
     async def append_event(
         self, trajectory_id: str, event_type: str, data: Json, created_at: datetime
     ) -> int | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from proxy.store.records import ApiKey
 from proxy.store.sql.core import SQLCore
-from proxy.store.sql.database import Row, as_datetime, as_optional_datetime, utcnow
+from proxy.store.sql.database import Json, Row, as_datetime, as_json, as_optional_datetime, utcnow
 
 
 class KeysPart(SQLCore):
@@ -17,6 +19,7 @@ class KeysPart(SQLCore):
         collections: tuple[str, ...],
         admin: bool,
         name: str | None,
+        limits: Mapping[str, Any] | None = None,
     ) -> ApiKey:
         key = ApiKey(
             id=uuid.uuid4().hex[:12],
@@ -25,11 +28,22 @@ class KeysPart(SQLCore):
             admin=admin,
             created_at=utcnow(),
             name=name,
+            limits=dict(limits) if limits else None,
         )
         await self._db.execute(
-            "INSERT INTO api_keys (id, key_hash, prefix, collections, admin, name, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key.id, key_hash, prefix, "\n".join(collections), admin, name, key.created_at),
+            "INSERT INTO api_keys"
+            " (id, key_hash, prefix, collections, admin, name, created_at, limits)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key.id,
+                key_hash,
+                prefix,
+                "\n".join(collections),
+                admin,
+                name,
+                key.created_at,
+                Json(key.limits) if key.limits else None,
+            ),
         )
         return key
 
@@ -67,4 +81,5 @@ def _key_from_row(row: Row) -> ApiKey:
         created_at=as_datetime(row["created_at"]),
         revoked_at=as_optional_datetime(row["revoked_at"]),
         name=row["name"],
+        limits=as_json(row["limits"]) if row["limits"] is not None else None,
     )

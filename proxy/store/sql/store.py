@@ -6,11 +6,14 @@ from proxy.store.sql.environment import EnvironmentPart
 from proxy.store.sql.events import EventsPart
 from proxy.store.sql.files import FilesPart
 from proxy.store.sql.keys import KeysPart
+from proxy.store.sql.quota import QuotaPart
 from proxy.store.sql.servers import ServersPart
 from proxy.store.sql.trajectories import TrajectoriesPart
 
 
-class SQLStore(KeysPart, TrajectoriesPart, EventsPart, FilesPart, EnvironmentPart, ServersPart):
+class SQLStore(
+    KeysPart, QuotaPart, TrajectoriesPart, EventsPart, FilesPart, EnvironmentPart, ServersPart
+):
     """A :class:`~proxy.store.protocol.Store` over a :class:`~proxy.store.sql.database.Database`.
 
     Engines subclass it only to build their adapter; all behaviour is shared, so one

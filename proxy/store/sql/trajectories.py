@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -54,6 +54,7 @@ class TrajectoriesPart(SQLCore):
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
         session: Mapping[str, Any] | None = None,
+        key_id: str | None = None,
     ) -> Trajectory:
         new = NewTrajectory(
             collection,
@@ -71,8 +72,20 @@ class TrajectoriesPart(SQLCore):
             started_at=started_at,
             finished_at=finished_at,
             session=session,
+            key_id=key_id,
         )
-        values = _row(new, await self._redaction_secrets(collection), utcnow(), Json)
+        created = await self._insert_trajectory(new, lambda insert: self._db.fetchone(*insert))
+        assert created is not None
+        return created
+
+    async def _insert_trajectory(
+        self,
+        new: NewTrajectory,
+        run: Callable[[Statement], Awaitable[Row | None]],
+    ) -> Trajectory | None:
+        """Insert ``new`` under a fresh id with ``run`` (the ``INSERT … RETURNING *``
+        statement in, its row out; None when it inserted nothing)."""
+        values = _row(new, await self._redaction_secrets(new.collection), utcnow(), Json)
         columns = ", ".join(["id", *values])
         sql = (
             f"INSERT INTO trajectories ({columns}) VALUES ({placeholders(len(values) + 1)})"  # noqa: S608
@@ -82,11 +95,12 @@ class TrajectoriesPart(SQLCore):
             # 32 random bits: collisions are rare until millions of rows, and then retried.
             trajectory_id = secrets.token_hex(4)
             try:
-                row = await self._db.fetchone(sql, (trajectory_id, *values.values()))
+                row = await run((sql, (trajectory_id, *values.values())))
             except DuplicateKey:
                 continue
-            assert row is not None
-            self._remember_collection(trajectory_id, collection)
+            if row is None:
+                return None
+            self._remember_collection(trajectory_id, new.collection)
             return trajectory_from_row(row)
         raise StoreError("could not find a free trajectory id")
 
@@ -281,6 +295,7 @@ def trajectory_from_row(row: Row) -> Trajectory:
         finished_at=as_optional_datetime(row["finished_at"]),
         last_seq=int(row["last_seq"]),
         session=as_json(row["session"]) if row["session"] is not None else None,
+        key_id=row["key_id"],
     )
 
 
@@ -325,6 +340,7 @@ def _row(
         "started_at": new.started_at,
         "finished_at": new.finished_at,
         "session": None if new.session is None else json_value(dict(new.session)),
+        "key_id": new.key_id,
     }
 
 
