@@ -45,9 +45,15 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.sandbox.base import LABEL_MANAGED, LABEL_RUN_ID, SandboxLimitError, SandboxSpec
+from proxy.sandbox.base import (
+    LABEL_MANAGED,
+    LABEL_RUN_ID,
+    TOOLS_DIR,
+    SandboxLimitError,
+    SandboxSpec,
+)
 
-TOOLS_MOUNT = "/opt/jetty"
+TOOLS_MOUNT = TOOLS_DIR
 # Inside the agents image: busybox, the forwarder, and one directory per agent CLI.
 IMAGE_ROOT = "/jetty"
 IMAGE_TOOLS = f"{IMAGE_ROOT}/tools"
