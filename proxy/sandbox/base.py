@@ -44,7 +44,10 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
 
 LABEL_RUN_ID = "jetty-proxy.run-id"
 LABEL_COLLECTION = "jetty-proxy.collection"
@@ -439,4 +442,15 @@ class SandboxBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release the backend's own resources (connections). Sandboxes are not touched."""
+        ...
+
+
+@runtime_checkable
+class ServesSandboxes(Protocol):
+    """A backend whose sandboxes call this server for more than their model calls (to move
+    their files, say): the model relay's network listener serves its `sandbox_routes` too.
+    Backends without such calls need not have it."""
+
+    def sandbox_routes(self) -> Sequence[BaseRoute]:
+        """Routes for the relay's network listener; each authenticates its caller itself."""
         ...
