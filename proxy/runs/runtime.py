@@ -138,6 +138,13 @@ async def _serving(
             server.should_exit = True
 
 
+async def check_backend(settings: Settings) -> None:
+    """Open and close the sandbox backend the settings choose: its opener's `SandboxError`
+    says what stops it (no engine, a setting missing, permissions the cluster refuses)."""
+    backend = await open_backend(settings, owner=sandbox_owner(settings))
+    await backend.aclose()
+
+
 def plan_defaults(settings: Settings, *, images: bool) -> PlanDefaults:
     """The server's defaults and limits for run plans (``images``: the backend runs images)."""
     return PlanDefaults(

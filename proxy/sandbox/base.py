@@ -32,7 +32,7 @@ chains the original with ``from``)::
 
     SandboxError                  base class; message is meant for operators
      ├── EngineUnavailable        the engine (socket, daemon) cannot be reached or failed
-     ├── ImageNotFound            the image is not present locally (backends never pull)
+     ├── ImageNotFound            the image is not present (or a node could not pull it)
      ├── SandboxLimitError        a resource limit is invalid or was refused by the engine
      ├── SandboxStateError        the call does not fit the sandbox's state (start twice, ...)
      └── UnsafePathError          a file name escapes its directory (also a ValueError)
@@ -87,10 +87,15 @@ class EngineUnavailable(SandboxError):
 
 
 class ImageNotFound(SandboxError):
-    """The image is not available locally. Backends never pull images on their own."""
+    """The image is not available locally (Docker and local backends never pull), or the
+    engine's nodes could not pull it (``reason``: what they said)."""
 
-    def __init__(self, image: str) -> None:
-        super().__init__(f"image {image!r} is not available on the sandbox engine (not pulled)")
+    def __init__(self, image: str, reason: str | None = None) -> None:
+        if reason is None:
+            message = f"image {image!r} is not available on the sandbox engine (not pulled)"
+        else:
+            message = f"image {image!r} could not be pulled: {reason}"
+        super().__init__(message)
         self.image = image
 
 
