@@ -105,8 +105,10 @@ async def serve_relay_network(
     As on the socket, a live run's token is the only credential anything there takes.
     """
     host, port = settings.relay_host, settings.relay_port
+    if port is None:
+        raise ValueError("relay_port is not set")
     try:
-        listener = socket.create_server((host, port or 0))
+        listener = socket.create_server((host, port))
     except OSError as exc:
         raise RuntimeError(f"the model relay cannot listen on {host}:{port}: {exc}") from exc
     app = create_relay_app(tokens, settings, transport=transport, extra_routes=routes)
