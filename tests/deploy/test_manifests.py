@@ -113,7 +113,7 @@ def test_the_config_is_valid_settings(base: list[dict[str, Any]], tmp_path: Path
     assert settings.relay_port == ports["relay"] and settings.relay_host == "0.0.0.0"
     assert settings.port == ports["http"]
     # What each sandbox's own NetworkPolicy lets it reach is the proxy's Pods on that port.
-    peer = relay_peer(settings.relay_url, settings.relay_port)
+    peer = relay_peer(settings.relay_url, ports["relay"])
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert peer.namespace == deployment["metadata"]["namespace"]
     assert dict(peer.labels).items() <= labels.items()
