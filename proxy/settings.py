@@ -235,7 +235,8 @@ class Settings(BaseSettings):
     # Runbook runs.
     backend: str = Field(
         default="auto",
-        description="sandbox backend: auto (Docker when it answers, else local), docker, local",
+        description="sandbox backend: auto (Docker when it answers, else local), docker, local,"
+        " kubernetes",
     )
     local_bwrap: bool | None = Field(
         default=None,
@@ -354,6 +355,17 @@ class Settings(BaseSettings):
         default=None,
         description="URL at which sandbox Pods reach this server's model relay"
         " (a Service in the cluster, e.g. http://jetty-proxy-relay.jetty-proxy:8081)",
+    )
+    relay_host: str = Field(
+        default="127.0.0.1",
+        description="address the model relay's TCP port binds (0.0.0.0 in a cluster)",
+    )
+    relay_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="TCP port of the model relay for sandboxes on a network (Kubernetes);"
+        " default none: the relay is only on its unix socket",
     )
     agents_image: str | None = Field(
         default=None,

@@ -32,9 +32,10 @@ import anyio
 import anyio.to_thread
 
 from proxy.agents.install import AgentInstallError, elf_interpreter
+from proxy.sandbox.base import FORWARDER_DIR
 
 SOURCE = Path(__file__).with_name("forwarder") / "forwarder.c"
-FORWARDER_MOUNT_POINT = "/opt/jetty/tools"
+FORWARDER_MOUNT_POINT = FORWARDER_DIR
 FORWARDER_COMMAND = f"{FORWARDER_MOUNT_POINT}/forwarder"
 BINARY_NAME = "forwarder"
 

@@ -33,8 +33,9 @@ from typing import IO
 import anyio
 import anyio.to_thread
 
+from proxy.agents import agent_names, get_adapter
 from proxy.agents.forwarder import BINARY_NAME, source_digest
-from proxy.agents.install import InstalledAgent
+from proxy.agents.install import NODE_VERSION, InstalledAgent
 from proxy.environments.engine import ImageEngine, Progress
 from proxy.sandbox.kube_objects import IMAGE_AGENTS, IMAGE_BUSYBOX, IMAGE_TOOLS, NOBODY
 
@@ -57,18 +58,13 @@ class AgentsImage:
     @property
     def digest(self) -> str:
         """A hash of everything the image holds that its versions do not name."""
-        content = {
-            "format": FORMAT_VERSION,
-            "base": self.base,
-            "forwarder": source_digest(),
-            "agents": [[a.name, a.version, a.node_version] for a in self.agents],
-        }
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return _digest(self.base, [(a.name, a.version, a.node_version) for a in self.agents])
 
     def default_tag(self, repository: str = DEFAULT_REPOSITORY) -> str:
         """``repository:<agent>-<version>-…-<hash>``: the pinned versions and a short hash."""
-        names = "-".join(f"{agent.name}-{agent.version}" for agent in self.agents)
-        return f"{repository}:{names}-{self.digest[:8]}"
+        return _tag(
+            repository, self.base, [(a.name, a.version, a.node_version) for a in self.agents]
+        )
 
     def dockerfile(self) -> str:
         busybox = IMAGE_BUSYBOX
@@ -103,6 +99,35 @@ class AgentsImage:
             tar.add(self.forwarder, f"tools/{BINARY_NAME}", filter=_readable)
             for agent in self.agents:
                 tar.add(agent.host_dir, f"agents/{agent.name}", filter=_readable)
+
+
+def pinned_agents_image(repository: str = DEFAULT_REPOSITORY, base: str = DEFAULT_BASE) -> str:
+    """The default tag of the image ``jetty-proxy agents image`` builds (every agent, at the
+    versions this proxy pins), known without building it or installing any agent."""
+    pins = []
+    for name in agent_names():
+        adapter = get_adapter(name)
+        node = NODE_VERSION if adapter.binary.requires_node else None
+        pins.append((adapter.name, adapter.binary.version, node))
+    return _tag(repository, base, pins)
+
+
+_Pin = tuple[str, str, str | None]  # an agent's name, version and Node version
+
+
+def _digest(base: str, agents: Sequence[_Pin]) -> str:
+    content = {
+        "format": FORMAT_VERSION,
+        "base": base,
+        "forwarder": source_digest(),
+        "agents": [list(agent) for agent in agents],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _tag(repository: str, base: str, agents: Sequence[_Pin]) -> str:
+    names = "-".join(f"{name}-{version}" for name, version, _ in agents)
+    return f"{repository}:{names}-{_digest(base, agents)[:8]}"
 
 
 async def build_agents_image(

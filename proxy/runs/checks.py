@@ -224,12 +224,14 @@ async def agent(draft: Draft, deps: RunDeps) -> Draft:
     """The agent CLI, when it is installed: one that is and cannot be made ready is a 503.
 
     An agent's first run installs it inside the run, where the stream (and its keepalives) has
-    already started and shows the install as progress.
+    already started and shows the install as progress. A backend that does not mount this
+    machine's files brings the agent itself: nothing is installed here.
     """
-    if not deps.agents.status(draft.adapter).installed:
+    mounts_host = deps.backend.capabilities.mounts_host
+    if mounts_host and not deps.agents.status(draft.adapter).installed:
         return draft
     try:
-        ready = await prepare_agent(deps.agents, draft.adapter)
+        ready = await prepare_agent(deps.agents, draft.adapter, mounts_host=mounts_host)
     except AgentInstallError as exc:
         raise AgentUnavailable(f"The {draft.plan.agent} CLI could not be installed: {exc}") from exc
     return dataclasses.replace(draft, agent=ready)

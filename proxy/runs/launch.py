@@ -16,7 +16,6 @@ from proxy.runs.followup import Continuation
 from proxy.sandbox import FileContent
 from proxy.store.records import TrajectoryStatus
 
-RELAY_MOUNT = "/run/jetty"
 # Inside the sandbox, not on the host: a writable home in any image.
 AGENT_HOME = "/tmp/jetty-home"  # noqa: S108
 # Key of a trajectory's environment naming the run whose (kept) sandbox the run used.
@@ -69,8 +68,11 @@ class RunLaunch:
 
 @dataclass(frozen=True)
 class EngineConfig:
+    # The model relay: its unix socket on this machine, and the URL at which sandboxes reach
+    # it over a network (served when relay_port is set; see proxy.runs.runtime).
     relay_socket: Path
     results: ResultLimits
+    relay_url: str | None = None
     # Labels this installation's sandboxes, so recovery never touches another proxy's.
     owner: str = "default"
     # This serving process (unique per start): its sandboxes stay its own while it beats

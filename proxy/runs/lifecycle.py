@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import anyio
 
-from proxy.agents.install import AgentInstallError, InstalledAgent
+from proxy.agents.install import AgentInstallError
 from proxy.environments import EnvironmentFailed
 from proxy.events import (
     AgentError,
@@ -42,7 +42,7 @@ from proxy.runs.followup import (
 from proxy.runs.launch import AGENT_HOME, RunLaunch, environment_record
 from proxy.runs.live import LiveRun
 from proxy.runs.sandboxspec import sandbox_spec
-from proxy.sandbox import ExitStatus, Sandbox, SandboxError, SandboxSpec
+from proxy.sandbox import ExitStatus, ImageNotFound, Sandbox, SandboxError, SandboxSpec
 from proxy.store.records import TrajectoryStatus
 
 logger = logging.getLogger("proxy.runs")
@@ -130,6 +130,9 @@ class RunLifecycle:
             await self._finish(sandbox, status)
         except EnvironmentFailed as exc:
             await self._fail(exc.message, exc.code or "environment_failed")
+        except ImageNotFound as exc:
+            # A backend whose nodes pull the image finds out only now, at once.
+            await self._fail(f"Sandbox failed: {exc}", "image_not_found")
         except SandboxError as exc:
             await self._fail(f"Sandbox failed: {exc}", "sandbox_error")
         finally:
@@ -154,7 +157,7 @@ class RunLifecycle:
         backend = self.deps.backend
         await self.emit(
             Progress(
-                f"Starting {self.launch.adapter.name} {self.installed.version} in "
+                f"Starting {self.launch.adapter.name} {self.version} in "
                 f"{self.image} ({backend.name} sandbox, run {self.launch.run_id})"
             )
         )
@@ -175,7 +178,11 @@ class RunLifecycle:
             )
         )
         try:
-            self.agent = await prepare_agent(self.deps.agents, adapter)
+            self.agent = await prepare_agent(
+                self.deps.agents,
+                adapter,
+                mounts_host=self.deps.backend.capabilities.mounts_host,
+            )
         except AgentInstallError as exc:
             await self._fail(
                 f"The {adapter.name} CLI could not be installed: {exc}", "agent_unavailable"
@@ -184,10 +191,11 @@ class RunLifecycle:
         return True
 
     @property
-    def installed(self) -> InstalledAgent:
+    def version(self) -> str:
+        """The version of the run's agent CLI."""
         if self.agent is None:
             raise SandboxError("the agent CLI is not installed")
-        return self.agent.installed
+        return self.agent.layout.version
 
     async def _kept_sandbox(self) -> Sandbox | None:
         """The continued run's sandbox, now this run's, if it is kept in this run's image."""
@@ -234,7 +242,7 @@ class RunLifecycle:
         await self.emit(
             Progress(
                 f"Continuing run {continuation.previous.id} (turn {continuation.turn}) in its"
-                f" sandbox: {self.launch.adapter.name} {self.installed.version} in"
+                f" sandbox: {self.launch.adapter.name} {self.version} in"
                 f" {self.image}, run {self.launch.run_id}"
             )
         )
@@ -280,7 +288,7 @@ class RunLifecycle:
             self.deps.config,
             token=token,
             image=self.image,
-            inline_files=self.deps.backend.capabilities.inline_files,
+            capabilities=self.deps.backend.capabilities,
             reusing=reusing,
         )
 

@@ -1,7 +1,9 @@
 """Everything runbook runs need while the server is up, started and stopped as one unit.
 
 * the model relay, served on a unix socket in a private directory that each sandbox
-  mounts read-only (so agents need no network to reach their model);
+  mounts read-only (so agents need no network to reach their model), and, with
+  ``relay_port``, on a TCP port for sandboxes on a network (Pods), with the backend's own
+  routes for them (`~proxy.sandbox.ServesSandboxes`);
 * the sandbox backend chosen by the settings;
 * the agent CLI cache, and the image engine when the backend builds images;
 * the run engine and the task group its runs live in, and the watch that learns through the
@@ -13,19 +15,23 @@ handed to the app as one `~proxy.runs.service.Runs`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import anyio
 import httpx
 import uvicorn
+from starlette.routing import BaseRoute
 
 from proxy.agents.install import AgentCache
 from proxy.egress import AddressPolicy, GuardedTransport
@@ -45,7 +51,7 @@ from proxy.runs.launch import EngineConfig
 from proxy.runs.presence import Presence
 from proxy.runs.service import Runs
 from proxy.runs.watch import RunWatch
-from proxy.sandbox import Isolation, SandboxBackend, open_backend
+from proxy.sandbox import Isolation, SandboxBackend, ServesSandboxes, open_backend
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -81,24 +87,68 @@ async def serve_relay_socket(
     os.chmod(directory, 0o755)  # noqa: S103
     socket_path = directory / RELAY_SOCKET_NAME
     app = create_relay_app(tokens, settings, transport=transport)
-    config = server_config(
-        app, uds=str(socket_path), log_level="warning", lifespan="on", access_log=False
-    )
-    server = _QuietServer(config)
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
-            while not server.started:
-                if server.should_exit:
-                    raise RuntimeError("the model relay could not start")
-                await anyio.sleep(0.01)
+        async with _serving(server_config(app, uds=str(socket_path), **_RELAY_SERVER)):
             os.chmod(socket_path, 0o666)  # noqa: S103 - see above
-            try:
-                yield socket_path
-            finally:
-                server.should_exit = True
+            yield socket_path
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def serve_relay_network(
+    tokens: RunTokens,
+    settings: Settings,
+    routes: Sequence[BaseRoute] = (),
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[None]:
+    """Serve the model relay on ``relay_host``:``relay_port`` too, with the sandbox backend's
+    own ``routes``, for sandboxes that reach this server over a network (`relay_url`).
+
+    As on the socket, a live run's token is the only credential anything there takes.
+    """
+    host, port = settings.relay_host, settings.relay_port
+    if port is None:
+        raise ValueError("relay_port is not set")
+    try:
+        listener = socket.create_server((host, port))
+    except OSError as exc:
+        raise RuntimeError(f"the model relay cannot listen on {host}:{port}: {exc}") from exc
+    app = create_relay_app(tokens, settings, transport=transport, extra_routes=routes)
+    with listener:
+        async with _serving(server_config(app, **_RELAY_SERVER), sockets=[listener]):
+            logger.info("model relay for networked sandboxes on %s:%s", host, port)
+            yield
+
+
+# Uvicorn's settings for the relay's listeners (the main server logs the requests).
+_RELAY_SERVER: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "access_log": False}
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    config: uvicorn.Config, sockets: list[socket.socket] | None = None
+) -> AsyncIterator[None]:
+    """Run a relay server in the block's task group, once it has started."""
+    server = _QuietServer(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(server.serve, sockets=sockets))
+        while not server.started:
+            if server.should_exit:
+                raise RuntimeError("the model relay could not start")
+            await anyio.sleep(0.01)
+        try:
+            yield
+        finally:
+            server.should_exit = True
+
+
+async def check_backend(settings: Settings) -> None:
+    """Open and close the sandbox backend the settings choose: its opener's `SandboxError`
+    says what stops it (no engine, a setting missing, permissions the cluster refuses)."""
+    backend = await open_backend(settings, owner=sandbox_owner(settings))
+    await backend.aclose()
 
 
 def plan_defaults(settings: Settings, *, images: bool) -> PlanDefaults:
@@ -157,8 +207,14 @@ async def run_service(
     server_id = secrets.token_hex(8)
     with _presence(settings.data_dir / "servers", server_id) as presence:
         try:
+            routes = (
+                the_backend.sandbox_routes() if isinstance(the_backend, ServesSandboxes) else ()
+            )
             async with (
                 serve_relay_socket(tokens, settings, transport=relay_transport) as socket_path,
+                serve_relay_network(tokens, settings, routes, transport=relay_transport)
+                if settings.relay_port is not None
+                else contextlib.nullcontext(),
                 httpx.AsyncClient(
                     transport=GuardedTransport(
                         AddressPolicy.from_entries(settings.fetch_allow_hosts)
@@ -179,6 +235,7 @@ async def run_service(
                     agents=AgentCache.from_settings(settings),
                     config=EngineConfig(
                         relay_socket=socket_path,
+                        relay_url=settings.relay_url,
                         results=ResultLimits(
                             settings.results_max_bytes, settings.results_max_files
                         ),

@@ -1,4 +1,5 @@
-"""What a run's sandbox runs: the agent's command line, its environment, files and mounts.
+"""What a run's sandbox runs: the agent's command line, its environment and files, and what
+it needs from this server (the agent CLI, the model relay).
 
 The agent starts through a short shell prelude that makes the directories the runbook
 contract promises (/app/results, /app/assets, HOME) and then becomes the agent. Where the
@@ -8,6 +9,7 @@ files are written by that prelude too; the rest are copied in before the start.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import secrets
@@ -15,11 +17,11 @@ import shlex
 from collections.abc import Mapping
 
 from proxy.agents import AgentSpec
-from proxy.agents.forwarder import FORWARDER_MOUNT_POINT, forwarder_argv
+from proxy.agents.forwarder import forwarder_argv
 from proxy.runs.agent import AgentSetup
-from proxy.runs.launch import AGENT_HOME, RELAY_MOUNT, EngineConfig, RunLaunch
-from proxy.sandbox import Mount, SandboxError, SandboxSpec
-from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
+from proxy.runs.launch import AGENT_HOME, EngineConfig, RunLaunch
+from proxy.sandbox import Capabilities, SandboxError, SandboxRelay, SandboxSpec
+from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER, RELAY_DIR
 
 __all__ = ["sandbox_spec"]
 
@@ -38,27 +40,41 @@ def sandbox_spec(
     *,
     token: str,
     image: str,
-    inline_files: bool,
+    capabilities: Capabilities,
     reusing: bool,
 ) -> tuple[SandboxSpec, dict[str, bytes]]:
     """The sandbox's spec, and the files (absolute paths) to copy in before the start: those
     the start command does not write itself. ``token`` is the run's relay token; ``reusing``:
-    the turn runs in the kept sandbox of the run it continues."""
-    plan, installed = launch.plan, agent.installed
-    socket = f"{RELAY_MOUNT}/{config.relay_socket.name}"
-    mounts = [
-        Mount(installed.host_dir, installed.mount_point),
-        Mount(config.relay_socket.parent, RELAY_MOUNT),
-    ]
+    the turn runs in the kept sandbox of the run it continues.
+
+    The spec says what the sandbox needs (the agent, the relay); how it gets them is the
+    backend's. The agent's own settings follow from that: a sandbox that mounts this
+    machine's files reaches the relay through its unix socket (through the loopback forwarder
+    for an agent that only takes a URL), any other at ``config.relay_url``.
+    """
+    plan, layout = launch.plan, agent.layout
     tcp = launch.adapter.relay_transport == "tcp"
+    relay = SandboxRelay(token=token, socket=config.relay_socket, url=config.relay_url)
+    socket = f"{RELAY_DIR}/{config.relay_socket.name}"
     # Any free-looking port: the sandbox has its own loopback (the local backend shares the
     # host's, so it must not be a fixed one).
     port = secrets.randbelow(20_000) + 40_000
+    if not capabilities.mounts_host:
+        if config.relay_url is None:
+            raise SandboxError(
+                "sandboxes of this backend reach the model relay over the network: set"
+                " relay_url (and relay_port)"
+            )
+        base_url, relay_socket = config.relay_url, None
+    elif tcp:
+        base_url, relay_socket = f"http://127.0.0.1:{port}", None
+    else:
+        base_url, relay_socket = "http://relay", socket
     invocation = launch.adapter.build(
         AgentSpec(
             prompt=plan.instruction,
             model=plan.model,
-            relay_base_url=f"http://127.0.0.1:{port}" if tcp else "http://relay",
+            relay_base_url=base_url,
             relay_token=token,
             system_prompt=plan.system_prompt,
             workdir="/app",
@@ -66,31 +82,34 @@ def sandbox_spec(
             max_turns=plan.max_turns,
             resume_session_id=_resume_session_id(launch, reusing),
             extra_env=dict(plan.secret_env),
-            relay_socket=None if tcp else socket,
+            relay_socket=relay_socket,
         )
     )
     files = {**invocation.files, "/app/trajectory.json": _trajectory_json(launch)}
     # Where argv does not reach the sandbox as given (the local backend rewrites paths in it),
     # file contents must not go through it: there the files are copied in.
-    prelude, files = _prelude(files) if inline_files else (_prelude({})[0], files)
-    argv = [*installed.argv, *invocation.argv[1:]]
-    if tcp:
+    inline = capabilities.inline_files
+    prelude, files = _prelude(files) if inline else (_prelude({})[0], files)
+    argv = [*layout.argv, *invocation.argv[1:]]
+    if tcp and capabilities.mounts_host:
         if agent.forwarder_dir is None:
             raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
-        mounts.append(Mount(agent.forwarder_dir, FORWARDER_MOUNT_POINT))
+        relay = dataclasses.replace(relay, forwarder=agent.forwarder_dir)
         argv = forwarder_argv(argv, port=port, socket=socket)
     spec = SandboxSpec(
         run_id=launch.run_id,
         collection=launch.collection,
         image=image,
         argv=["/bin/sh", "-c", prelude, "jetty-run", *argv],
-        env={**invocation.env, "PATH": installed.env_path()},
+        env={**invocation.env, "PATH": layout.env_path()},
         workdir="/app",
-        mounts=tuple(mounts),
         cpus=plan.cpus,
         memory_bytes=plan.memory_bytes,
         network_enabled=plan.network_enabled,
         labels={LABEL_OWNER: config.owner, LABEL_SERVER: config.server_id},
+        agent=agent.tools(),
+        relay=relay,
+        timeout_seconds=plan.timeout_sec,
     )
     return spec, files
 

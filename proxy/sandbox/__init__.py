@@ -2,12 +2,14 @@
 
 - `DockerBackend`: a container per run, over the Docker Engine API.
 - `LocalBackend`: a process per run in a per-run directory (bubblewrap when available).
-- `open_backend`: open the one the settings name ("auto", "docker" or "local"); each backend
-  is registered by one line of `proxy.sandbox.selection.BACKENDS`.
+- `open_backend`: open the one the settings name ("auto", "docker", "local" or
+  "kubernetes"); each backend is registered by one line of `proxy.sandbox.selection.BACKENDS`
+  (the Kubernetes one, `proxy.sandbox.kubernetes`, is imported only when chosen).
 - `ScriptedBackend`: plays scripted sandboxes in memory, for tests of code that runs them.
 """
 
 from proxy.sandbox.base import (
+    AgentTools,
     Capabilities,
     CopiedFile,
     CopyReport,
@@ -22,8 +24,10 @@ from proxy.sandbox.base import (
     SandboxBackend,
     SandboxError,
     SandboxLimitError,
+    SandboxRelay,
     SandboxSpec,
     SandboxStateError,
+    ServesSandboxes,
     SkippedFile,
     SkipReason,
     UnsafePathError,
@@ -34,6 +38,7 @@ from proxy.sandbox.scripted import Pause, Script, ScriptedBackend, ScriptedSandb
 from proxy.sandbox.selection import open_backend
 
 __all__ = [
+    "AgentTools",
     "Capabilities",
     "CopiedFile",
     "CopyReport",
@@ -53,11 +58,13 @@ __all__ = [
     "SandboxBackend",
     "SandboxError",
     "SandboxLimitError",
+    "SandboxRelay",
     "SandboxSpec",
     "SandboxStateError",
     "Script",
     "ScriptedBackend",
     "ScriptedSandbox",
+    "ServesSandboxes",
     "SkipReason",
     "SkippedFile",
     "StreamedFile",

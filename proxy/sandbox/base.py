@@ -7,6 +7,12 @@ its exit is awaited, files are copied out (also after the process has exited) an
 is closed. Retries, timeouts policy and bookkeeping belong to the caller (the run lifecycle),
 not to the backends.
 
+What a sandbox needs from this machine is said, not done, in its spec: the agent CLI
+(`AgentTools`, by name and version) and the model relay (`SandboxRelay`: its unix socket here,
+its network URL, the run's token). A backend that mounts host paths (`Capabilities`
+``mounts_host``) bind-mounts them (`SandboxSpec.host_mounts`); another brings the agent itself
+(from an image) and lets its sandboxes reach the relay over the network.
+
 Lifecycle, as the caller writes it::
 
     sandbox = await backend.launch(spec)
@@ -26,7 +32,7 @@ chains the original with ``from``)::
 
     SandboxError                  base class; message is meant for operators
      ├── EngineUnavailable        the engine (socket, daemon) cannot be reached or failed
-     ├── ImageNotFound            the image is not present locally (backends never pull)
+     ├── ImageNotFound            the image is not present (or a node could not pull it)
      ├── SandboxLimitError        a resource limit is invalid or was refused by the engine
      ├── SandboxStateError        the call does not fit the sandbox's state (start twice, ...)
      └── UnsafePathError          a file name escapes its directory (also a ValueError)
@@ -38,7 +44,10 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
 
 LABEL_RUN_ID = "jetty-proxy.run-id"
 LABEL_COLLECTION = "jetty-proxy.collection"
@@ -46,6 +55,14 @@ LABEL_MANAGED = "jetty-proxy.managed"
 LABEL_OWNER = "jetty-proxy.owner"
 # The serving process that launched the sandbox (see `Orphans`).
 LABEL_SERVER = "jetty-proxy.server"
+
+# Inside every sandbox, whatever the backend: the tools, read-only (the agent CLIs under
+# agents/<name>, the loopback forwarder under tools/), and where a backend that mounts host
+# paths puts the model relay's socket directory.
+TOOLS_DIR = "/opt/jetty"
+AGENTS_DIR = f"{TOOLS_DIR}/agents"
+FORWARDER_DIR = f"{TOOLS_DIR}/tools"
+RELAY_DIR = "/run/jetty"
 
 
 class StreamedFile(Protocol):
@@ -70,10 +87,15 @@ class EngineUnavailable(SandboxError):
 
 
 class ImageNotFound(SandboxError):
-    """The image is not available locally. Backends never pull images on their own."""
+    """The image is not available locally (Docker and local backends never pull), or the
+    engine's nodes could not pull it (``reason``: what they said)."""
 
-    def __init__(self, image: str) -> None:
-        super().__init__(f"image {image!r} is not available on the sandbox engine (not pulled)")
+    def __init__(self, image: str, reason: str | None = None) -> None:
+        if reason is None:
+            message = f"image {image!r} is not available on the sandbox engine (not pulled)"
+        else:
+            message = f"image {image!r} could not be pulled: {reason}"
+        super().__init__(message)
         self.image = image
 
 
@@ -111,8 +133,12 @@ class Capabilities:
     `proxy.environments`). ``inline_files``: the start command reaches the sandbox as given, so
     small files can be written by it instead of being copied in first. ``reruns``:
     `Sandbox.rerun` works, so a finished run's sandbox can wait for the conversation's next
-    turn. ``isolation``: see `Isolation`. A capability added later defaults to what a backend
-    that does not know it can do (nothing), so existing backends need no edit.
+    turn. ``isolation``: see `Isolation`. ``mounts_host``: sandboxes see directories of this
+    machine, so the agent CLI comes from this machine's cache and the model relay through its
+    unix socket (`SandboxSpec.host_mounts`); else the backend brings the agent itself, by name
+    and version, and its sandboxes reach the relay over the network (`SandboxRelay.url`). A
+    capability added later defaults to what a backend that does not know it can do (nothing),
+    so existing backends need no edit.
     """
 
     runs_images: bool = False
@@ -120,6 +146,7 @@ class Capabilities:
     inline_files: bool = False
     reruns: bool = False
     isolation: Isolation = Isolation.NONE
+    mounts_host: bool = False
 
     def __post_init__(self) -> None:
         if self.builds_images and not self.runs_images:
@@ -133,6 +160,38 @@ class Mount:
     host_path: Path | str
     container_path: str
     read_only: bool = True
+
+
+@dataclass(frozen=True)
+class AgentTools:
+    """The agent CLI a sandbox runs, read-only at ``path`` inside it (`AGENTS_DIR`/name).
+
+    ``name`` and ``version`` say which. ``host_dir`` is this machine's install of it, which a
+    backend that mounts host paths mounts at ``path``; None when it is not installed here (a
+    backend that brings the agent itself needs none).
+    """
+
+    name: str
+    version: str
+    path: str
+    host_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class SandboxRelay:
+    """This server's model relay as a sandbox reaches it, and the run's token, the only
+    credential a sandbox holds (valid while its run is live).
+
+    A backend that mounts host paths mounts ``socket``'s directory at `RELAY_DIR`, and
+    ``forwarder`` (the loopback forwarder's directory, for an agent that only takes a URL) at
+    `FORWARDER_DIR`. Any other lets its sandboxes reach ``url`` over its network, and may take
+    what they send this server beyond model calls (their files) with ``token``.
+    """
+
+    token: str = field(repr=False)
+    socket: Path | None = None
+    url: str | None = None
+    forwarder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +218,10 @@ class SandboxSpec:
 
     ``labels`` are extra engine labels; the backend's own ``jetty-proxy.*`` labels always win.
     ``cpus`` / ``memory_bytes`` of ``None`` mean "no limit"; ``user`` of ``None`` means the
-    image's default user.
+    image's default user. ``agent`` and ``relay`` say what the sandbox needs from this server
+    (see the module's docstring); ``mounts`` are further host paths, for backends that mount
+    them. ``timeout_seconds`` is the run's time limit: the caller enforces it (`Sandbox.wait`),
+    and a backend whose engine has a deadline of its own may back it up with one.
     """
 
     run_id: str
@@ -175,6 +237,26 @@ class SandboxSpec:
     network_enabled: bool = False
     user: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    agent: AgentTools | None = None
+    relay: SandboxRelay | None = None
+    timeout_seconds: float | None = None
+
+    def host_mounts(self) -> list[Mount]:
+        """How a backend that mounts host paths gives the sandbox what it needs: ``mounts``,
+        the agent's install, the relay's socket directory and the forwarder, read-only.
+        `SandboxLimitError` when the agent is not installed on this machine."""
+        mounts = list(self.mounts)
+        if self.agent is not None:
+            if self.agent.host_dir is None:
+                raise SandboxLimitError(
+                    f"{self.agent.name} {self.agent.version} is not installed on this machine"
+                )
+            mounts.append(Mount(self.agent.host_dir, self.agent.path))
+        if self.relay is not None and self.relay.socket is not None:
+            mounts.append(Mount(self.relay.socket.parent, RELAY_DIR))
+        if self.relay is not None and self.relay.forwarder is not None:
+            mounts.append(Mount(self.relay.forwarder, FORWARDER_DIR))
+        return mounts
 
     def check_limits(self) -> None:
         """Raise `SandboxLimitError` for limits no backend could apply."""
@@ -365,4 +447,15 @@ class SandboxBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release the backend's own resources (connections). Sandboxes are not touched."""
+        ...
+
+
+@runtime_checkable
+class ServesSandboxes(Protocol):
+    """A backend whose sandboxes call this server for more than their model calls (to move
+    their files, say): the model relay's network listener serves its `sandbox_routes` too.
+    Backends without such calls need not have it."""
+
+    def sandbox_routes(self) -> Sequence[BaseRoute]:
+        """Routes for the relay's network listener; each authenticates its caller itself."""
         ...

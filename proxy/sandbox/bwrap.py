@@ -28,12 +28,13 @@ def bwrap_command(
     if not spec.network_enabled:
         argv.append("--unshare-net")
     home_target = clean_absolute_dir(home_at or str(home))
-    targets = [clean_absolute_dir(mount.container_path) for mount in spec.mounts]
+    mounts = spec.host_mounts()
+    targets = [clean_absolute_dir(mount.container_path) for mount in mounts]
     argv += _host_view(Path("/"), _shadowed([home_target, *targets]))
     # A fresh, private /tmp inside the sandbox, not the host's.
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # noqa: S108
     argv += ["--bind", str(app_dir), "/app", "--bind", str(home), str(home_target)]
-    for mount, target in zip(spec.mounts, targets, strict=True):
+    for mount, target in zip(mounts, targets, strict=True):
         kind = "--ro-bind" if mount.read_only else "--bind"
         argv += [kind, str(mount.host_path), str(target)]
     return [*argv, "--chdir", spec.workdir, "--", *spec.argv]

@@ -114,6 +114,7 @@ class DockerBackend:
         inline_files=True,
         reruns=True,
         isolation=Isolation.FULL,
+        mounts_host=True,
     )
 
     def __init__(

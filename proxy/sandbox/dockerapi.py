@@ -73,7 +73,7 @@ def container_config(spec: SandboxSpec, policy: ContainerPolicy | None = None) -
             "Target": mount.container_path,
             "ReadOnly": mount.read_only,
         }
-        for mount in spec.mounts
+        for mount in spec.host_mounts()
     ]
     if policy.read_only_rootfs:
         # Labelled like the container, so that volumes a removal left behind can be found.

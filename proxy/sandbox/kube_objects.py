@@ -12,15 +12,16 @@ One Pod per run, created with everything it needs (a Pod cannot be changed or re
                    home (emptyDir)          the agent's HOME
                    jetty-out (emptyDir)     the archive of what leaves the Pod
       init   jetty-tools    agents image: copies the run's agent and /jetty/tools into
-                            jetty-tools (only the agent the run needs: they are large)
-      init   jetty-inputs   agents image: GET {sandbox_url}/inputs with the run token, a tar
+                            jetty-tools (only the agent the run needs: they are large),
+                            after checking that the image has its pinned version
+      init   jetty-inputs   agents image: GET {relay_url}/inputs with the run token, a tar
                             unpacked over / (members under app/ and the HOME only)
       main   agent          the run's image; jetty-tools read-only at /opt/jetty, the same
                             paths as the Docker backend's mounts. busybox sh supervises:
-                            runs the agent, long-polls {sandbox_url}/stop (answered "stop"
+                            runs the agent, long-polls {relay_url}/stop (answered "stop"
                             on cancel or timeout: the agent is killed), then sends tars of
                             /app/results and the HOME, and the agent's stderr, to
-                            {sandbox_url}/outputs?part=results|home|stderr, and exits with
+                            {relay_url}/outputs?part=results|home|stderr, and exits with
                             the agent's status
 
 So files move over the relay's HTTP port with the run token, never with ``pods/exec``, and
@@ -31,7 +32,8 @@ three endpoints. ``activeDeadlineSeconds`` backs up the proxy's own timeout.
 
 The NetworkPolicy selects the run's Pod by its run-id label: no ingress at all, egress to DNS
 and to the proxy's relay port; a run with ``network_enabled`` may reach any address except
-the link-local range (cloud metadata services).
+the link-local range (cloud metadata services). The relay is a `Peer`: the proxy's Pods, or
+an address block when the proxy runs outside the cluster.
 """
 
 from __future__ import annotations
@@ -45,9 +47,15 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.sandbox.base import LABEL_MANAGED, LABEL_RUN_ID, SandboxLimitError, SandboxSpec
+from proxy.sandbox.base import (
+    LABEL_MANAGED,
+    LABEL_RUN_ID,
+    TOOLS_DIR,
+    SandboxLimitError,
+    SandboxSpec,
+)
 
-TOOLS_MOUNT = "/opt/jetty"
+TOOLS_MOUNT = TOOLS_DIR
 # Inside the agents image: busybox, the forwarder, and one directory per agent CLI.
 IMAGE_ROOT = "/jetty"
 IMAGE_TOOLS = f"{IMAGE_ROOT}/tools"
@@ -73,11 +81,19 @@ ENV_HOST = "JETTY_SANDBOX_HOST"
 ENV_PORT = "JETTY_SANDBOX_PORT"
 ENV_PATH = "JETTY_SANDBOX_PATH"
 
+# The marker an install leaves in its directory (`proxy.agents.install.MARKER`), which the
+# agents image keeps: it names the version, checked before the copy.
+AGENT_MARKER = ".jetty-agent.json"
 _COPY_TOOLS = (
-    'set -eu; b="$1"; agent="$2"; '
+    'set -eu; b="$1"; agent="$2"; version="$3"; '
     f'"$b" cp -R {IMAGE_TOOLS} {TOOLS_MOUNT}/; '
     f'"$b" mkdir -p {TOOLS_MOUNT}/agents; '
-    f'if [ -n "$agent" ]; then "$b" cp -R {IMAGE_AGENTS}/"$agent" {TOOLS_MOUNT}/agents/; fi'
+    'if [ -n "$agent" ]; then '
+    f'if ! "$b" grep -qF "\\"version\\": \\"$version\\"" {IMAGE_AGENTS}/"$agent"/{AGENT_MARKER}'
+    " 2>/dev/null; then "
+    'echo "jetty-tools: this agents image has no $agent $version: build one for this proxy'
+    ' (jetty-proxy agents image) and set agents_image" >&2; exit 1; fi; '
+    f'"$b" cp -R {IMAGE_AGENTS}/"$agent" {TOOLS_MOUNT}/agents/; fi'
 )
 _FETCH_INPUTS = (
     "set -eu; set -o pipefail; "
@@ -142,13 +158,15 @@ _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 @dataclass(frozen=True)
 class Peer:
-    """Pods a sandbox may reach: in the namespace named ``namespace`` (any when None), those
-    carrying ``labels``, on ``port`` (``protocols`` each)."""
+    """What a sandbox may reach on ``port`` (``protocols`` each): the Pods carrying
+    ``labels`` in the namespace named ``namespace`` (any when None), or, with ``cidr``, the
+    addresses of that block (an endpoint outside the cluster)."""
 
     labels: Mapping[str, str]
     port: int
     namespace: str | None = None
     protocols: tuple[str, ...] = ("TCP",)
+    cidr: str | None = None
 
 
 KUBE_DNS = Peer({"k8s-app": "kube-dns"}, 53, "kube-system", ("UDP", "TCP"))
@@ -156,20 +174,15 @@ KUBE_DNS = Peer({"k8s-app": "kube-dns"}, 53, "kube-system", ("UDP", "TCP"))
 
 @dataclass(frozen=True)
 class PodSettings:
-    """What every sandbox Pod of one proxy shares.
-
-    ``sandbox_url`` is the proxy's relay as a Pod reaches it (``relay_url``), plain
-    ``http://``: busybox sends the outputs over a bare TCP connection. ``relay`` is the same
-    server seen by the NetworkPolicy: the proxy's Pods and their relay port.
-    """
+    """What every sandbox Pod of one proxy shares. ``relay`` is the proxy's model relay as
+    the NetworkPolicy sees it (the proxy's Pods and their relay port)."""
 
     namespace: str
     agents_image: str
-    sandbox_url: str
     relay: Peer
     runtime_class: str | None = None
     dns: Peer = KUBE_DNS
-    # Where the sandbox endpoints are under sandbox_url.
+    # Where the sandbox endpoints are under the relay's URL.
     sandbox_path: str = "/jetty/sandbox/v1"
 
 
@@ -177,16 +190,20 @@ class PodSettings:
 class PodRun:
     """What one run's Pod needs beyond its `SandboxSpec`.
 
-    ``agent`` is the directory under the agents image's ``/jetty/agents`` to copy (empty:
-    none). ``runtime_class`` replaces the settings' (a collection may choose its own).
-    ``deadline_seconds`` becomes ``activeDeadlineSeconds``: the proxy enforces the run's
-    timeout itself, so give it some room beyond.
+    ``token`` is the run's token and ``relay_url`` the proxy's relay as the Pod reaches it,
+    plain ``http://`` (busybox sends the outputs over a bare TCP connection). ``agent`` is
+    the directory under the agents image's ``/jetty/agents`` to copy (empty: none), which must
+    hold ``agent_version``. ``runtime_class`` replaces the settings' (a collection may choose
+    its own). ``deadline_seconds`` becomes ``activeDeadlineSeconds``: the proxy enforces the
+    run's timeout itself, so give it some room beyond.
     """
 
     token: str = field(repr=False)
+    relay_url: str
     agent: str
     deadline_seconds: int
     suffix: str
+    agent_version: str = ""
     runtime_class: str | None = None
 
 
@@ -232,7 +249,7 @@ def sandbox_pod(spec: SandboxSpec, settings: PodSettings, run: PodRun) -> dict[s
     uid, gid = _numeric_user(spec.user)
     home = spec.env.get("HOME", "/tmp/jetty-home")  # noqa: S108 - inside the Pod
     resources = _resources(spec)
-    url = settings.sandbox_url.rstrip("/") + settings.sandbox_path
+    url = run.relay_url.rstrip("/") + settings.sandbox_path
     sandbox_env = _sandbox_env(url, run.token)
     tools = {"name": "jetty-tools", "mountPath": TOOLS_MOUNT}
     app = {"name": "app", "mountPath": APP_DIR}
@@ -263,6 +280,7 @@ def sandbox_pod(spec: SandboxSpec, settings: PodSettings, run: PodRun) -> dict[s
                     "copy",
                     IMAGE_BUSYBOX,
                     run.agent,
+                    run.agent_version,
                 ],
                 "resources": resources,
                 "securityContext": _container_security(NOBODY, read_only=True),
@@ -354,6 +372,9 @@ def _run_selector(labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def _rule(peer: Peer) -> dict[str, Any]:
+    ports = [{"protocol": protocol, "port": peer.port} for protocol in peer.protocols]
+    if peer.cidr is not None:
+        return {"to": [{"ipBlock": {"cidr": peer.cidr}}], "ports": ports}
     selector: dict[str, Any] = {"podSelector": {"matchLabels": dict(peer.labels)}}
     if peer.namespace is None:
         selector["namespaceSelector"] = {}
@@ -361,10 +382,7 @@ def _rule(peer: Peer) -> dict[str, Any]:
         selector["namespaceSelector"] = {
             "matchLabels": {"kubernetes.io/metadata.name": peer.namespace}
         }
-    return {
-        "to": [selector],
-        "ports": [{"protocol": protocol, "port": peer.port} for protocol in peer.protocols],
-    }
+    return {"to": [selector], "ports": ports}
 
 
 def _sandbox_env(url: str, token: str) -> list[dict[str, str]]:

@@ -1,76 +1,64 @@
-"""Kubernetes backend (draft): one Pod per sandbox, over the Kubernetes API with lightkube.
+"""Kubernetes backend: one Pod per sandbox, over the Kubernetes API with lightkube.
 
-A draft against today's `SandboxBackend` protocol, not yet selectable: the run path still
-hands every backend host mounts (the relay's unix socket among them) that a Pod cannot have.
-With the capability-based seam the run path will ask for a TCP relay and no host mounts, pass
-the agent and the deadline explicitly, and know that a Pod cannot `rerun`. What this module
-does today::
-
-    launch     builds the Pod and its NetworkPolicy (`kube_objects`), nothing sent yet;
-               mounts under /opt/jetty are dropped (the agents image brings them)
-    put_files  files under /app or HOME, kept for the Pod's inputs
-    start      the inputs go to the exchange (`kube_exchange`), then the NetworkPolicy and
-               the Pod are created
-    stdout     the agent container's log, followed, once it runs; an image the node cannot
-               pull fails at once with `ImageNotFound`
-    wait       the Pod's end (timeout: the exchange tells the Pod to stop, the agent is
-               killed and its outputs still arrive), then the outputs
-    copy_out   /app/results or HOME, from the archives the Pod sent, with Docker's rules
-    close      the Pod (grace 2 s) and its NetworkPolicy are deleted
+`open_kubernetes` (the ``kubernetes`` value of the ``backend`` setting) opens the cluster of
+``kubeconfig`` (else ``$KUBECONFIG``, else the in-cluster service account) and checks, with
+SelfSubjectAccessReviews, that it may do everything the backend does in ``kube_namespace``
+(`PERMISSIONS`); it names what is missing. A sandbox is a Pod built by `kube_objects` and
+driven by `kube_sandbox`: the agent comes from the agents image (``agents_image``), by the
+name and version the spec asks for; the Pod reaches the model relay at ``relay_url`` with
+the run's token, over the network its NetworkPolicy allows (the relay and DNS, and more
+only with ``network_enabled``), and moves its files through the relay's network listener
+(`kube_exchange`, served from `KubernetesBackend.sandbox_routes`), never with ``pods/exec``.
 
 lightkube is the ``kubernetes`` extra: this module imports it, so import the module only
-when the backend is chosen.
+when the backend is chosen (`proxy.sandbox.selection` does).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
+import ipaddress
 import logging
+import math
 import secrets
-import tarfile
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
-from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
-import anyio
-import anyio.to_thread
-import httpx2
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import AsyncClient, KubeConfig
+from lightkube.core.exceptions import ConfigError
 from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.core_v1 import Pod
 from lightkube.resources.networking_v1 import NetworkPolicy
+from starlette.routing import BaseRoute
 
 from proxy.sandbox.base import (
+    AGENTS_DIR,
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_RUN_ID,
     LABEL_SERVER,
-    CopyReport,
+    Capabilities,
     EngineUnavailable,
-    ExitStatus,
-    ImageNotFound,
+    Isolation,
     Orphans,
     SandboxError,
     SandboxLimitError,
     SandboxSpec,
-    SandboxStateError,
 )
-from proxy.sandbox.files import ArchiveExtractor, CopyBudget, clean_absolute_dir
-from proxy.sandbox.files import clean_relative_path as _clean
-from proxy.sandbox.frames import TailBuffer
-from proxy.sandbox.kube_exchange import Exchange, SandboxExchange
+from proxy.sandbox.kube_exchange import SandboxExchange
 from proxy.sandbox.kube_objects import (
-    AGENT_CONTAINER,
-    APP_DIR,
-    TOOLS_MOUNT,
+    Peer,
     PodRun,
     PodSettings,
     label_value,
     sandbox_network_policy,
     sandbox_pod,
 )
+from proxy.sandbox.kube_sandbox import ARCHIVE_SLACK, KubernetesSandbox, call, delete
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +71,105 @@ PERMISSIONS = (
     ("delete", "pods", "", ""),
     ("get", "pods", "log", ""),
     ("create", "networkpolicies", "", "networking.k8s.io"),
+    ("list", "networkpolicies", "", "networking.k8s.io"),
     ("delete", "networkpolicies", "", "networking.k8s.io"),
 )
-_PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
-_GRACE_SECONDS = 2
-_KILL_WAIT = 60.0
-_OUTPUTS_WAIT = 60.0
-_ARCHIVE_SLACK = 256 * 1024 * 1024
-_CHUNK = 256 * 1024
+# The label of the proxy's own Pods in the manifests (deploy/kubernetes): what a sandbox's
+# NetworkPolicy lets it reach, on the relay's port.
+PROXY_LABELS = {"app.kubernetes.io/name": "jetty-proxy"}
+# activeDeadlineSeconds beyond the run's own timeout: the proxy stops the run itself, and
+# the Pod still needs time to start (pulls, init) and to send its outputs.
+DEADLINE_MARGIN_SECONDS = 300
+
+
+async def open_kubernetes(settings: Settings, owner: str | None) -> KubernetesBackend:
+    """The backend on the cluster the settings name. `SandboxError` when a setting it needs
+    is missing, `EngineUnavailable` when the API does not answer or refuses it something it
+    needs (the message names each missing permission)."""
+    if settings.relay_url is None or settings.relay_port is None:
+        raise SandboxError(
+            "the kubernetes backend needs relay_url (how sandbox Pods reach this server's model"
+            " relay, e.g. http://jetty-proxy-relay.jetty-proxy.svc:8081) and relay_port (where"
+            " the relay listens for them)"
+        )
+    kubeconfig = settings.kubeconfig_file
+    try:
+        config = (
+            KubeConfig.from_file(kubeconfig)
+            if kubeconfig is not None
+            else KubeConfig.from_service_account()
+        )
+    except ConfigError as exc:
+        where = kubeconfig or "the in-cluster service account"
+        raise EngineUnavailable(f"no Kubernetes configuration from {where}: {exc}") from exc
+    pods = PodSettings(
+        namespace=settings.kube_namespace,
+        agents_image=settings.agents_image or _pinned_agents_image(),
+        relay=relay_peer(settings.relay_url, settings.relay_port),
+        runtime_class=settings.kube_runtime_class,
+    )
+    exchange = SandboxExchange(
+        part_max_bytes=max(settings.results_max_bytes, settings.session_max_bytes) + ARCHIVE_SLACK
+    )
+    client = AsyncClient(config, namespace=settings.kube_namespace)
+    backend = KubernetesBackend(client, pods, exchange, default_timeout=settings.run_timeout_sec)
+    try:
+        missing = await backend.missing_permissions()
+    except BaseException:
+        await backend.aclose()
+        raise
+    if missing:
+        await backend.aclose()
+        raise EngineUnavailable(
+            f"the Kubernetes account of this proxy may not {', '.join(missing)} in namespace"
+            f" {settings.kube_namespace!r}: grant them (the Role in"
+            " deploy/kubernetes/base/rbac.yaml does)"
+        )
+    return backend
+
+
+def relay_peer(relay_url: str, relay_port: int) -> Peer:
+    """The relay as a sandbox's NetworkPolicy names it.
+
+    For a Service (``NAME.NAMESPACE[.svc…]``): the proxy's Pods (`PROXY_LABELS`) in that
+    namespace, on ``relay_port`` (the Pods' own port, which a policy sees). For an address
+    (a proxy outside the cluster): that address, on the URL's port.
+    """
+    parts = urlsplit(relay_url)
+    host = parts.hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        if len(labels) >= 2 and (len(labels) == 2 or labels[2] == "svc"):
+            return Peer(PROXY_LABELS, relay_port, labels[1])
+        raise SandboxError(
+            f"relay_url {relay_url!r} names neither a Service (NAME.NAMESPACE.svc) nor an"
+            " address: sandbox NetworkPolicies could not let Pods reach it"
+        ) from None
+    return Peer({}, parts.port or 80, cidr=f"{address}/{address.max_prefixlen}")
+
+
+def _pinned_agents_image() -> str:
+    # Imported here: agents (and their image) are a layer above the sandboxes.
+    from proxy.agents.image import pinned_agents_image
+
+    return pinned_agents_image()
 
 
 class KubernetesBackend:
-    """Launches `KubernetesSandbox`es as Pods; files move through ``exchange``."""
+    """Launches `KubernetesSandbox`es as Pods; their files move through ``exchange``.
+
+    ``default_timeout`` sets a Pod's deadline when a spec has no timeout of its own.
+    """
 
     name = "kubernetes"
+    capabilities = Capabilities(
+        runs_images=True,
+        # The command reaches the Pod as given.
+        inline_files=True,
+        isolation=Isolation.FULL,
+    )
 
     def __init__(
         self,
@@ -104,30 +177,24 @@ class KubernetesBackend:
         settings: PodSettings,
         exchange: SandboxExchange,
         *,
-        deadline_seconds: int,
+        default_timeout: float = 1800,
     ) -> None:
         self._client = client
         self._settings = settings
         self._exchange = exchange
-        self._deadline = deadline_seconds
+        self._default_timeout = default_timeout
 
     @classmethod
     def from_kubeconfig(
-        cls,
-        kubeconfig: Path | None,
-        settings: PodSettings,
-        exchange: SandboxExchange,
-        *,
-        deadline_seconds: int,
+        cls, kubeconfig: Path, settings: PodSettings, exchange: SandboxExchange
     ) -> KubernetesBackend:
-        """A backend for ``kubeconfig``, or the in-cluster service account when None."""
-        config = (
-            KubeConfig.from_file(kubeconfig)
-            if kubeconfig is not None
-            else KubeConfig.from_service_account()
-        )
-        client = AsyncClient(config, namespace=settings.namespace)
-        return cls(client, settings, exchange, deadline_seconds=deadline_seconds)
+        """A backend for the cluster of ``kubeconfig`` (tests open it this way)."""
+        client = AsyncClient(KubeConfig.from_file(kubeconfig), namespace=settings.namespace)
+        return cls(client, settings, exchange)
+
+    def sandbox_routes(self) -> Sequence[BaseRoute]:
+        """The Pods' file exchange, for the relay's network listener."""
+        return self._exchange.routes()
 
     async def ping(self) -> bool:
         try:
@@ -165,324 +232,57 @@ class KubernetesBackend:
 
     async def launch(self, spec: SandboxSpec) -> KubernetesSandbox:
         spec.check_limits()
-        outside = [m for m in spec.mounts if not m.container_path.startswith(TOOLS_MOUNT + "/")]
-        if outside:
-            raise SandboxLimitError(f"a Pod cannot mount host paths ({outside[0].container_path})")
-        spec = dataclasses.replace(spec, mounts=())
-        exchange = self._exchange.open()
+        if spec.mounts:
+            raise SandboxLimitError("a Pod cannot mount host paths")
+        relay, agent = spec.relay, spec.agent
+        if relay is None or relay.url is None:
+            raise SandboxLimitError("a Pod reaches the model relay over the network: no URL")
+        if agent is not None and agent.path != f"{AGENTS_DIR}/{agent.name}":
+            raise SandboxLimitError(f"the agents image has agents under {AGENTS_DIR}")
+        timeout = spec.timeout_seconds or self._default_timeout
         run = PodRun(
-            token=exchange.token,
-            agent=_agent_of(spec.argv),
-            deadline_seconds=self._deadline,
+            token=relay.token,
+            relay_url=relay.url,
+            agent=agent.name if agent is not None else "",
+            agent_version=agent.version if agent is not None else "",
+            deadline_seconds=math.ceil(timeout) + DEADLINE_MARGIN_SECONDS,
             suffix=secrets.token_hex(3),
         )
-        try:
-            pod = sandbox_pod(spec, self._settings, run)
-            policy = sandbox_network_policy(spec, self._settings, run)
-        except BaseException:
-            self._exchange.close(exchange)
-            raise
+        pod = sandbox_pod(spec, self._settings, run)
+        policy = sandbox_network_policy(spec, self._settings, run)
+        exchange = self._exchange.open(relay.token)
         return KubernetesSandbox(self._client, self._exchange, exchange, spec, pod, policy)
 
     async def remove_orphans(self, orphans: Orphans) -> list[str]:
+        namespace = self._settings.namespace
         labels: dict[str, Any] = {LABEL_MANAGED: "true"}
         if orphans.owner is not None:
             labels[LABEL_OWNER] = label_value(orphans.owner)
-        pods = self._client.list(Pod, namespace=self._settings.namespace, labels=labels)
         removed: list[str] = []
+        pods = self._client.list(Pod, namespace=namespace, labels=labels)
         async for pod in cast(Any, pods):
             found = pod.metadata.labels or {}
             run_id = found.get(LABEL_RUN_ID, "")
             if pod.metadata.deletionTimestamp or orphans.kept(run_id, found.get(LABEL_SERVER)):
                 continue  # kept, or going already
-            await _delete(self._client, Pod, pod.metadata.name, self._settings.namespace)
-            await _delete(self._client, NetworkPolicy, pod.metadata.name, self._settings.namespace)
+            await delete(self._client, Pod, pod.metadata.name, namespace)
             removed.append(run_id)
+        # Policies of those Pods, and of Pods that were never made (a start cut short).
+        policies = self._client.list(NetworkPolicy, namespace=namespace, labels=labels)
+        async for policy in cast(Any, policies):
+            found = policy.metadata.labels or {}
+            if not orphans.kept(found.get(LABEL_RUN_ID, ""), found.get(LABEL_SERVER)):
+                await delete(self._client, NetworkPolicy, policy.metadata.name, namespace)
         return removed
 
     async def aclose(self) -> None:
         await self._client.close()
 
 
-class KubernetesSandbox:
-    """One Pod. Create with `KubernetesBackend.launch`."""
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        exchanges: SandboxExchange,
-        exchange: Exchange,
-        spec: SandboxSpec,
-        pod: dict[str, Any],
-        policy: dict[str, Any],
-    ) -> None:
-        self._client = client
-        self._exchanges = exchanges
-        self._exchange = exchange
-        self._spec = spec
-        self._pod = pod
-        self._policy = policy
-        self.name: str = pod["metadata"]["name"]
-        self._namespace: str = pod["metadata"]["namespace"]
-        self._home = PurePosixPath(spec.env.get("HOME", "/tmp/jetty-home"))  # noqa: S108
-        self._files: dict[PurePosixPath, bytes | Path] = {}
-        self._stderr = TailBuffer()
-        self._started = False
-        self._logs_taken = False
-        self._closed = False
-
-    @property
-    def run_id(self) -> str:
-        return self._spec.run_id
-
-    async def put_files(self, dest_dir: str, files: Mapping[str, bytes | Path]) -> None:
-        if self._started or self._closed:
-            raise SandboxStateError("put_files is only possible before start")
-        dest = clean_absolute_dir(dest_dir)
-        for name, content in files.items():
-            path = dest / _clean(name)
-            if not (path.is_relative_to(APP_DIR) or path.is_relative_to(self._home)):
-                raise SandboxLimitError(f"a Pod takes files only under {APP_DIR} and HOME: {path}")
-            self._files[path] = content
-
-    async def start(self) -> None:
-        if self._closed:
-            raise SandboxStateError("the sandbox is closed")
-        if self._started:
-            raise SandboxStateError("the sandbox was already started")
-        self._started = True
-        await anyio.to_thread.run_sync(self._write_inputs)
-        await call(
-            "creating the NetworkPolicy",
-            self._client.create(cast(Any, NetworkPolicy.from_dict(self._policy))),
-        )
-        await call("creating the Pod", self._client.create(cast(Any, Pod.from_dict(self._pod))))
-
-    def _write_inputs(self) -> None:
-        uid, _, gid = (self._spec.user or "").partition(":")
-        with tarfile.open(self._exchange.inputs, "w") as tar:
-            for path, content in self._files.items():
-                data = content.read_bytes() if isinstance(content, Path) else content
-                info = tarfile.TarInfo(str(path.relative_to("/")))
-                info.size = len(data)
-                info.mode = 0o644
-                if uid.isdigit():
-                    info.uid = int(uid)
-                    info.gid = int(gid) if gid.isdigit() else int(uid)
-                tar.addfile(info, io.BytesIO(data))
-
-    async def stdout_lines(self) -> AsyncGenerator[str, None]:
-        if not self._started:
-            raise SandboxStateError("start the sandbox before reading its output")
-        if self._logs_taken:
-            raise SandboxStateError("stdout_lines can be iterated only once")
-        self._logs_taken = True
-        if not await self._agent_started():
-            return
-        lines = self._client.log(
-            self.name,
-            namespace=self._namespace,
-            container=AGENT_CONTAINER,
-            follow=True,
-            newlines=False,
-        )
-        try:
-            async with aclosing(cast(Any, lines)) as stream:
-                async for line in stream:
-                    yield line
-        except (ApiError, httpx2.HTTPError) as exc:
-            if self._closed:
-                return  # the Pod was deleted under the stream
-            raise SandboxError(f"following the log of Pod {self.name}: {exc}") from exc
-
-    async def _agent_started(self) -> bool:
-        """Wait until the agent container runs or ran; False when the Pod ended before."""
-        async for pod in self._watch():
-            agent = _agent_state(pod)
-            if agent.get("running") or agent.get("terminated"):
-                return True
-            self._raise_for_waiting(pod)
-            if _phase(pod) in ("Succeeded", "Failed"):
-                return False
-        return False
-
-    def _raise_for_waiting(self, pod: Any) -> None:
-        status = pod.status
-        for entry in [*(status.initContainerStatuses or []), *(status.containerStatuses or [])]:
-            waiting = entry.state.waiting if entry.state else None
-            if waiting is None:
-                continue
-            if waiting.reason in _PULL_FAILURES:
-                raise ImageNotFound(entry.image) from None
-            if waiting.reason == "CreateContainerConfigError":
-                raise SandboxError(f"the Pod's {entry.name} container: {waiting.message}")
-
-    async def _watch(self) -> AsyncGenerator[Any, None]:
-        events = self._client.watch(
-            Pod, namespace=self._namespace, fields={"metadata.name": self.name}
-        )
-        try:
-            async for _, pod in cast(Any, events):
-                if pod.status is not None:
-                    yield pod
-        except (ApiError, httpx2.HTTPError) as exc:
-            raise EngineUnavailable(f"watching Pod {self.name}: {exc}") from exc
-
-    async def wait(self, timeout: float | None = None) -> ExitStatus:  # noqa: ASYNC109
-        if not self._started:
-            raise SandboxStateError("start the sandbox before waiting for it")
-        timed_out = False
-        with anyio.move_on_after(timeout) as scope:
-            pod = await self._ended()
-        if scope.cancelled_caught:
-            timed_out = True
-            await self.kill()
-            with anyio.move_on_after(_KILL_WAIT) as kill_scope:
-                pod = await self._ended()
-            if kill_scope.cancelled_caught:
-                raise EngineUnavailable(
-                    f"Pod {self.name} still runs {_KILL_WAIT:.0f}s after a stop"
-                )
-        await self._outputs()
-        stderr = self._exchange.parts.get("stderr")
-        if stderr is not None:
-            self._stderr.feed(await anyio.to_thread.run_sync(stderr.read_bytes))
-        terminated = _agent_state(pod).get("terminated")
-        if terminated is None:
-            raise SandboxError(await self._init_failure(pod))
-        deadline = getattr(pod.status, "reason", None) == "DeadlineExceeded"
-        return ExitStatus(
-            exit_code=int(terminated.exitCode),
-            oom_killed=terminated.reason == "OOMKilled",
-            timed_out=timed_out or deadline,
-        )
-
-    async def _ended(self) -> Any:
-        async for pod in self._watch():
-            if _phase(pod) in ("Succeeded", "Failed") or _agent_state(pod).get("terminated"):
-                return pod
-            self._raise_for_waiting(pod)
-        raise EngineUnavailable(f"the watch of Pod {self.name} ended")
-
-    async def _outputs(self) -> None:
-        with anyio.move_on_after(_OUTPUTS_WAIT):
-            await self._exchange.finished.wait()
-
-    async def _init_failure(self, pod: Any) -> str:
-        for entry in pod.status.initContainerStatuses or []:
-            terminated = entry.state.terminated if entry.state else None
-            if terminated is not None and terminated.exitCode != 0:
-                tail = ""
-                try:
-                    lines = self._client.log(
-                        self.name, namespace=self._namespace, container=entry.name, tail_lines=5
-                    )
-                    tail = "".join([line async for line in cast(Any, lines)]).strip()
-                except (ApiError, httpx2.HTTPError):
-                    pass
-                return f"the Pod's {entry.name} step exited with code {terminated.exitCode}" + (
-                    f": {tail}" if tail else ""
-                )
-        return f"Pod {self.name} ended ({_phase(pod)}) before its agent ran"
-
-    def stderr_tail(self) -> str:
-        return self._stderr.text()
-
-    async def kill(self) -> None:
-        if self._started and not self._closed:
-            self._exchange.stop.set()
-
-    async def copy_out(
-        self, src_dir: str, dest: Path, max_bytes: int, max_files: int
-    ) -> CopyReport:
-        if self._closed:
-            raise SandboxStateError("the sandbox is closed")
-        src = clean_absolute_dir(src_dir)
-        part = {PurePosixPath(APP_DIR) / "results": "results", self._home: "home"}.get(src)
-        if part is None:
-            raise SandboxStateError(f"a Pod sends back only {APP_DIR}/results and HOME, not {src}")
-        budget = CopyBudget(max_bytes, max_files)
-        await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
-        if self._started:
-            await self._outputs()
-        archive = self._exchange.parts.get(part)
-        if archive is None:
-            return budget.report
-        extractor = ArchiveExtractor(dest, budget, src.name, max_bytes + _ARCHIVE_SLACK)
-        await anyio.to_thread.run_sync(_extract, archive, extractor)
-        return budget.report
-
-    async def rerun(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        raise SandboxStateError("a Pod runs one process: continue in a new sandbox")
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with anyio.CancelScope(shield=True):
-            try:
-                if self._started:
-                    await _delete(self._client, Pod, self.name, self._namespace)
-                    await _delete(self._client, NetworkPolicy, self.name, self._namespace)
-            except SandboxError as exc:
-                # Recovery (remove_orphans) finds what is left by its labels.
-                logger.warning("could not delete Pod %s: %s", self.name, exc)
-            finally:
-                self._exchanges.close(self._exchange)
-
-
-async def call(what: str, request: Any) -> Any:
-    """Await a lightkube request, its failures as `SandboxError`s."""
-    try:
-        return await request
-    except ApiError as exc:
-        status = exc.status
-        raise SandboxError(
-            f"{what}: the Kubernetes API answered {status.code} {status.reason}: {status.message}"
-        ) from exc
-    except httpx2.HTTPError as exc:
-        raise EngineUnavailable(f"{what}: the Kubernetes API cannot be reached: {exc!r}") from exc
-
-
-async def _delete(client: AsyncClient, kind: Any, name: str, namespace: str) -> None:
-    try:
-        await client.delete(kind, name, namespace=namespace, grace_period=_GRACE_SECONDS)
-    except ApiError as exc:
-        if exc.status.code != 404:
-            raise SandboxError(f"deleting {name}: {exc.status.message}") from exc
-    except httpx2.HTTPError as exc:
-        raise EngineUnavailable(f"deleting {name}: {exc!r}") from exc
-
-
-def _extract(archive: Path, extractor: ArchiveExtractor) -> None:
-    with archive.open("rb") as file:
-        while not extractor.stopped and (chunk := file.read(_CHUNK)):
-            extractor.feed(chunk)
-    extractor.close()
-
-
-def _agent_of(argv: Sequence[str]) -> str:
-    """The agent whose CLI ``argv`` runs (``/opt/jetty/agents/<name>/…``), or ""."""
-    prefix = f"{TOOLS_MOUNT}/agents/"
-    for arg in argv:
-        if arg.startswith(prefix):
-            return arg.removeprefix(prefix).split("/", 1)[0]
-    return ""
-
-
-def _phase(pod: Any) -> str:
-    return str(pod.status.phase or "")
-
-
-def _agent_state(pod: Any) -> dict[str, Any]:
-    for entry in pod.status.containerStatuses or []:
-        if entry.name == AGENT_CONTAINER and entry.state is not None:
-            return {
-                key: value
-                for key in ("waiting", "running", "terminated")
-                if (value := getattr(entry.state, key)) is not None
-            }
-    return {}
-
-
-__all__ = ["PERMISSIONS", "KubernetesBackend", "KubernetesSandbox"]
+__all__ = [
+    "PERMISSIONS",
+    "KubernetesBackend",
+    "KubernetesSandbox",
+    "open_kubernetes",
+    "relay_peer",
+]

@@ -159,7 +159,7 @@ class LocalBackend:
         # No inline files: sandbox paths in argv are rewritten to host paths (without
         # bubblewrap), which must not happen to file contents.
         isolation = Isolation.PARTIAL if self.isolated else Isolation.NONE
-        return Capabilities(reruns=True, isolation=isolation)
+        return Capabilities(reruns=True, isolation=isolation, mounts_host=True)
 
     async def ping(self) -> bool:
         return True
@@ -212,6 +212,7 @@ class LocalSandbox:
         self, spec: SandboxSpec, run_dir: Path, *, bwrap: str | None, kill_grace: float
     ) -> None:
         self._spec = spec
+        self._mounts = spec.host_mounts()
         self.run_dir = run_dir
         self.app_dir = run_dir / "app"
         self.home_dir = run_dir / "home"
@@ -243,7 +244,7 @@ class LocalSandbox:
             (APP, self.app_dir),
             (self.home, self.home_dir),
         ]
-        roots += [(clean_absolute_dir(m.container_path), None) for m in self._spec.mounts]
+        roots += [(clean_absolute_dir(m.container_path), None) for m in self._mounts]
         holding = [(root, host) for root, host in roots if root == path or root in path.parents]
         if not holding:
             raise UnsafePathError(
@@ -312,7 +313,7 @@ class LocalSandbox:
         await anyio.to_thread.run_sync(record_pid, self.run_dir, self._process.pid)
 
     def _link_mounts(self) -> None:
-        for mount in self._spec.mounts:
+        for mount in self._mounts:
             target = clean_absolute_dir(mount.container_path)
             for root, host in ((APP, self.app_dir), (self.home, self.home_dir)):
                 if root in target.parents:
@@ -328,7 +329,7 @@ class LocalSandbox:
     def _rewriter(self) -> Callable[[str], str]:
         """Rewrites sandbox paths in a value to host paths (see the module docstring)."""
         hosts = {str(APP): str(self.app_dir), str(self.home): str(self.home_dir)}
-        for mount in self._spec.mounts:
+        for mount in self._mounts:
             hosts[str(clean_absolute_dir(mount.container_path))] = str(mount.host_path)
         prefixes = sorted(hosts, key=len, reverse=True)  # the most specific wins
         pattern = re.compile(

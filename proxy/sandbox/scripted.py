@@ -47,8 +47,9 @@ from proxy.sandbox.files import CopyBudget, clean_absolute_dir, clean_relative_p
 
 __all__ = ["Pause", "Script", "ScriptedBackend", "ScriptedSandbox"]
 
-#: What a scripted backend claims by default: images (any, or those it is given), reruns.
-SCRIPTED = Capabilities(runs_images=True, reruns=True, isolation=Isolation.FULL)
+#: What a scripted backend claims by default: images (any, or those it is given), reruns,
+#: and mounts (what a spec asks it to mount is taken as given).
+SCRIPTED = Capabilities(runs_images=True, reruns=True, isolation=Isolation.FULL, mounts_host=True)
 #: The exit code of a killed process (128 + SIGKILL), as the real backends report it.
 KILLED = 137
 

@@ -35,6 +35,7 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
     {
         "docker": "proxy.sandbox.docker:open_docker",
         "local": "proxy.sandbox.local:open_local",
+        "kubernetes": "proxy.sandbox.kubernetes:open_kubernetes",
     }
 )
 #: What "auto" tries, in order.

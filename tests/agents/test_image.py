@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -12,8 +13,9 @@ import anyio
 import httpx
 import pytest
 
-from proxy.agents.image import AgentsImage
-from proxy.agents.install import InstalledAgent
+from proxy.agents import agent_names, get_adapter
+from proxy.agents.image import AgentsImage, pinned_agents_image
+from proxy.agents.install import NODE_VERSION, InstalledAgent
 from proxy.cli import main
 from proxy.environments.engine import ImageEngine
 from tests.sandbox.conftest import configured_docker_host, engine_client
@@ -57,6 +59,21 @@ def test_the_default_tag_names_the_pinned_versions(image: AgentsImage) -> None:
     assert image.default_tag("127.0.0.1:5000/acme/agents").startswith("127.0.0.1:5000/acme/agents:")
     other_base = AgentsImage(image.agents, image.forwarder, base="busybox:1.36")
     assert other_base.default_tag() != tag  # same versions, different content
+
+
+def test_the_pinned_tag_is_the_default_tag_of_every_pinned_agent(tmp_path: Path) -> None:
+    """What a Kubernetes proxy uses without agents_image, knowing no install."""
+    agents = []
+    for name in agent_names():
+        binary = get_adapter(name).binary
+        agent = installed(tmp_path, name, binary.version)
+        node = NODE_VERSION if binary.requires_node else None
+        agents.append(dataclasses.replace(agent, node_version=node))
+    built = AgentsImage(agents, tmp_path / "forwarder")
+    assert pinned_agents_image() == built.default_tag()
+    assert pinned_agents_image("r.example/a", "b:1") == dataclasses.replace(
+        built, base="b:1"
+    ).default_tag("r.example/a")
 
 
 def test_the_dockerfile_lays_out_the_paths_the_pod_expects(image: AgentsImage) -> None:

@@ -20,6 +20,7 @@ from proxy.agents.install import (
     AgentInstallError,
     InstalledAgent,
     elf_interpreter,
+    pinned_layout,
     tree_size,
 )
 from proxy.cli import main
@@ -233,6 +234,22 @@ async def test_entry_symlinks_are_resolved_to_the_real_file(
     assert (agent.host_dir / agent.entry).is_file()
 
 
+@pytest.mark.parametrize("name", agent_names())
+async def test_the_pinned_layout_is_the_installed_one(
+    name: str, tmp_path: Path, npm_log: Path
+) -> None:
+    agent = await AgentCache(tmp_path).ensure(get_adapter(name))
+    assert pinned_layout(get_adapter(name)) == agent.layout
+
+
+async def test_a_script_entry_other_than_the_pinned_one_is_refused(
+    tmp_path: Path, npm_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_NPM_GEMINI_DIR", "dist")
+    with pytest.raises(AgentInstallError, match="not node_modules/@google/gemini-cli/bundle"):
+        await AgentCache(tmp_path / "agents").ensure(get_adapter("gemini-cli"))
+
+
 async def test_entry_symlink_leading_outside_is_refused(
     tmp_path: Path, npm_log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,3 +409,5 @@ def test_real_cache_runs_each_pinned_cli(name: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert adapter.binary.version in result.stdout
+    # Sandboxes without this install (the agents image's copy) run it where the pins say.
+    assert pinned_layout(adapter) == agent.layout

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.sandbox.kubernetes import relay_peer
 from proxy.settings import load_settings
 from tests.support.kube.schemas import SUPPORTED, validate
 
@@ -97,11 +98,26 @@ def test_the_config_is_valid_settings(base: list[dict[str, Any]], tmp_path: Path
     (config_map,) = [o for o in base if o["kind"] == "ConfigMap"]
     toml = tmp_path / "proxy.toml"
     toml.write_text(config_map["data"]["proxy.toml"])
-    settings = load_settings(toml)
+    deployment = find(base, "Deployment", "jetty-proxy")
+    (proxy,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in proxy["env"]}
+    assert env["JETTY_PROXY_BACKEND"] == "kubernetes"
+    settings = load_settings(toml, backend=env["JETTY_PROXY_BACKEND"])
     assert settings.kube_namespace == "jetty-sandboxes"
     relay = find(base, "Service", "jetty-proxy-relay")
-    port = relay["spec"]["ports"][0]["port"]
-    assert settings.relay_url == f"http://jetty-proxy-relay.jetty-proxy.svc:{port}"
+    (service_port,) = relay["spec"]["ports"]
+    assert settings.relay_url == f"http://jetty-proxy-relay.jetty-proxy.svc:{service_port['port']}"
+    # The relay listens where the Service sends sandbox Pods, on every interface of the Pod.
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert service_port["targetPort"] == "relay"
+    assert settings.relay_port == ports["relay"] and settings.relay_host == "0.0.0.0"
+    assert settings.port == ports["http"]
+    # What each sandbox's own NetworkPolicy lets it reach is the proxy's Pods on that port.
+    peer = relay_peer(settings.relay_url, ports["relay"])
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert peer.namespace == deployment["metadata"]["namespace"]
+    assert dict(peer.labels).items() <= labels.items()
+    assert peer.port == ports["relay"]
 
 
 def test_rbac_is_least_privilege(base: list[dict[str, Any]]) -> None:

@@ -72,6 +72,19 @@ def _jetty(storage_path: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def streamed_run(proxy: str, jetty: dict[str, Any]) -> tuple[str, list[ChatCompletionChunk]]:
+    """A streamed run through the `openai` client: its id and every chunk, usage included."""
+    client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-sonnet-4-6",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"jetty": jetty},
+    )
+    return raw.headers["x-jetty-trajectory-id"], list(raw.parse())
+
+
 def _content(chunks: list[ChatCompletionChunk]) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
@@ -91,17 +104,7 @@ def test_streamed_run_keeps_artifacts_and_never_sees_the_provider_key(
     scripted, _ = anthropic
     scripted.command = COMMAND
     with make_proxy() as proxy:
-        storage_path = _upload(proxy)
-        client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(
-            model="claude-sonnet-4-6",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_body={"jetty": _jetty(storage_path)},
-        )
-        run_id = raw.headers["x-jetty-trajectory-id"]
-        chunks = list(raw.parse())
+        run_id, chunks = streamed_run(proxy, _jetty(_upload(proxy)))
 
         # The stream: role first, the agent's text as content, tool activity as reasoning.
         assert chunks[0].choices[0].delta.role == "assistant"

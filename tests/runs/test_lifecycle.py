@@ -101,7 +101,7 @@ async def test_a_run_keeps_its_results_and_waits_in_its_sandbox_for_the_next_tur
 async def test_small_files_go_inline_where_the_backend_takes_them(
     store: Store, tmp_path: Path, agent_cache: AgentCache
 ) -> None:
-    inline = Capabilities(runs_images=True, inline_files=True)
+    inline = Capabilities(runs_images=True, inline_files=True, mounts_host=True)
     backend = ScriptedBackend(lambda _: Script(stdout=CLAUDE), capabilities=inline)
     async with runs_on(store, tmp_path, backend, agents=agent_cache) as runs:
         live = await finished((await runs.start(request())).live)
@@ -226,7 +226,7 @@ async def test_a_follow_up_without_its_sandbox_is_restored_into_a_new_one(
         return Script(stdout=CLAUDE)
 
     # A backend that cannot rerun a sandbox: each turn gets a new one.
-    backend = ScriptedBackend(agent, capabilities=Capabilities(runs_images=True))
+    backend = ScriptedBackend(agent, capabilities=Capabilities(runs_images=True, mounts_host=True))
     _, live = await two_turns(store, tmp_path, backend, agent_cache)
     assert [sandbox.closed for sandbox in backend.sandboxes] == [True, True]
     restored = seen[1]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from proxy.agents.install import MARKER
 from proxy.sandbox.base import (
     LABEL_COLLECTION,
     LABEL_MANAGED,
@@ -19,6 +20,7 @@ from proxy.sandbox.base import (
     SandboxSpec,
 )
 from proxy.sandbox.kube_objects import (
+    AGENT_MARKER,
     ANNOTATION_COLLECTION,
     BUSYBOX,
     ENV_TOKEN,
@@ -40,10 +42,16 @@ RELAY = Peer({"app.kubernetes.io/name": "jetty-proxy"}, 8081, "jetty-proxy")
 SETTINGS = PodSettings(
     namespace="jetty-sandboxes",
     agents_image="127.0.0.1:5000/jetty-proxy-agents:claude-2.1.328",
-    sandbox_url="http://jetty-proxy-relay.jetty-proxy:8081",
     relay=RELAY,
 )
-RUN = PodRun(token="jr-secret-token", agent="claude-code", deadline_seconds=1860, suffix="9f3a")
+RUN = PodRun(
+    token="jr-secret-token",
+    relay_url="http://jetty-proxy-relay.jetty-proxy:8081",
+    agent="claude-code",
+    agent_version="2.1.328",
+    deadline_seconds=1860,
+    suffix="9f3a",
+)
 SPEC = SandboxSpec(
     run_id="0a1b2c3d",
     collection="acme",
@@ -55,6 +63,7 @@ SPEC = SandboxSpec(
     user="1000:1000",
     labels={LABEL_OWNER: "0123456789abcdef", LABEL_SERVER: "feedc0de00112233"},
 )
+RELAY_PORT = {"protocol": "TCP", "port": 8081}
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -160,7 +169,7 @@ def test_init_containers_copy_the_agent_then_fetch_the_inputs() -> None:
     pod = sandbox_pod(SPEC, SETTINGS, RUN)
     tools, inputs = pod["spec"]["initContainers"]
     assert tools["image"] == inputs["image"] == SETTINGS.agents_image
-    assert tools["command"][-1] == "claude-code"  # only the run's agent is copied
+    assert tools["command"][-2] == "claude-code"  # only the run's agent is copied
     assert tools["securityContext"]["readOnlyRootFilesystem"] is True
     assert inputs["securityContext"]["readOnlyRootFilesystem"] is True
     inputs_env = {item["name"]: item["value"] for item in inputs["env"]}
@@ -205,7 +214,7 @@ def test_what_a_pod_cannot_carry_is_refused(change: dict[str, Any], message: str
 @pytest.mark.parametrize("url", ["https://relay:8081", "unix:///run/relay.sock", "http://"])
 def test_the_sandbox_url_must_be_plain_http(url: str) -> None:
     with pytest.raises(SandboxLimitError, match="plain http"):
-        sandbox_pod(SPEC, dataclasses.replace(SETTINGS, sandbox_url=url), RUN)
+        sandbox_pod(SPEC, SETTINGS, dataclasses.replace(RUN, relay_url=url))
 
 
 def test_a_deadline_is_required() -> None:
@@ -275,3 +284,20 @@ def test_cpu_quantities() -> None:
 
 def test_the_token_stays_out_of_reprs() -> None:
     assert "jr-secret-token" not in repr(RUN)
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_a_relay_outside_the_cluster_is_an_address_block(version: str) -> None:
+    outside = dataclasses.replace(SETTINGS, relay=Peer({}, 8081, cidr="10.0.0.7/32"))
+    policy = sandbox_network_policy(SPEC, outside, RUN)
+    relay = policy["spec"]["egress"][1]
+    assert relay == {"to": [{"ipBlock": {"cidr": "10.0.0.7/32"}}], "ports": [RELAY_PORT]}
+    assert validate(policy, version) == []
+
+
+def test_the_tools_step_copies_the_pinned_agent_version_only() -> None:
+    tools = sandbox_pod(SPEC, SETTINGS, RUN)["spec"]["initContainers"][0]
+    assert tools["command"][-2:] == ["claude-code", "2.1.328"]
+    # It reads the version from the marker an install leaves, kept in the agents image.
+    assert AGENT_MARKER == MARKER
+    assert f"/{AGENT_MARKER}" in tools["command"][3]

@@ -118,10 +118,16 @@ def pod_for(kube: KubeStandIn, url: str, agents_image: str, script: str, run_id:
     settings = PodSettings(
         namespace=kube.namespace,
         agents_image=agents_image,
-        sandbox_url=url,
         relay=Peer({"app.kubernetes.io/name": "jetty-proxy"}, 8081, "jetty-proxy"),
     )
-    run = PodRun(token=TOKEN, agent="claude-code", deadline_seconds=600, suffix="t1")
+    run = PodRun(
+        token=TOKEN,
+        relay_url=url,
+        agent="claude-code",
+        agent_version=get_adapter("claude-code").binary.version,
+        deadline_seconds=600,
+        suffix="t1",
+    )
     return cast(Pod, Pod.from_dict(sandbox_pod(spec, settings, run)))
 
 

