@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import InsufficientStorage, ProxyError, ServiceUnavailable, error_body
+from proxy.store.errors import BlobsUnavailable
 from proxy.store.faults import StorageFull
 
 logger = logging.getLogger("proxy.api")
@@ -48,6 +49,9 @@ async def handle_store_fault(request: Request, exc: Exception) -> Response:
         error: ProxyError = InsufficientStorage(
             "The server has no space left to store this; nothing of it was kept.",
         )
+    elif isinstance(exc, BlobsUnavailable):
+        logger.warning("object store unavailable for %s: %s", where, exc)
+        error = ServiceUnavailable("The file store is unavailable; retry shortly.")
     else:
         logger.warning("database unavailable for %s: %s", where, exc)
         error = ServiceUnavailable("The database is unavailable; retry shortly.")

@@ -5,7 +5,8 @@
     ├── SecretsUnavailable    no secret key is configured, or it cannot open a stored secret
     ├── BlobTooLarge          a blob grew past its limit while being stored; nothing was kept
     ├── StoreUnavailable      the database did not answer in time (stopped, unreachable,
-    │                         overloaded): nothing was written; the same call may succeed later
+    │   │                     overloaded): nothing was written; the same call may succeed later
+    │   └── BlobsUnavailable  the same, of the object store that keeps the blobs
     ├── StorageFull           no space left on the disk (or in the database): nothing was kept
     └── DuplicateKey          an insert collided with a unique key (the SQL adapters raise it;
                               the store retries with a fresh id and never lets it out)
@@ -44,6 +45,11 @@ class DuplicateKey(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database did not answer in time; nothing was written."""
+
+
+class BlobsUnavailable(StoreUnavailable):
+    """The object store did not answer (or failed) within its bounded retries; nothing was
+    written."""
 
 
 class StorageFull(StoreError):

@@ -43,3 +43,25 @@ def test_a_missing_bucket_is_not_ready(tmp_path: Path, monkeypatch: pytest.Monke
             response = httpx.get(proxy + "/readyz")
     assert response.status_code == 503
     assert response.json()["blobs"] == "unavailable"
+
+
+def test_an_upload_to_an_unreachable_object_store_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    database = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with live_proxy(database, tmp_path / "data", blob_url="s3://nowhere/blobs") as proxy:
+        response = httpx.post(
+            proxy + "/v1/files",
+            files={"file": ("notes.txt", b"hello")},
+            data={"purpose": "user_data"},
+            timeout=60,
+        )
+        listed = httpx.get(proxy + "/v1/files").json()
+    assert response.status_code == 503, response.text
+    assert response.headers["x-should-retry"] == "true"
+    assert response.json()["error"]["message"] == "The file store is unavailable; retry shortly."
+    assert listed["data"] == []

@@ -27,7 +27,7 @@ from proxy.store.blobs import (
     read_all,
 )
 from proxy.store.blobs.s3 import PART_SIZE
-from proxy.store.errors import StorageFull
+from proxy.store.errors import BlobsUnavailable, StorageFull, StoreError
 from tests.support.blobs import BlobPlace, blob_place_fixture, s3_bucket
 from tests.support.full_disk import small_filesystem
 
@@ -196,3 +196,32 @@ async def test_a_full_disk_keeps_nothing_of_a_blob(tmp_path: Path) -> None:
         health = await blobs.health()
         assert health.problem is None and health.free_bytes is not None
         assert health.free_bytes < 1024 * 1024
+
+
+async def test_an_object_store_that_does_not_answer_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A port nothing listens on: each call fails after the client's bounded retries with the
+    # fault the HTTP edge answers 503 (retry), not a bare OSError.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    blobs = open_blob_store("s3://nowhere/blobs")
+    with pytest.raises(BlobsUnavailable, match="writing a blob failed"):
+        await blobs.put(chunks(b"a" * 100))
+    with pytest.raises(BlobsUnavailable, match="reading a blob failed"):
+        await blobs.open("0" * 32)
+    with pytest.raises(BlobsUnavailable, match="deleting a blob failed"):
+        await blobs.delete("0" * 32)
+
+
+@pytest.mark.s3
+async def test_a_missing_bucket_is_not_a_fault_that_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with s3_bucket(monkeypatch) as bucket:
+        missing = open_blob_store(f"s3://{bucket.name}-missing/blobs")
+        with pytest.raises(StoreError, match="NoSuchBucket") as raised:
+            await missing.put(chunks(b"a" * 100))
+        assert not isinstance(raised.value, BlobsUnavailable)

@@ -11,6 +11,11 @@ as a multipart upload of ``part_size`` parts, at most ``concurrency`` in flight 
 about ``part_size * (concurrency + 1)`` bytes are held). A failed, oversized or cancelled write
 aborts its multipart upload: no object, no parts left behind. The object appears only when the
 upload completes. Reads stream from one request.
+
+An endpoint that does not answer, or answers with server errors, is retried for at most
+``RETRY_TIMEOUT``; then the call raises :class:`~proxy.store.errors.BlobsUnavailable` (the
+HTTP edge answers 503, retry). Refused credentials or a missing bucket are a plain
+:class:`~proxy.store.errors.StoreError`: retrying will not fix them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from proxy.store.blobs.base import CHUNK_SIZE, BlobHealth, Meter, check_key, new_key
-from proxy.store.errors import RecordNotFound, StoreError
+from proxy.store.errors import BlobsUnavailable, RecordNotFound, StoreError
 from proxy.store.records import BlobInfo
 
 if TYPE_CHECKING:
@@ -40,6 +45,10 @@ CONCURRENCY = 4
 READ_TIMEOUT = timedelta(seconds=60)
 REQUEST_TIMEOUT = timedelta(days=1)
 CHECK_TIMEOUT = timedelta(seconds=3)
+#: How long a request keeps being retried (the client's default is three minutes: a request
+#: to an unreachable store would hang that long before it fails).
+RETRY_TIMEOUT = timedelta(seconds=20)
+CONNECT_TIMEOUT = timedelta(seconds=5)
 _ERROR_CODE = re.compile(r"<Code>(\w+)</Code>")
 
 
@@ -69,7 +78,13 @@ class S3BlobStore:
         self._store = S3Store(
             bucket,
             prefix=self.prefix or None,
-            client_options={**common, "read_timeout": READ_TIMEOUT, "timeout": REQUEST_TIMEOUT},
+            client_options={
+                **common,
+                "connect_timeout": CONNECT_TIMEOUT,
+                "read_timeout": READ_TIMEOUT,
+                "timeout": REQUEST_TIMEOUT,
+            },
+            retry_config={"max_retries": 10, "retry_timeout": RETRY_TIMEOUT},
         )
         # Readiness asks once and briefly: the client's retries would take minutes to give up
         # on an unreachable endpoint, and a request abandoned mid-flight keeps running.
@@ -94,6 +109,7 @@ class S3BlobStore:
         writer = obstore.open_writer_async(
             self._store, key, buffer_size=self.part_size, max_concurrency=self.concurrency
         )
+        closing = False
         try:
             async for chunk in chunks:
                 if not chunk:
@@ -101,12 +117,15 @@ class S3BlobStore:
                 meter.count(chunk)
                 meter.digest.update(chunk)
                 await writer.write(chunk)
+            closing = True
             await writer.close()
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await _abort(writer, exc)
-            if isinstance(exc, obstore.exceptions.BaseError):
-                raise StoreError(f"writing a blob failed: {_brief(exc)}") from exc
+            # A failed close has ended the writer (and aborted its upload) already.
+            if not closing:
+                with anyio.CancelScope(shield=True):
+                    await _abort(writer, exc)
+            if isinstance(exc, obstore.exceptions.BaseError) or closing:
+                raise _fault("writing a blob", exc) from exc
             raise
         return meter.info(key)
 
@@ -118,7 +137,7 @@ class S3BlobStore:
         except FileNotFoundError as exc:
             raise RecordNotFound(f"blob {key} is missing") from exc
         except obstore.exceptions.BaseError as exc:
-            raise StoreError(f"reading a blob failed: {_brief(exc)}") from exc
+            raise _fault("reading a blob", exc) from exc
         stream = result.stream(min_chunk_size=chunk_size)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -128,7 +147,7 @@ class S3BlobStore:
                     for start in range(0, len(view), chunk_size):
                         yield bytes(view[start : start + chunk_size])
             except obstore.exceptions.BaseError as exc:
-                raise StoreError(f"reading blob {key} failed: {_brief(exc)}") from exc
+                raise _fault(f"reading blob {key}", exc) from exc
 
         return chunks()
 
@@ -140,7 +159,7 @@ class S3BlobStore:
         except FileNotFoundError:
             pass
         except obstore.exceptions.BaseError as exc:
-            raise StoreError(f"deleting a blob failed: {_brief(exc)}") from exc
+            raise _fault("deleting a blob", exc) from exc
 
     async def health(self) -> BlobHealth:
         """One listing request, without retries: the bucket exists and the credentials may
@@ -161,6 +180,24 @@ async def _abort(writer: AsyncWritableFile, exc: BaseException) -> None:
         await writer.__aexit__(type(exc), exc, exc.__traceback__)
     except Exception:
         logger.warning("aborting an object-store upload failed", exc_info=True)
+
+
+def _fault(doing: str, exc: BaseException) -> StoreError:
+    """The store's error for an obstore failure: refused credentials, a missing bucket or a
+    bad configuration are for the operator to fix; anything else (no answer, server errors,
+    after the client's retries) may pass."""
+    import obstore
+
+    message = f"{doing} failed: {_brief(exc)}"
+    lasting = (
+        obstore.exceptions.PermissionDeniedError,
+        obstore.exceptions.UnauthenticatedError,
+        obstore.exceptions.UnknownConfigurationKeyError,
+        obstore.exceptions.NotSupportedError,
+    )
+    if isinstance(exc, lasting) or "NoSuchBucket" in str(exc):
+        return StoreError(message)
+    return BlobsUnavailable(message)
 
 
 def _brief(exc: BaseException) -> str:
