@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -12,7 +13,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from proxy.runs.pools import PoolStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -76,8 +81,41 @@ class Metrics:
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
         ProcessCollector(registry=self.registry)
 
+    def watch_pools(self, read: Callable[[], Sequence[PoolStats]]) -> None:
+        """Report the warm pools ``read`` returns, each time /metrics is rendered."""
+        self.registry.register(_PoolCollector(read))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, read: Callable[[], Sequence[PoolStats]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(
+            "jetty_proxy_warm_pool_size", "Sandboxes a warm pool keeps ready.", labels=["pool"]
+        )
+        ready = GaugeMetricFamily(
+            "jetty_proxy_warm_sandboxes_ready",
+            "Warm sandboxes started and waiting for a run.",
+            labels=["pool"],
+        )
+        claimed = CounterMetricFamily(
+            "jetty_proxy_warm_claims", "Runs that started in a warm sandbox.", labels=["pool"]
+        )
+        misses = CounterMetricFamily(
+            "jetty_proxy_warm_misses",
+            "Runs that found their pool empty and started cold.",
+            labels=["pool"],
+        )
+        for pool in self._read():
+            size.add_metric([pool.name], pool.size)
+            ready.add_metric([pool.name], pool.ready)
+            claimed.add_metric([pool.name], pool.claimed)
+            misses.add_metric([pool.name], pool.misses)
+        yield from (size, ready, claimed, misses)
 
 
 def _task_count() -> float:

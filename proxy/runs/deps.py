@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -18,6 +19,9 @@ from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
 
+if TYPE_CHECKING:  # the pools plan their environments with the checks, which take RunDeps
+    from proxy.runs.pools import WarmPools
+
 __all__ = ["RunDeps"]
 
 
@@ -29,7 +33,8 @@ class RunDeps:
     ``environments`` is the image engine, there when the backend builds images (see
     `proxy.sandbox.Capabilities`); ``kept`` holds the sandboxes of finished runs waiting for
     their conversation's next turn; ``http`` fetches ``jetty.runbook_url``; ``settings`` give
-    each run's model provider (`proxy.runs.credentials`); ``links`` sign the links in its answer.
+    each run's model provider (`proxy.runs.credentials`); ``links`` sign the links in its answer;
+    ``pools`` hold the sandboxes started ahead of their runs (where the backend can).
     """
 
     store: Store
@@ -45,3 +50,4 @@ class RunDeps:
     # Signs the links a run puts in its answer (result files, zip, its page).
     links: LinkSigner
     environments: Environments | None = None
+    pools: WarmPools | None = None

@@ -4,7 +4,8 @@
   mounts read-only (so agents need no network to reach their model);
 * the sandbox backend chosen by the settings;
 * the agent CLI cache, and the image engine when the backend builds images;
-* the run engine and the task group its runs live in,
+* the run engine and the task group its runs live in;
+* the warm pools, where the backend can keep sandboxes ready (`proxy.runs.pools`),
 
 handed to the app as one `~proxy.runs.service.Runs`.
 """
@@ -39,9 +40,11 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
+from proxy.runs.pools import WarmPools, pool_definitions
 from proxy.runs.presence import Presence
 from proxy.runs.service import Runs
 from proxy.sandbox import Isolation, SandboxBackend, open_backend
+from proxy.sandbox.base import WarmLauncher
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -147,6 +150,7 @@ async def run_service(
     images = capabilities.builds_images
     defaults = plan_defaults(settings, images=images)
     environments = Environments.from_settings(settings) if images else None
+    pools = warm_pools(settings, the_backend)
     kept: KeptSandboxes | None = None
     server_id = secrets.token_hex(8)
     with _presence(settings.data_dir / "servers", server_id) as presence:
@@ -187,6 +191,7 @@ async def run_service(
                     http=http,
                     links=links,
                     environments=environments,
+                    pools=pools,
                 )
                 kept = deps.kept
                 engine = RunEngine(deps, tg, presence=presence)
@@ -195,12 +200,17 @@ async def run_service(
                 if removed:
                     logger.warning("removed %d sandboxes left by an earlier process", len(removed))
                 tg.start_soon(engine.keep_beating, name="server-heartbeat")
+                if pools is not None:
+                    assert isinstance(the_backend, WarmLauncher)  # warm_pools made sure
+                    tg.start_soon(pools.keep_filled, deps, the_backend, name="warm-pools")
                 try:
                     yield Runs(deps, engine)
                 finally:
                     # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
                     tg.cancel_scope.cancel()
         finally:
+            if pools is not None:
+                await pools.close()
             # Sandboxes kept for follow-up turns die with the server (after the runs, which may
             # still hand theirs over while they stop).
             if kept is not None:
@@ -211,6 +221,22 @@ async def run_service(
         # Stopped cleanly, with no sandbox left: nothing for another server to look after.
         with contextlib.suppress(StoreError):
             await store.forget_server(server_id)
+
+
+def warm_pools(settings: Settings, backend: SandboxBackend) -> WarmPools | None:
+    """The warm pools the settings ask for, where the backend can keep them."""
+    definitions = pool_definitions(settings)
+    if not definitions:
+        return None
+    if not backend.capabilities.warm_pool or not isinstance(backend, WarmLauncher):
+        logger.warning(
+            "warm pools (%s) need a sandbox backend that keeps sandboxes ready; the %s one"
+            " does not: their runs start cold",
+            ", ".join(d.name for d in definitions),
+            backend.name,
+        )
+        return None
+    return WarmPools(definitions)
 
 
 @contextlib.contextmanager

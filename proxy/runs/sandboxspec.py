@@ -21,7 +21,7 @@ from proxy.runs.launch import AGENT_HOME, RELAY_MOUNT, EngineConfig, RunLaunch
 from proxy.sandbox import Mount, SandboxError, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
 
-__all__ = ["sandbox_spec"]
+__all__ = ["agent_mounts", "sandbox_spec"]
 
 # Bash (or sh) prepares the directories the runbook contract promises, then becomes the agent.
 _PRELUDE = 'mkdir -p /app/results /app/assets "$HOME"{writes} && cd /app && exec "$@"'
@@ -46,11 +46,10 @@ def sandbox_spec(
     the turn runs in the kept sandbox of the run it continues."""
     plan, installed = launch.plan, agent.installed
     socket = f"{RELAY_MOUNT}/{config.relay_socket.name}"
-    mounts = [
-        Mount(installed.host_dir, installed.mount_point),
-        Mount(config.relay_socket.parent, RELAY_MOUNT),
-    ]
     tcp = launch.adapter.relay_transport == "tcp"
+    if tcp and agent.forwarder_dir is None:
+        raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
+    mounts = agent_mounts(agent, config, forwarder=tcp)
     # Any free-looking port: the sandbox has its own loopback (the local backend shares the
     # host's, so it must not be a fixed one).
     port = secrets.randbelow(20_000) + 40_000
@@ -75,9 +74,6 @@ def sandbox_spec(
     prelude, files = _prelude(files) if inline_files else (_prelude({})[0], files)
     argv = [*installed.argv, *invocation.argv[1:]]
     if tcp:
-        if agent.forwarder_dir is None:
-            raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
-        mounts.append(Mount(agent.forwarder_dir, FORWARDER_MOUNT_POINT))
         argv = forwarder_argv(argv, port=port, socket=socket)
     spec = SandboxSpec(
         run_id=launch.run_id,
@@ -93,6 +89,19 @@ def sandbox_spec(
         labels={LABEL_OWNER: config.owner, LABEL_SERVER: config.server_id},
     )
     return spec, files
+
+
+def agent_mounts(agent: AgentSetup, config: EngineConfig, *, forwarder: bool) -> list[Mount]:
+    """What a sandbox mounts to run ``agent``: its CLI, the relay's socket and, with
+    ``forwarder`` (when there is one), the loopback forwarder. Warm sandboxes mount the same
+    (`proxy.runs.pools`), so that a run's mounts are found among theirs."""
+    mounts = [
+        Mount(agent.installed.host_dir, agent.installed.mount_point),
+        Mount(config.relay_socket.parent, RELAY_MOUNT),
+    ]
+    if forwarder and agent.forwarder_dir is not None:
+        mounts.append(Mount(agent.forwarder_dir, FORWARDER_MOUNT_POINT))
+    return mounts
 
 
 def _resume_session_id(launch: RunLaunch, reusing: bool) -> str | None:

@@ -23,6 +23,7 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.launch import RunLaunch, environment_record
 from proxy.runs.live import LiveRun
+from proxy.runs.pools import PoolStats
 
 __all__ = ["RunRequest", "Runs", "StartedRun"]
 
@@ -60,6 +61,10 @@ class Runs:
         launch = await self._record(draft)
         live = self.engine.start(launch)
         return StartedRun(live, draft.plan.model, draft.plan.tool_activity)
+
+    def pool_stats(self) -> list[PoolStats]:
+        """The warm pools, each with its sandboxes ready, claimed and missed (none: no pools)."""
+        return self.deps.pools.stats() if self.deps.pools is not None else []
 
     def live(self, run_id: str) -> LiveRun | None:
         """The run, while it is live on this server."""

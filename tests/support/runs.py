@@ -25,9 +25,11 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
+from proxy.runs.pools import PoolDefinition, WarmPools
 from proxy.runs.presence import Presence
 from proxy.runs.service import RunRequest, Runs
 from proxy.sandbox import SandboxBackend
+from proxy.sandbox.base import WarmLauncher
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import LocalBlobStore
@@ -48,12 +50,15 @@ async def runs_on(
     environments: Environments | None = None,
     presence: Presence | None = None,
     defaults: PlanDefaults | None = None,
+    pools: Sequence[PoolDefinition] = (),
     **config: Any,
 ) -> AsyncIterator[Runs]:
     """`Runs` over ``backend`` until the block ends; then its live runs are cancelled and its
-    kept sandboxes closed, as when a server stops. ``config``: `EngineConfig` fields."""
+    kept sandboxes and warm ``pools`` closed, as when a server stops. ``config``:
+    `EngineConfig` fields."""
     fields: dict[str, Any] = {"owner": OWNER, "keep_sandbox_seconds": 600.0, **config}
     settings = Settings(data_dir=tmp_path / "data", anthropic_api_key=PROVIDER_KEY)
+    warm = WarmPools(pools, retry_seconds=0.05) if pools else None
     async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
         deps = RunDeps(
             store=store,
@@ -72,11 +77,17 @@ async def runs_on(
             http=http,
             links=LinkSigner("test-secret", lifetime_seconds=3600),
             environments=environments,
+            pools=warm,
         )
+        if warm is not None:
+            assert isinstance(backend, WarmLauncher)
+            tg.start_soon(warm.keep_filled, deps, backend)
         try:
             yield Runs(deps, RunEngine(deps, tg, presence=presence))
         finally:
             tg.cancel_scope.cancel()
+    if warm is not None:
+        await warm.close()
     await deps.kept.close_all()
 
 
