@@ -183,13 +183,15 @@ async def test_a_crashed_servers_pool_is_reaped_by_recovery(
 ) -> None:
     backend = ScriptedBackend(agent)
     pools = WarmPools([pool(2)], retry_seconds=0.05)
-    async with runs_on(store, tmp_path, backend, agents=agent_cache, server_id="gone") as runs:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pools.keep_filled, runs.deps, backend)
-            with anyio.fail_after(10):
-                while len(backend.waiting) < 2:
-                    await anyio.sleep(0.01)
-            tg.cancel_scope.cancel()  # the server dies: its pool is never closed
+    async with (
+        runs_on(store, tmp_path, backend, agents=agent_cache, server_id="gone") as runs,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(pools.keep_filled, runs.deps, backend)
+        with anyio.fail_after(10):
+            while len(backend.waiting) < 2:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()  # the server dies: its pool is never closed
     assert len(backend.waiting) == 2
     async with runs_on(store, tmp_path, backend, agents=agent_cache, server_id="next") as runs:
         removed = await runs.engine.recover()
