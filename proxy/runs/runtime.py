@@ -27,7 +27,8 @@ import anyio
 import httpx
 import uvicorn
 
-from proxy.agents.install import AgentCache
+from proxy.agents import get_adapter
+from proxy.agents.install import AgentCache, AgentInstallError
 from proxy.egress import AddressPolicy, GuardedTransport
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
@@ -200,6 +201,7 @@ async def run_service(
                 if removed:
                     logger.warning("removed %d sandboxes left by an earlier process", len(removed))
                 tg.start_soon(engine.keep_beating, name="server-heartbeat")
+                tg.start_soon(_compile_caches, deps.agents, name="agent-compile-caches")
                 if pools is not None:
                     assert isinstance(the_backend, WarmLauncher)  # warm_pools made sure
                     tg.start_soon(pools.keep_filled, deps, the_backend, name="warm-pools")
@@ -221,6 +223,17 @@ async def run_service(
         # Stopped cleanly, with no sandbox left: nothing for another server to look after.
         with contextlib.suppress(StoreError):
             await store.forget_server(server_id)
+
+
+async def _compile_caches(agents: AgentCache) -> None:
+    """The compile caches of agent CLIs installed by an earlier version (made once)."""
+    for status in agents.list():
+        if not status.installed:
+            continue
+        try:
+            await agents.prepare_compile_cache(get_adapter(status.name))
+        except (AgentInstallError, OSError) as exc:  # its runs compile as they start
+            logger.warning("no compile cache for %s: %s", status.name, exc)
 
 
 def warm_pools(settings: Settings, backend: SandboxBackend) -> WarmPools | None:

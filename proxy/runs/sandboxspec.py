@@ -66,13 +66,14 @@ def sandbox_spec(
             resume_session_id=_resume_session_id(launch, reusing),
             extra_env=dict(plan.secret_env),
             relay_socket=None if tcp else socket,
+            memory_bytes=plan.memory_bytes,
         )
     )
     files = {**invocation.files, "/app/trajectory.json": _trajectory_json(launch)}
     # Where argv does not reach the sandbox as given (the local backend rewrites paths in it),
     # file contents must not go through it: there the files are copied in.
     prelude, files = _prelude(files) if inline_files else (_prelude({})[0], files)
-    argv = [*installed.argv, *invocation.argv[1:]]
+    argv = [*installed.argv_with(invocation.node_options), *invocation.argv[1:]]
     if tcp:
         argv = forwarder_argv(argv, port=port, socket=socket)
     spec = SandboxSpec(
@@ -80,7 +81,7 @@ def sandbox_spec(
         collection=launch.collection,
         image=image,
         argv=["/bin/sh", "-c", prelude, "jetty-run", *argv],
-        env={**invocation.env, "PATH": installed.env_path()},
+        env={**invocation.env, **installed.runtime_env, "PATH": installed.env_path()},
         workdir="/app",
         mounts=tuple(mounts),
         cpus=plan.cpus,
