@@ -47,7 +47,7 @@ __all__ = [
 
 COMPILE_CACHE_DIR = ".jetty-compile-cache"
 _READY = ".ready.json"
-_RUN_SECONDS = 120.0
+_RUN_SECONDS = 50.0
 # Node's cache types: CommonJS and ES modules (src/compile_cache.h).
 _TYPES = {0: "path", 1: "url"}
 # What Node's pathToFileURL (22) percent-encodes in a path: controls, space and anything

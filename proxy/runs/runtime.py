@@ -54,6 +54,8 @@ from proxy.store.blobs import BlobStore
 logger = logging.getLogger("proxy.runs")
 
 RELAY_SOCKET_NAME = "relay.sock"
+# The longest a stopping server waits for a compile cache it is making.
+_COMPILE_CACHE_SECONDS = 60.0
 
 
 class _QuietServer(uvicorn.Server):
@@ -226,12 +228,16 @@ async def run_service(
 
 
 async def _compile_caches(agents: AgentCache) -> None:
-    """The compile caches of agent CLIs installed by an earlier version (made once)."""
+    """The compile caches of agent CLIs installed by an earlier version (made once).
+
+    Shielded: one cut short by a stop would be made again, from the start, at the next.
+    """
     for status in agents.list():
         if not status.installed:
             continue
         try:
-            await agents.prepare_compile_cache(get_adapter(status.name))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_COMPILE_CACHE_SECONDS):
+                await agents.prepare_compile_cache(get_adapter(status.name))
         except (AgentInstallError, OSError) as exc:  # its runs compile as they start
             logger.warning("no compile cache for %s: %s", status.name, exc)
 
