@@ -10,10 +10,11 @@ whole machine), so the client sees how long a model event takes to reach it thro
 relay, the CLI, the container's log, the proxy's rendering and the client's stream.
 
 Prints, for the batch: runs completed and failed (with why), wall time, the proxy's CPU
-seconds per run, its resident memory and event loop tasks per live run (peak minus idle,
-over the most runs live at once), how long ``/healthz`` took meanwhile (the event loop's
-lag), p50/p99 from a model event at the scripted server to its chunk at the client, and run
-events written to the store per second. Then the same runs again, each client
+seconds per run (and how busy the whole machine was), its resident memory and event loop
+tasks per live run (peak minus idle, over the most runs live at once), how long
+``/healthz`` took meanwhile (the event loop's lag), p50/p99 from a model event at the
+scripted server to its chunk at the client, and run events written to the store per
+second. Then the same runs again, each client
 disconnecting once its first model event arrived (mid-run): the containers of the proxy
 left ``--settle`` seconds after the last disconnect (0 is right) and how the runs ended.
 
@@ -194,6 +195,14 @@ def usage(pid: int) -> Usage:
     return Usage(ticks / os.sysconf("SC_CLK_TCK"), rss / 1024)
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def events_written(database: Path) -> int:
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
@@ -260,12 +269,12 @@ def quantile(values: list[float], q: int) -> float:
 async def measure(proxy: str, pid: int, args: argparse.Namespace, data: Path, owner: str) -> None:
     database = data / "jetty-proxy.db"
     await asyncio.sleep(2)  # the proxy's start-up work (agent checks, recovery) is done
-    idle = usage(pid)
+    idle, busy = usage(pid), machine_cpu()
     events_before = events_written(database)
     async with httpx.AsyncClient() as probe:
         idle_tasks = _tasks((await probe.get(proxy + "/metrics")).text)
     batch, wall, load = await batch_of(proxy, pid, args.runs, drop=False)
-    after = usage(pid)
+    after, busy = usage(pid), machine_cpu() - busy
     events = events_written(database) - events_before
     ok = batch.statuses["completed"]
     print(f"{args.runs} runs at once, one proxy process (pid {pid}), {os.cpu_count()} cores")
@@ -273,7 +282,11 @@ async def measure(proxy: str, pid: int, args: argparse.Namespace, data: Path, ow
     for failure, n in batch.failures.most_common(10):
         print(f"  failed {n}x: {failure}")
     print(f"wall time {wall:.1f} s")
-    print(f"proxy CPU {after.cpu - idle.cpu:.1f} s, {(after.cpu - idle.cpu) / args.runs:.3f} s/run")
+    cpu = after.cpu - idle.cpu
+    print(
+        f"proxy CPU {cpu:.1f} s, {cpu / args.runs:.3f} s/run; the machine was busy"
+        f" {busy / wall / (os.cpu_count() or 1):.0%} ({busy:.0f} CPU s, the proxy {cpu / busy:.0%})"
+    )
     live = max(batch.most_live, 1)
     print(
         f"proxy RSS idle {idle.rss_mib:.0f} MiB, peak {load.rss_mib:.0f} MiB with"
