@@ -8,9 +8,11 @@ agent reaches it (`~proxy.runs.runtime.serve_relay_socket`: a unix socket, a run
 its own process. Then, per API and concurrency level, the same streamed calls of
 ``--chunks`` events straight at the upstream and through the relay, in alternating rounds
 (a drift in the machine's load touches both alike), and prints per path the time to the
-first event and to the end (p50/p99) and events per second, and what the relay adds.
+first event and to the end (p50/p99) and events per second, and what the relay adds: time per
+call, and its process's CPU per call and per event.
 
     python benchmarks/model_relay.py [--chunks 200] [--levels 1,8] [--calls 60] [--rounds 3]
+                                     [--apis anthropic,responses,gemini]
 
 The client is httpx, as an agent's SDK would be, on one event loop in this process; it
 reaches the relay over its unix socket (as the sandbox does) and the upstream over TCP. The
@@ -283,7 +285,14 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
 
-async def measure(args: argparse.Namespace, upstream: str, socket_path: str, token: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    args: argparse.Namespace, upstream: str, socket_path: str, token: str, relay_pid: int
+) -> None:
     levels = [int(level) for level in args.levels.split(",")]
     limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
     direct = httpx.AsyncClient(base_url=upstream, limits=limits, timeout=60)
@@ -302,16 +311,20 @@ async def measure(args: argparse.Namespace, upstream: str, socket_path: str, tok
         f" {'end p50':>8} {'p99':>7} {'events/s':>9}"
     )
     async with direct, relay:
-        for api in APIS:
+        for api in [api for api in APIS if api.name in args.apis.split(",")]:
             for level in levels:
                 got: dict[str, tuple[list[Sample], float]] = {n: ([], 0.0) for n in clients}
+                relay_cpu = 0.0
                 for client, key in clients.values():  # connections, caches
                     await batch(client, api, key, level, level * 2)
                 for index in range(args.rounds):
                     order = list(clients) if index % 2 == 0 else list(reversed(clients))
                     for name in order:
                         client, key = clients[name]
+                        before = cpu_seconds(relay_pid)
                         samples, wall = await batch(client, api, key, level, args.calls)
+                        if name == "relay":
+                            relay_cpu += cpu_seconds(relay_pid) - before
                         kept, took = got[name]
                         got[name] = (kept + samples, took + wall)
                 for name, (samples, wall) in got.items():
@@ -328,9 +341,11 @@ async def measure(args: argparse.Namespace, upstream: str, socket_path: str, tok
                     - pct([s.total for s in direct_samples], q)
                     for q in (50, 99)
                 ]
+                events = sum(s.events for s in relay_samples)
                 print(
                     f"{api.name:<10} {level:>5} added   per call: p50 {added[0]:+.2f} ms,"
-                    f" p99 {added[1]:+.2f} ms"
+                    f" p99 {added[1]:+.2f} ms; relay CPU {relay_cpu / len(relay_samples) * 1e3:.2f}"
+                    f" ms per call, {relay_cpu / events * 1e6:.1f} us per event"
                 )
 
 
@@ -340,6 +355,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,8", help="concurrent calls, comma-separated")
     parser.add_argument("--calls", type=int, default=60, help="calls per path and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--apis", default=",".join(api.name for api in APIS))
     parser.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--relay", nargs=2, metavar=("UPSTREAM", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -368,7 +384,7 @@ def main() -> int:
                 time.sleep(0.05)
             socket_path, token = ready.read_text().splitlines()
             wait_answering(upstream, processes[0])
-            uvloop.run(measure(args, upstream, socket_path, token))
+            uvloop.run(measure(args, upstream, socket_path, token, processes[1].pid))
         finally:
             for process in processes:
                 process.terminate()
