@@ -205,6 +205,7 @@ def create_app(
                 # Records still queued are written before the store closes.
                 recorder.running(),
             ):
+                metrics.watch_pools(runs.pool_stats)
                 yield {
                     "services": Services(
                         settings=settings,

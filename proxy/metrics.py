@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -16,6 +16,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.runs.pools import PoolStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -82,6 +85,10 @@ class Metrics:
     def watch_collections(self, counts: CollectionCounts) -> None:
         """Report ``counts`` per collection (read when ``/metrics`` is rendered)."""
         self.registry.register(_CollectionCollector(counts))
+
+    def watch_pools(self, read: Callable[[], Sequence[PoolStats]]) -> None:
+        """Report the warm pools ``read`` returns, each time /metrics is rendered."""
+        self.registry.register(_PoolCollector(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -150,6 +157,35 @@ def _family(
     for label, value in sorted(values.items()):
         family.add_metric(list(label) if isinstance(label, tuple) else [label], value)
     return family
+
+
+class _PoolCollector(Collector):
+    def __init__(self, read: Callable[[], Sequence[PoolStats]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(
+            "jetty_proxy_warm_pool_size", "Sandboxes a warm pool keeps ready.", labels=["pool"]
+        )
+        ready = GaugeMetricFamily(
+            "jetty_proxy_warm_sandboxes_ready",
+            "Warm sandboxes started and waiting for a run.",
+            labels=["pool"],
+        )
+        claimed = CounterMetricFamily(
+            "jetty_proxy_warm_claims", "Runs that started in a warm sandbox.", labels=["pool"]
+        )
+        misses = CounterMetricFamily(
+            "jetty_proxy_warm_misses",
+            "Runs that found their pool empty and started cold.",
+            labels=["pool"],
+        )
+        for pool in self._read():
+            size.add_metric([pool.name], pool.size)
+            ready.add_metric([pool.name], pool.ready)
+            claimed.add_metric([pool.name], pool.claimed)
+            misses.add_metric([pool.name], pool.misses)
+        yield from (size, ready, claimed, misses)
 
 
 def _task_count() -> float:

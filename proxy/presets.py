@@ -8,6 +8,7 @@ names them instead::
     model = "claude-sonnet-4-6"
     runbook_file = "runbooks/data-science.md"   # or: runbook = "…markdown…"
     jetty = { collection = "acme", task = "chat", image = "…", timeout_sec = 1200 }
+    warm = 2                                     # sandboxes started ahead (default 0)
 
 Choosing ``jetty/data-science`` runs the preset with the conversation as the instruction; a
 request's own ``jetty`` fields override the preset's. A preset belongs to its collection
@@ -44,6 +45,12 @@ class Preset(BaseModel):
         description="model for chat-UI housekeeping requests (titles, tags); default: model",
     )
     jetty: dict[str, Any] = Field(default_factory=dict)
+    warm: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="sandboxes kept started for this preset's runs (where the backend can)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Preset:

@@ -82,7 +82,8 @@ class SnapshotSettings(BaseModel):
     and replaces the built-in's; a new snapshot needs at least ``image``. ``dockerfile`` is
     what `jetty-proxy snapshots build` builds (its directory is the build context) and
     ``build_args`` are passed to it; ``base_snapshot`` names a snapshot to build first, whose
-    image is then passed as the ``BASE_IMAGE`` build argument.
+    image is then passed as the ``BASE_IMAGE`` build argument. ``warm`` sandboxes of the
+    snapshot (with the server's default limits) are kept started for its runs.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -93,6 +94,7 @@ class SnapshotSettings(BaseModel):
     includes: list[str] | None = None
     build_args: dict[str, str] | None = None
     base_snapshot: str | None = None
+    warm: int | None = Field(default=None, ge=0, le=64)
 
 
 class CollectionPolicy(Limits):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.support.ci import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +77,42 @@ def test_blobs_benchmark_measures_both_stores() -> None:
         for phase in ("write small", "read small", "write large", "read large")
     ], result.stdout
     assert all("peak RSS +" in line for line in result.stdout.splitlines()[1:])
+
+
+def test_model_relay_benchmark_measures_every_api() -> None:
+    result = run_benchmark(
+        "model_relay.py", "--levels", "1", "--calls", "5", "--rounds", "1", "--chunks", "20"
+    )
+    rows = [line.split()[:3] for line in result.stdout.splitlines()[2:]]
+    assert rows == [
+        [api, "1", path]
+        for api in ("anthropic", "responses", "gemini")
+        for path in ("direct", "relay", "added")
+    ], result.stdout
+
+
+def _engine_and_agents() -> None:
+    if not (os.environ.get("JETTY_PROXY_DOCKER_HOST") or os.environ.get("DOCKER_HOST")):
+        unavailable("no Docker engine is set", "scripts/ci/ starts one")
+    if not os.environ.get("JETTY_PROXY_AGENT_CACHE_DIR"):
+        unavailable("JETTY_PROXY_AGENT_CACHE_DIR is not set", "scripts/ci/ installs the agents")
+
+
+@pytest.mark.docker
+@pytest.mark.agents
+def test_many_runs_benchmark_completes_and_leaves_no_container() -> None:
+    _engine_and_agents()
+    result = run_benchmark("many_runs.py", "--runs", "2", "--settle", "5")
+    lines = result.stdout.splitlines()
+    assert "completed 2, failed 0" in lines, result.stdout
+    assert "dropped 2, not dropped 0" in lines, result.stdout
+    assert "containers left 5 s after the last disconnect: 0" in lines, result.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.agents
+def test_run_start_benchmark_measures_each_mode() -> None:
+    _engine_and_agents()
+    result = run_benchmark("run_start.py", "--runs", "1", "--agents", "codex")
+    rows = [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("codex")]
+    assert rows == [["codex", mode] for mode in ("raw", "cold", "warm")] * 2, result.stdout

@@ -47,7 +47,8 @@ class AgentSpec:
     name in ``argv[0]``, e.g. with a path inside an npm install prefix (see ``BinaryInfo``).
     ``extra_env`` is added to the environment but cannot override what the adapter sets.
     ``relay_socket`` is a unix socket path inside the sandbox that carries the relay traffic
-    (the base URL's host is then only a header), for CLIs that can dial one.
+    (the base URL's host is then only a header), for CLIs that can dial one. ``memory_bytes``
+    is the sandbox's memory limit (None: none), for CLIs that size their heap by it.
     """
 
     prompt: str
@@ -62,6 +63,7 @@ class AgentSpec:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     executable: str | None = None
     relay_socket: str | None = None
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +72,15 @@ class Invocation:
 
     ``files`` maps absolute paths inside the sandbox to contents that must be written (parent
     directories created) before the process starts. Stdin must be closed or empty: Codex reads
-    it when it is open and can hang.
+    it when it is open and can hang. ``node_options`` go to the Node runtime of a CLI that is a
+    Node script (before the script on its command line).
     """
 
     argv: list[str]
     env: dict[str, str]
     cwd: str
     files: dict[str, bytes] = field(default_factory=dict)
+    node_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,11 @@ Stream quirks: thinking is not emitted; assistant text arrives in ``delta`` piec
 after a tool call is a new block. ``result`` carries usage stats and, on failure, the error; a
 mid-stream ``error`` line does not by itself end the run.
 
+At start the CLI runs Node a second time, as its own child, to give it a heap of half the
+machine's memory (``os.totalmem``, which in a container is the host's, not the container's
+limit); that second Node start is half a second. ``GEMINI_CLI_NO_RELAUNCH`` skips it, and the
+heap is sized here instead: half the sandbox's memory limit, given to the one Node.
+
 A follow-up turn resumes with ``--resume SESSION_UUID`` (exit 42 when that chat is not under
 ``~/.gemini/tmp/<project>/chats``). 0.61.0 replays every tool result of a resumed chat twice
 (google-gemini/gemini-cli#29365), which the Gemini API rejects (the function responses outnumber
@@ -59,6 +64,8 @@ _SUMMARY_KEYS = (
     "description",
 )
 
+_MIB = 1024 * 1024
+
 # Exit codes the CLI documents for startup failures, as hints in the crash message.
 _EXIT_HINTS: Mapping[int, str] = MappingProxyType(
     {
@@ -106,12 +113,19 @@ class GeminiCliAdapter:
             "GOOGLE_GEMINI_BASE_URL": spec.relay_base_url,
             "GEMINI_API_KEY": spec.relay_token,
             "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            # One Node, not two (see the module docstring).
+            "GEMINI_CLI_NO_RELAUNCH": "true",
         }
         gemini_dir = f"{spec.home.rstrip('/')}/.gemini"
         files = {f"{gemini_dir}/settings.json": settings_json(spec).encode()}
         if spec.system_prompt:
             files[f"{gemini_dir}/GEMINI.md"] = spec.system_prompt.encode()
-        return Invocation(argv=argv, env=env, cwd=spec.workdir, files=files)
+        node_options: tuple[str, ...] = ()
+        if spec.memory_bytes:
+            node_options = (f"--max-old-space-size={max(spec.memory_bytes // 2 // _MIB, 64)}",)
+        return Invocation(
+            argv=argv, env=env, cwd=spec.workdir, files=files, node_options=node_options
+        )
 
     def new_translator(self) -> GeminiCliTranslator:
         return GeminiCliTranslator()

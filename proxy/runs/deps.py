@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -20,6 +21,9 @@ from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import BlobStore
 
+if TYPE_CHECKING:  # the pools plan their environments with the checks, which take RunDeps
+    from proxy.runs.pools import WarmPools
+
 __all__ = ["RunDeps"]
 
 
@@ -31,7 +35,8 @@ class RunDeps:
     ``environments`` is the image engine, there when the backend builds images (see
     `proxy.sandbox.Capabilities`); ``kept`` holds the sandboxes of finished runs waiting for
     their conversation's next turn; ``http`` fetches ``jetty.runbook_url``; ``settings`` give
-    each run's model provider (`proxy.runs.credentials`); ``links`` sign the links in its answer.
+    each run's model provider (`proxy.runs.credentials`); ``links`` sign the links in its answer;
+    ``pools`` hold the sandboxes started ahead of their runs (where the backend can).
     """
 
     store: Store
@@ -50,3 +55,4 @@ class RunDeps:
     prices: PriceBook
     quotas: Quotas
     environments: Environments | None = None
+    pools: WarmPools | None = None

@@ -154,14 +154,20 @@ class RunLifecycle:
             if await self._rerun(kept, spec):
                 return kept, files
         spec, files = self._sandbox_spec(token, reusing=False)
-        backend = self.deps.backend
+        backend, pools = self.deps.backend, self.deps.pools
+        # A warm sandbox, where one waits for a run like this one; else a new one.
+        sandbox = await pools.claim(spec) if pools else None
+        if sandbox is not None:
+            self.sandbox = sandbox  # owned from here: the cleanup closes it
+        how = "warm " if sandbox is not None else ""
         await self.emit(
             Progress(
                 f"Starting {self.launch.adapter.name} {self.version} in "
-                f"{self.image} ({backend.name} sandbox, run {self.launch.run_id})"
+                f"{self.image} ({how}{backend.name} sandbox, run {self.launch.run_id})"
             )
         )
-        sandbox = await backend.launch(spec)
+        if sandbox is None:
+            sandbox = await backend.launch(spec)
         self.sandbox = sandbox  # owned from here: the cleanup closes it
         if self.launch.continuation is not None:
             await self._restore(sandbox, self.launch.continuation)

@@ -7,7 +7,8 @@
 * the sandbox backend chosen by the settings;
 * the agent CLI cache, and the image engine when the backend builds images;
 * the run engine and the task group its runs live in, and the watch that learns through the
-  database what other servers decided about this one's runs,
+  database what other servers decided about this one's runs;
+* the warm pools, where the backend can keep sandboxes ready (`proxy.runs.pools`),
 
 handed to the app as one `~proxy.runs.service.Runs`.
 """
@@ -33,7 +34,8 @@ import httpx
 import uvicorn
 from starlette.routing import BaseRoute
 
-from proxy.agents.install import AgentCache
+from proxy.agents import get_adapter
+from proxy.agents.install import AgentCache, AgentInstallError
 from proxy.egress import AddressPolicy, GuardedTransport
 from proxy.environments import Environments
 from proxy.jetty import PlanDefaults
@@ -48,10 +50,12 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import EngineConfig
+from proxy.runs.pools import WarmPools, pool_definitions
 from proxy.runs.presence import Presence
 from proxy.runs.service import Runs
 from proxy.runs.watch import RunWatch
 from proxy.sandbox import Isolation, SandboxBackend, ServesSandboxes, open_backend
+from proxy.sandbox.base import WarmLauncher
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError
@@ -60,6 +64,8 @@ from proxy.store.blobs import BlobStore
 logger = logging.getLogger("proxy.runs")
 
 RELAY_SOCKET_NAME = "relay.sock"
+# The longest a stopping server waits for a compile cache it is making.
+_COMPILE_CACHE_SECONDS = 60.0
 
 
 class _QuietServer(uvicorn.Server):
@@ -203,6 +209,7 @@ async def run_service(
     images = capabilities.builds_images
     defaults = plan_defaults(settings, images=images)
     environments = Environments.from_settings(settings) if images else None
+    pools = warm_pools(settings, the_backend)
     kept: KeptSandboxes | None = None
     server_id = secrets.token_hex(8)
     with _presence(settings.data_dir / "servers", server_id) as presence:
@@ -255,6 +262,7 @@ async def run_service(
                     prices=prices,
                     quotas=quotas,
                     environments=environments,
+                    pools=pools,
                 )
                 kept = deps.kept
                 engine = RunEngine(deps, tg, presence=presence)
@@ -265,12 +273,18 @@ async def run_service(
                 tg.start_soon(engine.keep_beating, name="server-heartbeat")
                 watch = RunWatch(store, engine.live, deps.kept, deps.config.watch_seconds)
                 tg.start_soon(watch.run, name="run-watch")
+                tg.start_soon(_compile_caches, deps.agents, name="agent-compile-caches")
+                if pools is not None:
+                    assert isinstance(the_backend, WarmLauncher)  # warm_pools made sure
+                    tg.start_soon(pools.keep_filled, deps, the_backend, name="warm-pools")
                 try:
                     yield Runs(deps, engine)
                 finally:
                     # Stopping: cancel the live runs; each cleans up its sandbox, shielded.
                     tg.cancel_scope.cancel()
         finally:
+            if pools is not None:
+                await pools.close()
             # Sandboxes kept for follow-up turns die with the server (after the runs, which may
             # still hand theirs over while they stop).
             if kept is not None:
@@ -281,6 +295,37 @@ async def run_service(
         # Stopped cleanly, with no sandbox left: nothing for another server to look after.
         with contextlib.suppress(StoreError):
             await store.forget_server(server_id)
+
+
+async def _compile_caches(agents: AgentCache) -> None:
+    """The compile caches of agent CLIs installed by an earlier version (made once).
+
+    Shielded: one cut short by a stop would be made again, from the start, at the next.
+    """
+    for status in agents.list():
+        if not status.installed:
+            continue
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_COMPILE_CACHE_SECONDS):
+                await agents.prepare_compile_cache(get_adapter(status.name))
+        except (AgentInstallError, OSError) as exc:  # its runs compile as they start
+            logger.warning("no compile cache for %s: %s", status.name, exc)
+
+
+def warm_pools(settings: Settings, backend: SandboxBackend) -> WarmPools | None:
+    """The warm pools the settings ask for, where the backend can keep them."""
+    definitions = pool_definitions(settings)
+    if not definitions:
+        return None
+    if not backend.capabilities.warm_pool or not isinstance(backend, WarmLauncher):
+        logger.warning(
+            "warm pools (%s) need a sandbox backend that keeps sandboxes ready; the %s one"
+            " does not: their runs start cold",
+            ", ".join(d.name for d in definitions),
+            backend.name,
+        )
+        return None
+    return WarmPools(definitions)
 
 
 @contextlib.contextmanager

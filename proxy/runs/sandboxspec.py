@@ -20,10 +20,10 @@ from proxy.agents import AgentSpec
 from proxy.agents.forwarder import forwarder_argv
 from proxy.runs.agent import AgentSetup
 from proxy.runs.launch import AGENT_HOME, EngineConfig, RunLaunch
-from proxy.sandbox import Capabilities, SandboxError, SandboxRelay, SandboxSpec
-from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER, RELAY_DIR
+from proxy.sandbox import Capabilities, Mount, SandboxError, SandboxRelay, SandboxSpec
+from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER, RELAY_DIR, tool_mounts
 
-__all__ = ["sandbox_spec"]
+__all__ = ["agent_mounts", "sandbox_spec"]
 
 # Bash (or sh) prepares the directories the runbook contract promises, then becomes the agent.
 _PRELUDE = 'mkdir -p /app/results /app/assets "$HOME"{writes} && cd /app && exec "$@"'
@@ -83,6 +83,7 @@ def sandbox_spec(
             resume_session_id=_resume_session_id(launch, reusing),
             extra_env=dict(plan.secret_env),
             relay_socket=relay_socket,
+            memory_bytes=plan.memory_bytes,
         )
     )
     files = {**invocation.files, "/app/trajectory.json": _trajectory_json(launch)}
@@ -90,7 +91,7 @@ def sandbox_spec(
     # file contents must not go through it: there the files are copied in.
     inline = capabilities.inline_files
     prelude, files = _prelude(files) if inline else (_prelude({})[0], files)
-    argv = [*layout.argv, *invocation.argv[1:]]
+    argv = [*layout.argv_with(invocation.node_options), *invocation.argv[1:]]
     if tcp and capabilities.mounts_host:
         if agent.forwarder_dir is None:
             raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
@@ -101,7 +102,7 @@ def sandbox_spec(
         collection=launch.collection,
         image=image,
         argv=["/bin/sh", "-c", prelude, "jetty-run", *argv],
-        env={**invocation.env, "PATH": layout.env_path()},
+        env={**invocation.env, **layout.runtime_env, "PATH": layout.env_path()},
         workdir="/app",
         cpus=plan.cpus,
         memory_bytes=plan.memory_bytes,
@@ -112,6 +113,16 @@ def sandbox_spec(
         timeout_seconds=plan.timeout_sec,
     )
     return spec, files
+
+
+def agent_mounts(agent: AgentSetup, config: EngineConfig, *, forwarder: bool) -> list[Mount]:
+    """What a sandbox of a backend that mounts host paths mounts to run ``agent``: its CLI, the
+    relay's socket and, with ``forwarder`` (when there is one), the loopback forwarder, as
+    `SandboxSpec.host_mounts` makes them for a run. Warm sandboxes mount the same
+    (`proxy.runs.pools`), so that a run's mounts are found among theirs."""
+    return tool_mounts(
+        agent.tools(), config.relay_socket, agent.forwarder_dir if forwarder else None
+    )
 
 
 def _resume_session_id(launch: RunLaunch, reusing: bool) -> str | None:

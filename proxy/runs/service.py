@@ -23,6 +23,7 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.engine import RunEngine
 from proxy.runs.launch import RunLaunch, environment_record
 from proxy.runs.live import LiveRun
+from proxy.runs.pools import PoolStats
 from proxy.store.records import NewTrajectory
 
 __all__ = ["RunRequest", "Runs", "StartedRun"]
@@ -68,6 +69,10 @@ class Runs:
             draft.plan.tool_activity,
             still_running=self.deps.settings.still_running_seconds,
         )
+
+    def pool_stats(self) -> list[PoolStats]:
+        """The warm pools, each with its sandboxes ready, claimed and missed (none: no pools)."""
+        return self.deps.pools.stats() if self.deps.pools is not None else []
 
     def live(self, run_id: str) -> LiveRun | None:
         """The run, while it is live on this server."""

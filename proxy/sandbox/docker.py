@@ -1,10 +1,8 @@
 """Docker backend: one container per sandbox, driven over the Engine API (no docker CLI).
 
 Lifecycle against the engine: ``GET /images/{name}/json`` (a missing image raises
-`ImageNotFound`; nothing is ever pulled) → ``POST /containers/create`` → ``PUT .../archive``
-for `put_files` → ``POST .../start`` → ``GET .../logs?follow=1`` demultiplexed into stdout
-lines and a stderr tail → ``POST .../wait`` (on timeout ``POST .../kill``) →
-``GET .../archive`` for `copy_out` → ``DELETE /containers/{id}?force=1``.
+`ImageNotFound`; nothing is ever pulled) → ``POST /containers/create``, then the sandbox
+(`proxy.sandbox.docker_sandbox.DockerSandbox`) → ``DELETE /containers/{id}?force=1``.
 
 `rerun` restarts the exited container (same filesystem) with a new command line. A container's
 command cannot change after it is created, so every container starts through a small
@@ -12,6 +10,11 @@ command cannot change after it is created, so every container starts through a s
 new environment and ``exec``s the new command), else the spec's argv runs as given. Images
 therefore need ``/bin/sh``. The logs of a rerun are read from the moment the previous process
 ended (``since``), so each process's output is its own.
+
+`launch_warm` creates and starts a container whose dispatcher, instead of a command, sources
+the FIFO of its `~proxy.sandbox.claims.ClaimChannel`: it waits there, with no command,
+environment or file of any run, until a run claims it; `DockerSandbox.start` then writes the
+run's start script into the FIFO instead of starting the container.
 
 Files put into a sandbox are owned by root, unless ``spec.user`` is numeric ("uid" or
 "uid:gid"), in which case they (and any directories created for them) belong to that user.
@@ -22,15 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
+import os
 import secrets
-import shlex
+import shutil
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
-from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -42,45 +43,37 @@ from proxy.sandbox.base import (
     LABEL_RUN_ID,
     LABEL_SERVER,
     Capabilities,
-    CopyReport,
     EngineUnavailable,
-    ExitStatus,
-    FileContent,
     Isolation,
+    Mount,
     Orphans,
     SandboxError,
     SandboxSpec,
     SandboxStateError,
+    WarmSpec,
 )
+from proxy.sandbox.claims import CLAIM_FIFO, CLAIM_MOUNT, ClaimChannel
+from proxy.sandbox.docker_sandbox import RERUN_SCRIPT, DockerSandbox
 from proxy.sandbox.dockerapi import (
     API_VERSION,
     ContainerPolicy,
     Engine,
     container_name,
-    path_stat_name,
     resolve_docker_host,
 )
-from proxy.sandbox.files import ArchiveExtractor, CopyBudget, clean_absolute_dir
-from proxy.sandbox.files import clean_relative_path as _clean
-from proxy.sandbox.frames import FrameDecoder, LineSplitter, StreamKind, TailBuffer
-from proxy.sandbox.spool import local_contents
-from proxy.sandbox.tarstream import Owner, TarFormatError, write_archive
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
 
+__all__ = ["DockerBackend", "DockerSandbox", "DockerWarmSandbox", "open_docker"]
+
 logger = logging.getLogger(__name__)
 
-_CLOSE_TIMEOUT = 30.0
-_KILL_WAIT = 30.0
-_UPLOAD_CHUNK = 256 * 1024
-# Bytes of archive read past max_bytes (to list the files skipped for size) before giving up.
-_ARCHIVE_SLACK = 256 * 1024 * 1024
-# Inside the container, not on the host.
-_RERUN_DIR, _RERUN_NAME = "/tmp", ".jetty-rerun"  # noqa: S108
-RERUN_SCRIPT = f"{_RERUN_DIR}/{_RERUN_NAME}"
 _DISPATCH = f'if [ -f {RERUN_SCRIPT} ]; then . {RERUN_SCRIPT}; fi; exec "$@"'
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A warm container's dispatcher: a rerun script (after its first run), else its claim.
+_WAITER = f"if [ -f {RERUN_SCRIPT} ]; then . {RERUN_SCRIPT}; fi; . {CLAIM_MOUNT}/{CLAIM_FIFO}"
+# How long a started warm container may take to wait on its claim.
+_WARM_READY_TIMEOUT = 30.0
 
 
 async def open_docker(settings: Settings, owner: str | None) -> DockerBackend:
@@ -89,7 +82,9 @@ async def open_docker(settings: Settings, owner: str | None) -> DockerBackend:
     is, so ``owner`` is not needed here."""
     url = resolve_docker_host(settings.docker_host)
     policy = ContainerPolicy(tuple(settings.run_capabilities), settings.run_read_only_rootfs)
-    docker = DockerBackend.from_url(url, policy=policy)
+    # One directory per installation: the next server removes what a crashed one left there.
+    claims = Path(tempfile.gettempdir()) / f"jetty-claims-{os.getuid()}-{owner or 'default'}"
+    docker = DockerBackend.from_url(url, policy=policy, claims_dir=claims)
     if await docker.ping():
         return docker
     await docker.aclose()
@@ -102,7 +97,9 @@ class DockerBackend:
     ``transport`` is any httpx async transport: `from_url` builds one for a unix socket or
     TCP endpoint, tests pass ``httpx.MockTransport``. ``policy`` confines every container
     (capabilities, read-only root file system). A spec's ``cpus`` above what the engine's
-    machine has is lowered to that (the engine would refuse the container).
+    machine has is lowered to that (the engine would refuse the container). ``claims_dir``
+    holds the claim FIFOs of warm containers (a private temporary directory by default); the
+    engine must run on this machine to mount them, as it must for the agent CLIs.
     """
 
     name = "docker"
@@ -113,6 +110,7 @@ class DockerBackend:
         # copy into the created container (a mount of its file system, ~100 ms on 20.10).
         inline_files=True,
         reruns=True,
+        warm_pool=True,
         isolation=Isolation.FULL,
         mounts_host=True,
     )
@@ -125,6 +123,7 @@ class DockerBackend:
         where: str = "docker",
         timeout: float = 30.0,
         policy: ContainerPolicy | None = None,
+        claims_dir: Path | None = None,
     ) -> None:
         client = httpx.AsyncClient(
             transport=transport,
@@ -136,10 +135,18 @@ class DockerBackend:
         self._engine = Engine(client, where)
         self._policy = policy or ContainerPolicy()
         self._cpus: float | None = None
+        self._claims = claims_dir
+        # Made (and removed at aclose) only when no claims_dir was given.
+        self._own_claims: Path | None = None
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout: float = 30.0, policy: ContainerPolicy | None = None
+        cls,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        policy: ContainerPolicy | None = None,
+        claims_dir: Path | None = None,
     ) -> DockerBackend:
         """A backend for ``unix:///path/docker.sock``, ``tcp://host:port`` or ``http(s)://``."""
         if url.startswith("unix://"):
@@ -147,12 +154,19 @@ class DockerBackend:
             if not path.startswith("/"):
                 raise ValueError(f"Docker socket URL {url!r} must name an absolute path")
             transport = httpx.AsyncHTTPTransport(uds=path)
-            return cls(transport, where=url, timeout=timeout, policy=policy)
+            return cls(transport, where=url, timeout=timeout, policy=policy, claims_dir=claims_dir)
         if url.startswith(("tcp://", "http://", "https://")):
             scheme = "https" if url.startswith("https://") else "http"
             base = f"{scheme}://{url.split('://', 1)[1].rstrip('/')}"
             transport = httpx.AsyncHTTPTransport()
-            return cls(transport, base_url=base, where=url, timeout=timeout, policy=policy)
+            return cls(
+                transport,
+                base_url=base,
+                where=url,
+                timeout=timeout,
+                policy=policy,
+                claims_dir=claims_dir,
+            )
         raise ValueError(f"unsupported Docker host {url!r}: use unix://, tcp:// or http(s)://")
 
     async def ping(self) -> bool:
@@ -167,18 +181,9 @@ class DockerBackend:
 
     async def launch(self, spec: SandboxSpec) -> DockerSandbox:
         spec.check_limits()
-        # No image check first (4 ms): create answers 404 for a missing image, which
-        # Engine.create turns into ImageNotFound; nothing is ever pulled.
         name = container_name(spec.run_id, secrets.token_hex(4))
-        cpus = spec.cpus
-        if cpus is not None:
-            if self._cpus is None:
-                self._cpus = await self._engine.cpus()
-            cpus = min(cpus, self._cpus)
-        dispatched = dataclasses.replace(
-            spec, argv=["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv], cpus=cpus
-        )
-        container_id = await self._engine.create(dispatched, name, self._policy)
+        argv = ["/bin/sh", "-c", _DISPATCH, "jetty-sandbox", *spec.argv]
+        container_id = await self._create(spec, argv, name)
         sandbox = DockerSandbox(self._engine, container_id, spec)
         try:
             await sandbox.claim_workdir()
@@ -186,6 +191,57 @@ class DockerBackend:
             await sandbox.close()
             raise
         return sandbox
+
+    async def launch_warm(self, spec: WarmSpec) -> DockerWarmSandbox:
+        name = container_name(spec.id, secrets.token_hex(4))
+        channel = await anyio.to_thread.run_sync(ClaimChannel.create, self._claims_root(), name)
+        # What the container is created with: the warm spec, and nothing of a run.
+        created = SandboxSpec(
+            run_id=spec.id,
+            collection="",
+            image=spec.image,
+            argv=["/bin/sh", "-c", _WAITER],
+            workdir=spec.workdir,
+            mounts=(*spec.mounts, Mount(channel.directory, CLAIM_MOUNT)),
+            cpus=spec.cpus,
+            memory_bytes=spec.memory_bytes,
+            pids_limit=spec.pids_limit,
+            network_enabled=spec.network_enabled,
+            user=spec.user,
+            labels=spec.all_labels(),
+        )
+        created.check_limits()
+        try:
+            container_id = await self._create(created, created.argv, name)
+        except BaseException:
+            channel.remove()
+            raise
+        warm = DockerWarmSandbox(self._engine, container_id, spec, created, channel)
+        try:
+            await warm.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await warm.close()
+            raise
+        return warm
+
+    async def _create(self, spec: SandboxSpec, argv: Sequence[str], name: str) -> str:
+        """Create ``spec``'s container running ``argv``; its id."""
+        # No image check first (4 ms): create answers 404 for a missing image, which
+        # Engine.create turns into ImageNotFound; nothing is ever pulled.
+        cpus = spec.cpus
+        if cpus is not None:
+            if self._cpus is None:
+                self._cpus = await self._engine.cpus()
+            cpus = min(cpus, self._cpus)
+        container = dataclasses.replace(spec, argv=list(argv), cpus=cpus)
+        return await self._engine.create(container, name, self._policy)
+
+    def _claims_root(self) -> Path:
+        if self._claims is None:
+            self._own_claims = Path(tempfile.mkdtemp(prefix="jetty-claims-"))
+            self._claims = self._own_claims
+        return self._claims
 
     async def remove_orphans(self, orphans: Orphans) -> list[str]:
         labels = [f"{LABEL_MANAGED}=true"]
@@ -208,311 +264,68 @@ class DockerBackend:
                 ok=(404, 409),
             )
             removed.append(run_id)
+            if self._claims is not None:  # a warm container's claim directory
+                for name in container.get("Names") or ():
+                    claim = self._claims / str(name).lstrip("/")
+                    await anyio.to_thread.run_sync(_remove_tree, claim)
         # The volumes of containers removed without theirs (by hand, or by another tool).
         await self._engine.request("POST", "/volumes/prune", params={"filters": filters})
         return removed
 
     async def aclose(self) -> None:
         await self._engine.client.aclose()
+        if self._own_claims is not None:
+            await anyio.to_thread.run_sync(_remove_tree, self._own_claims)
 
 
-class DockerSandbox:
-    """One container. Create with `DockerBackend.launch`."""
+class DockerWarmSandbox:
+    """A started container waiting on its claim. Create with `DockerBackend.launch_warm`."""
 
     def __init__(
         self,
         engine: Engine,
         container_id: str,
-        spec: SandboxSpec,
-        *,
-        archive_slack_bytes: int = _ARCHIVE_SLACK,
+        spec: WarmSpec,
+        created: SandboxSpec,
+        channel: ClaimChannel,
     ) -> None:
         self._engine = engine
         self.container_id = container_id
         self._spec = spec
-        self._url = f"/containers/{container_id}"
-        self._owner = _numeric_owner(spec.user)
-        self._slack = archive_slack_bytes
-        self._stderr = TailBuffer()
-        self._started = False
-        self._logs_taken = False
-        # Engine log timestamp ("seconds.nanoseconds") the current process's output starts at.
-        self._since: str | None = None
-        self._closing = False  # set first thing in close(): a broken log stream is expected
+        self._created = created
+        self._channel = channel
+        self._claimed = False
         self._closed = False
 
     @property
-    def run_id(self) -> str:
-        return self._spec.run_id
-
-    async def put_files(self, dest_dir: str, files: Mapping[str, FileContent]) -> None:
-        if self._started or self._closed:
-            raise SandboxStateError("put_files is only possible before start")
-        dest = clean_absolute_dir(dest_dir)
-        names = {name: _clean(name) for name in files}
-        # Upload at the deepest directory that exists: a tar entry for an existing directory
-        # would reset its owner and mode (think /tmp), so only missing ones go in the tar.
-        base, missing = dest, PurePosixPath()
-        while base != base.parent and not await self._exists(base):
-            missing = PurePosixPath(base.name) / missing
-            base = base.parent
-        dirs = [missing] if missing.parts else []
-        async with local_contents(files) as contents:
-            members = {missing / names[name]: content for name, content in contents.items()}
-            await self._upload(base, dirs, members)
-
-    async def _upload(
-        self,
-        base: PurePosixPath,
-        dirs: list[PurePosixPath],
-        members: dict[PurePosixPath, bytes | Path],
-    ) -> None:
-        spool = await anyio.to_thread.run_sync(self._spool_archive, dirs, members)
-        try:
-            await self._engine.request(
-                "PUT",
-                f"{self._url}/archive",
-                params={"path": str(base), "noOverwriteDirNonDir": "1"},
-                headers={"Content-Type": "application/x-tar"},
-                content=_read_chunks(spool),
-                timeout=None,
-            )
-        finally:
-            spool.close()
-
-    def _spool_archive(
-        self, dirs: list[PurePosixPath], members: dict[PurePosixPath, bytes | Path]
-    ) -> IO[bytes]:
-        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - returned
-        try:
-            write_archive(spool, dirs, members, self._owner)
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
-
-    async def claim_workdir(self) -> None:
-        """Give the workdir to a numeric non-root ``spec.user``.
-
-        The engine creates the workdir owned by root when the container is created, which
-        would leave a non-root agent unable to write in its own /app.
-        """
-        workdir = clean_absolute_dir(self._spec.workdir)
-        if self._owner == Owner() or workdir == workdir.parent:
-            return
-        await self._upload(workdir.parent, [PurePosixPath(workdir.name)], {})
-
-    async def _exists(self, path: PurePosixPath) -> bool:
-        response = await self._engine.request(
-            "HEAD", f"{self._url}/archive", params={"path": str(path)}, ok=(404,)
-        )
-        return response.status_code != 404
+    def spec(self) -> WarmSpec:
+        return self._spec
 
     async def start(self) -> None:
-        if self._closed:
-            raise SandboxStateError("the sandbox is closed")
-        if self._started:
-            raise SandboxStateError("the sandbox was already started")
-        self._started = True
-        await self._engine.request("POST", f"{self._url}/start", ok=(304,))
+        """Start the container and wait until it waits on its claim."""
+        await DockerSandbox(self._engine, self.container_id, self._created).claim_workdir()
+        await self._engine.request("POST", f"/containers/{self.container_id}/start", ok=(304,))
+        await self._channel.connect(timeout=_WARM_READY_TIMEOUT)
 
-    async def stdout_lines(self) -> AsyncGenerator[str, None]:
-        if not self._started:
-            raise SandboxStateError("start the sandbox before reading its output")
-        if self._logs_taken:
-            raise SandboxStateError("stdout_lines can be iterated only once")
-        self._logs_taken = True
-        lines = LineSplitter()
-        seen = {StreamKind.STDOUT: 0, StreamKind.STDERR: 0}
-        try:
-            async with aclosing(self._log_frames(follow=True)) as frames:
-                async for stream, payload in frames:
-                    seen[stream] += len(payload)
-                    for line in self._route(stream, payload, lines):
-                        yield line
-            if self._closing:
-                return
-            # The engine can end a follow stream before it has written the container's last
-            # output (seen with Docker 20.10). Once the container has exited its log is
-            # complete: read it again and pass on what the follow stream did not deliver.
-            await self._wait_exit()
-            async with aclosing(self._log_frames(follow=False)) as frames:
-                async for stream, payload in frames:
-                    skip = min(seen[stream], len(payload))
-                    seen[stream] -= skip
-                    for line in self._route(stream, payload[skip:], lines):
-                        yield line
-        except SandboxError:
-            if self._closing:
-                return  # the stream broke because the container was removed under it
-            raise
-        for line in lines.flush():
-            yield line
-
-    async def _log_frames(self, *, follow: bool) -> AsyncGenerator[tuple[StreamKind, bytes], None]:
-        params = {"follow": "1" if follow else "0", "stdout": "1", "stderr": "1"}
-        if self._since is not None:
-            params["since"] = self._since
-        decoder = FrameDecoder()
-        async with self._engine.stream(
-            "GET", f"{self._url}/logs", params=params, timeout=None
-        ) as response:
-            async for chunk in response.aiter_bytes():
-                for stream, payload in decoder.feed(chunk):
-                    yield stream, payload
-
-    def _route(self, stream: StreamKind, payload: bytes, lines: LineSplitter) -> list[str]:
-        if stream is StreamKind.STDERR:
-            self._stderr.feed(payload)
-            return []
-        return lines.feed(payload) if stream is StreamKind.STDOUT else []
-
-    def stderr_tail(self) -> str:
-        return self._stderr.text()
-
-    async def wait(self, timeout: float | None = None) -> ExitStatus:  # noqa: ASYNC109
-        if not self._started:
-            raise SandboxStateError("start the sandbox before waiting for it")
-        timed_out = False
-        with anyio.move_on_after(timeout) as scope:
-            await self._wait_exit()
-        if scope.cancelled_caught:
-            timed_out = True
-            await self.kill()
-            with anyio.move_on_after(_KILL_WAIT) as kill_scope:
-                await self._wait_exit()
-            if kill_scope.cancelled_caught:
-                raise EngineUnavailable(
-                    f"container {self.container_id} still runs {_KILL_WAIT:.0f}s after a kill"
-                )
-        state = (await self._engine.request("GET", f"{self._url}/json")).json()["State"]
-        if not self._logs_taken:
-            await self._fetch_stderr()
-        return ExitStatus(
-            exit_code=int(state.get("ExitCode", -1)),
-            oom_killed=bool(state.get("OOMKilled", False)),
-            timed_out=timed_out,
-        )
-
-    async def _wait_exit(self) -> None:
-        await self._engine.request(
-            "POST", f"{self._url}/wait", params={"condition": "not-running"}, timeout=None
-        )
-
-    async def _fetch_stderr(self) -> None:
-        params = {"stderr": "1", "tail": "200"}
-        if self._since is not None:
-            params["since"] = self._since
-        response = await self._engine.request("GET", f"{self._url}/logs", params=params)
-        decoder = FrameDecoder()
-        for stream, payload in decoder.feed(response.content):
-            if stream is StreamKind.STDERR:
-                self._stderr.feed(payload)
-
-    async def kill(self) -> None:
-        if self._closed or not self._started:
-            return
-        # 409: not running; 404: already gone. Both mean there is nothing left to kill.
-        await self._engine.request("POST", f"{self._url}/kill", ok=(404, 409))
-
-    async def copy_out(
-        self, src_dir: str, dest: Path, max_bytes: int, max_files: int
-    ) -> CopyReport:
-        if self._closed:
-            raise SandboxStateError("the sandbox is closed")
-        src = clean_absolute_dir(src_dir)
-        budget = CopyBudget(max_bytes, max_files)
-        await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
-        async with self._engine.stream(
-            "GET", f"{self._url}/archive", params={"path": str(src)}, ok=(404,), timeout=None
-        ) as response:
-            if response.status_code == 404:
-                return budget.report
-            root = path_stat_name(response) or src.name
-            extractor = ArchiveExtractor(dest, budget, root, max_bytes + self._slack)
-            try:
-                async for chunk in response.aiter_bytes():
-                    await anyio.to_thread.run_sync(extractor.feed, chunk)
-                    if extractor.stopped:
-                        break
-                extractor.close()
-            except TarFormatError as exc:
-                raise SandboxError(f"unreadable archive of {src} from the engine: {exc}") from exc
-        return budget.report
-
-    async def rerun(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        if self._closed:
-            raise SandboxStateError("the sandbox is closed")
-        if not argv:
-            raise SandboxStateError("argv must name a program to run")
-        bad = [name for name in env if not _ENV_NAME.fullmatch(name)]
-        if bad:
-            raise SandboxStateError(f"not a valid environment variable name: {bad[0]!r}")
-        since = None
-        if self._started:
-            state = (await self._engine.request("GET", f"{self._url}/json")).json()["State"]
-            if state.get("Running") or state.get("Restarting"):
-                raise SandboxStateError("the sandbox's process is still running")
-            since = engine_timestamp(str(state.get("FinishedAt") or ""))
-        script = "\n".join(
-            [
-                f"rm -f {RERUN_SCRIPT}",
-                *(f"unset {name}" for name in self._spec.env if _ENV_NAME.fullmatch(name)),
-                *(f"export {name}={shlex.quote(value)}" for name, value in env.items()),
-                "exec " + " ".join(shlex.quote(arg) for arg in argv),
-                "",
-            ]
-        )
-        self._started = False
-        self._logs_taken = False
-        self._stderr = TailBuffer()
-        self._since = since
-        self._spec = dataclasses.replace(self._spec, argv=list(argv), env=dict(env))
-        await self.put_files(_RERUN_DIR, {_RERUN_NAME: script.encode()})
+    async def claim(self, spec: SandboxSpec) -> DockerSandbox:
+        if self._claimed or self._closed:
+            raise SandboxStateError("the warm sandbox was claimed or closed already")
+        if not self._spec.fits(spec):
+            raise SandboxStateError("the run does not fit the warm sandbox")
+        if not self._channel.alive():
+            raise SandboxError(f"warm container {self.container_id} no longer waits")
+        self._claimed = True
+        # The container's own labels name the warm sandbox, not the run (see Sandbox.run_id).
+        owned = dataclasses.replace(spec, run_id=self._spec.id)
+        return DockerSandbox(self._engine, self.container_id, owned, claim=self._channel)
 
     async def close(self) -> None:
-        if self._closed:
+        if self._claimed or self._closed:
             return
-        self._closing = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
-            try:
-                # 409 means a removal is already in progress.
-                await self._engine.request(
-                    "DELETE", self._url, params={"force": "1", "v": "1"}, ok=(404, 409)
-                )
-            except SandboxError as exc:
-                # Do not mask the caller's own error; remove_orphans catches what leaks here.
-                logger.warning("could not remove container %s: %s", self.container_id, exc)
-                return
-            self._closed = True
+        self._closed = True
+        await DockerSandbox(self._engine, self.container_id, self._created).close()
+        self._channel.remove()
 
 
-def engine_timestamp(rfc3339: str) -> str | None:
-    """``2026-11-27T16:05:01.123456789Z`` as the engine's ``since`` form, ``1795795501.123456789``.
-
-    Nanoseconds are kept (datetime stops at microseconds, and a rounded value could let the
-    previous process's last lines through). None for the zero time or an unreadable value.
-    """
-    match = re.fullmatch(
-        r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", rfc3339
-    )
-    if match is None or rfc3339.startswith("0001-"):
-        return None
-    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    seconds = int(datetime.fromisoformat(match.group(1) + zone).timestamp())
-    return f"{seconds}.{(match.group(2) or '').ljust(9, '0')}"
-
-
-def _numeric_owner(user: str | None) -> Owner:
-    if not user:
-        return Owner()
-    uid, _, gid = user.partition(":")
-    if uid.isdigit() and (not gid or gid.isdigit()):
-        return Owner(int(uid), int(gid or uid))
-    return Owner()
-
-
-async def _read_chunks(spool: IO[bytes]) -> AsyncIterator[bytes]:
-    while chunk := await anyio.to_thread.run_sync(spool.read, _UPLOAD_CHUNK):
-        yield chunk
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -19,6 +19,10 @@ not closed is left on the "engine", where `remove_orphans` finds it by its label
 Timing follows a real process's: the script plays as its stdout is read; a script that
 nobody reads plays out in `wait`; one whose reader stops early is stuck, as a process is on a
 full pipe, until it is killed (or `wait`'s timeout kills it).
+
+Warm sandboxes (`launch_warm`) wait in `ScriptedBackend.warm_sandboxes` with an empty file
+system; a claim turns one into a `ScriptedSandbox` (its `ScriptedSandbox.warm` says which),
+and a test makes one stop waiting with `ScriptedWarmSandbox.die`.
 """
 
 from __future__ import annotations
@@ -40,16 +44,20 @@ from proxy.sandbox.base import (
     ImageNotFound,
     Isolation,
     Orphans,
+    SandboxError,
     SandboxSpec,
     SandboxStateError,
+    WarmSpec,
 )
 from proxy.sandbox.files import CopyBudget, clean_absolute_dir, clean_relative_path
 
-__all__ = ["Pause", "Script", "ScriptedBackend", "ScriptedSandbox"]
+__all__ = ["Pause", "Script", "ScriptedBackend", "ScriptedSandbox", "ScriptedWarmSandbox"]
 
 #: What a scripted backend claims by default: images (any, or those it is given), reruns,
-#: and mounts (what a spec asks it to mount is taken as given).
-SCRIPTED = Capabilities(runs_images=True, reruns=True, isolation=Isolation.FULL, mounts_host=True)
+#: warm sandboxes, and mounts (what a spec asks it to mount is taken as given).
+SCRIPTED = Capabilities(
+    runs_images=True, reruns=True, warm_pool=True, isolation=Isolation.FULL, mounts_host=True
+)
 #: The exit code of a killed process (128 + SIGKILL), as the real backends report it.
 KILLED = 137
 
@@ -104,13 +112,20 @@ class ScriptedBackend:
         self.handler = handler
         self.images = images
         self.capabilities = capabilities
-        #: Every sandbox launched, in order.
+        #: Every sandbox launched or claimed, in order.
         self.sandboxes: list[ScriptedSandbox] = []
+        #: Every warm sandbox launched, in order.
+        self.warm_sandboxes: list[ScriptedWarmSandbox] = []
 
     @property
     def open_sandboxes(self) -> list[ScriptedSandbox]:
         """The sandboxes not closed yet (the ones left on the engine)."""
         return [sandbox for sandbox in self.sandboxes if not sandbox.closed]
+
+    @property
+    def waiting(self) -> list[ScriptedWarmSandbox]:
+        """The warm sandboxes neither claimed nor closed (waiting on the engine)."""
+        return [warm for warm in self.warm_sandboxes if warm.waiting]
 
     async def ping(self) -> bool:
         return True
@@ -126,20 +141,69 @@ class ScriptedBackend:
         self.sandboxes.append(sandbox)
         return sandbox
 
+    async def launch_warm(self, spec: WarmSpec) -> ScriptedWarmSandbox:
+        if not self.capabilities.warm_pool:
+            raise SandboxStateError("this scripted backend claims no warm pools")
+        await self.check_image(spec.image)
+        warm = ScriptedWarmSandbox(self, spec)
+        self.warm_sandboxes.append(warm)
+        return warm
+
     async def remove_orphans(self, orphans: Orphans) -> list[str]:
         removed: list[str] = []
-        for sandbox in self.open_sandboxes:
-            labels = sandbox.spec.labels
+        left: list[tuple[str, Mapping[str, str], ScriptedSandbox | ScriptedWarmSandbox]] = [
+            *((s.run_id, s.spec.labels, s) for s in self.open_sandboxes),
+            *((w.spec.id, w.spec.labels, w) for w in self.waiting),
+        ]
+        for run_id, labels, sandbox in left:
             if orphans.owner is not None and labels.get(LABEL_OWNER) != orphans.owner:
                 continue
-            if orphans.kept(sandbox.run_id, labels.get(LABEL_SERVER)):
+            if orphans.kept(run_id, labels.get(LABEL_SERVER)):
                 continue
             await sandbox.close()
-            removed.append(sandbox.run_id)
+            removed.append(run_id)
         return removed
 
     async def aclose(self) -> None:
         """Nothing to release: sandboxes are left as they are, like on a real engine."""
+
+
+class ScriptedWarmSandbox:
+    """A scripted warm sandbox. Create with `ScriptedBackend.launch_warm`."""
+
+    def __init__(self, backend: ScriptedBackend, spec: WarmSpec) -> None:
+        self._backend = backend
+        self.spec = spec
+        #: The sandbox a run made of it, once claimed.
+        self.claimed: ScriptedSandbox | None = None
+        self.closed = False
+        self.gone = False
+
+    @property
+    def waiting(self) -> bool:
+        return self.claimed is None and not self.closed
+
+    def die(self) -> None:
+        """Stop waiting, as a container whose process was killed: a claim then fails."""
+        self.gone = True
+
+    async def claim(self, spec: SandboxSpec) -> ScriptedSandbox:
+        if not self.waiting:
+            raise SandboxStateError("the warm sandbox was claimed or closed already")
+        if not self.spec.fits(spec):
+            raise SandboxStateError("the run does not fit the warm sandbox")
+        if self.gone:
+            raise SandboxError("the warm sandbox no longer waits")
+        spec.check_limits()
+        sandbox = ScriptedSandbox(self._backend, dataclasses.replace(spec, run_id=self.spec.id))
+        sandbox.warm = self
+        self.claimed = sandbox
+        self._backend.sandboxes.append(sandbox)
+        return sandbox
+
+    async def close(self) -> None:
+        if self.claimed is None:
+            self.closed = True
 
 
 class ScriptedSandbox:
@@ -147,6 +211,8 @@ class ScriptedSandbox:
 
     def __init__(self, backend: ScriptedBackend, spec: SandboxSpec) -> None:
         self._backend = backend
+        #: The warm sandbox it was claimed from, if any.
+        self.warm: ScriptedWarmSandbox | None = None
         #: The spec of the current process (`rerun` replaces its argv and env).
         self.spec = spec
         #: The sandbox's files by absolute path.

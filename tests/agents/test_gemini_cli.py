@@ -206,7 +206,10 @@ def test_build() -> None:
         "GOOGLE_GEMINI_BASE_URL": "http://relay.internal/r/abc",
         "GEMINI_API_KEY": "tok-123",
         "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        # One Node process: the CLI would start a second one to raise its heap.
+        "GEMINI_CLI_NO_RELAUNCH": "true",
     }
+    assert invocation.node_options == ()  # no memory limit: Node's own heap limit
     settings = json.loads(invocation.files["/app/.agent-home/.gemini/settings.json"])
     assert settings == {
         "security": {"auth": {"selectedType": "gemini-api-key"}},
@@ -215,6 +218,11 @@ def test_build() -> None:
         "general": {"maxAttempts": 1},
     }
     assert set(invocation.files) == {"/app/.agent-home/.gemini/settings.json"}
+
+
+def test_the_heap_is_half_the_sandboxs_memory() -> None:
+    invocation = GeminiCliAdapter().build(spec(memory_bytes=4 * 1024**3))
+    assert invocation.node_options == ("--max-old-space-size=2048",)
 
 
 def test_a_prompt_starting_with_a_dash_is_one_word() -> None:

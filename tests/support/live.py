@@ -35,6 +35,24 @@ def free_port() -> int:
         return port
 
 
+def wait_answering(
+    url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 60.0
+) -> None:
+    """Return once ``url`` answers a GET (any status); `RuntimeError` when ``process`` exits
+    first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer") from None
+            time.sleep(0.1)
+
+
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the test runner owns signals
         pass

@@ -30,10 +30,12 @@ from proxy.runs.engine import RunEngine
 from proxy.runs.followup import KeptSandboxes
 from proxy.runs.launch import AGENT_HOME, EngineConfig
 from proxy.runs.live import LiveRun
+from proxy.runs.pools import PoolDefinition, WarmPools
 from proxy.runs.presence import Presence
 from proxy.runs.service import RunRequest, Runs, StartedRun
 from proxy.runs.watch import RunWatch
 from proxy.sandbox import SandboxBackend
+from proxy.sandbox.base import WarmLauncher
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import LocalBlobStore
@@ -63,15 +65,17 @@ async def runs_on(
     settings: Mapping[str, Any] | None = None,
     quotas: Quotas | None = None,
     prices: PriceBook | None = None,
+    pools: Sequence[PoolDefinition] = (),
     **config: Any,
 ) -> AsyncIterator[Runs]:
     """`Runs` over ``backend`` until the block ends; then its live runs are cancelled and its
-    kept sandboxes closed, as when a server stops. ``settings``: `Settings` fields;
-    ``config``: `EngineConfig` fields."""
+    kept sandboxes and warm ``pools`` closed, as when a server stops. ``settings``:
+    `Settings` fields; ``config``: `EngineConfig` fields."""
     fields: dict[str, Any] = {"owner": OWNER, "keep_sandbox_seconds": 600.0, **config}
     server = Settings(
         data_dir=tmp_path / "data", anthropic_api_key=PROVIDER_KEY, **(settings or {})
     )
+    warm = WarmPools(pools, retry_seconds=0.05) if pools else None
     async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
         deps = RunDeps(
             store=store,
@@ -92,13 +96,19 @@ async def runs_on(
             prices=prices or PriceBook(),
             quotas=quotas or Quotas(store, QuotaConfig(Limits(), {})),
             environments=environments,
+            pools=warm,
         )
         engine = RunEngine(deps, tg, presence=presence)
         tg.start_soon(RunWatch(store, engine.live, deps.kept, deps.config.watch_seconds).run)
+        if warm is not None:
+            assert isinstance(backend, WarmLauncher)
+            tg.start_soon(warm.keep_filled, deps, backend)
         try:
             yield Runs(deps, engine)
         finally:
             tg.cancel_scope.cancel()
+    if warm is not None:
+        await warm.close()
     await deps.kept.close_all()
 
 
