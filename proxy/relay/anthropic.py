@@ -183,6 +183,8 @@ class UsageReader:
 
     def feed_sse(self, block: bytes) -> None:
         """Read the events in ``block`` (complete SSE events, as relayed)."""
+        if b"message_" not in block:
+            return  # most blocks are content deltas: not worth splitting into events
         for name, data in sse_events(block):
             if name in (b"message_start", b"message_delta") or (not name and b'"message_' in data):
                 self._read(json_object(data))

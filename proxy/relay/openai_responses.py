@@ -163,6 +163,8 @@ class UsageReader:
         self._usage: ModelUsage | None = None
 
     def feed_sse(self, block: bytes) -> None:
+        if b'"usage"' not in block:
+            return  # only a terminal event's response carries usage (and its model)
         for kind, data in _typed_events(block):
             if kind in _TERMINAL_EVENTS and kind != b"error":
                 event = json_object(data)
