@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import tarfile
 import uuid
 from pathlib import Path
@@ -19,6 +18,8 @@ from proxy.agents.install import NODE_VERSION, InstalledAgent
 from proxy.cli import main
 from proxy.environments.engine import ImageEngine
 from tests.sandbox.conftest import configured_docker_host, engine_client
+from tests.support.ci import unavailable
+from tests.support.stores import service_url
 
 
 def installed(tmp_path: Path, name: str, version: str) -> InstalledAgent:
@@ -109,10 +110,10 @@ def test_the_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.docker
 def test_build_and_push_to_a_registry(agents_image: str) -> None:
-    registry = os.environ.get("JETTY_PROXY_TEST_REGISTRY")
+    registry = service_url("JETTY_PROXY_TEST_REGISTRY", "local registry")
     host = configured_docker_host()
-    if not registry or host is None:
-        pytest.skip("needs JETTY_PROXY_TEST_REGISTRY and a Docker engine")
+    if host is None:
+        unavailable("no Docker engine", "start one with scripts/ci/docker-engine.sh")
     with engine_client(host) as engine:
         info = engine.get(f"/images/{agents_image}/json").json()
     assert info["Config"]["User"] == "65534:65534"
@@ -151,10 +152,10 @@ def test_build_and_push_to_a_registry(agents_image: str) -> None:
 
 @pytest.mark.docker
 def test_a_push_the_registry_refuses_is_a_clear_error() -> None:
+    private = service_url("JETTY_PROXY_TEST_PRIVATE_REGISTRY", "refusing registry")
     host = configured_docker_host()
-    private = os.environ.get("JETTY_PROXY_TEST_PRIVATE_REGISTRY")
-    if host is None or not private:
-        pytest.skip("needs JETTY_PROXY_TEST_PRIVATE_REGISTRY and a Docker engine")
+    if host is None:
+        unavailable("no Docker engine", "start one with scripts/ci/docker-engine.sh")
     reference = f"{private}/jetty-test/refused:{uuid.uuid4().hex[:8]}"
 
     async def push() -> None:

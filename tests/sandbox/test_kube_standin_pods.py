@@ -7,7 +7,6 @@ deadlines, image pull failures, security context, limits and deletion, all throu
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from lightkube.resources.core_v1 import Pod
 
 from tests.sandbox.conftest import BUSYBOX
 from tests.support.kube.standin import KubeStandIn, standin_containers
+from tests.support.stores import service_url
 
 pytestmark = [pytest.mark.kube, pytest.mark.anyio]
 
@@ -185,9 +185,7 @@ async def test_an_image_that_cannot_be_pulled(kube_client: AsyncClient) -> None:
 async def test_an_image_from_the_local_registry_is_pulled(
     kube_client: AsyncClient, docker_host: str
 ) -> None:
-    registry = os.environ.get("JETTY_PROXY_TEST_REGISTRY")
-    if not registry:
-        pytest.skip("no test registry (JETTY_PROXY_TEST_REGISTRY)")
+    registry = service_url("JETTY_PROXY_TEST_REGISTRY", "local registry")
     repository, tag = f"{registry}/jetty-test/kube-pull", uuid.uuid4().hex[:12]
     _push_then_forget(docker_host, BUSYBOX, repository, tag)
     try:

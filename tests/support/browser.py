@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Dialog, Page, sync_playwright
 
+from tests.support.ci import unavailable
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -33,9 +35,9 @@ def chromium_path() -> str:
     path = os.environ.get("JETTY_PROXY_TEST_CHROMIUM") or shutil.which("chromium")
     if path and os.access(path, os.X_OK):
         return path
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("Chromium is missing: run scripts/ci/chromium.sh (JETTY_PROXY_TEST_CHROMIUM)")
-    pytest.skip("set JETTY_PROXY_TEST_CHROMIUM (or install chromium) for the browser tests")
+    unavailable(
+        "Chromium is missing (set JETTY_PROXY_TEST_CHROMIUM)", "scripts/ci/chromium.sh installs it"
+    )
 
 
 # Per test, not per session: while Playwright's sync API is open it holds an event loop in
