@@ -35,7 +35,7 @@ import anyio.to_thread
 
 from proxy.agents import agent_names, get_adapter
 from proxy.agents.forwarder import BINARY_NAME, source_digest
-from proxy.agents.install import NODE_VERSION, InstalledAgent
+from proxy.agents.layout import NODE_VERSION, InstalledAgent
 from proxy.environments.engine import ImageEngine, Progress
 from proxy.sandbox.kube_objects import IMAGE_AGENTS, IMAGE_BUSYBOX, IMAGE_TOOLS, NOBODY
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from proxy.agents import AgentAdapter
 from proxy.agents.forwarder import ensure_forwarder
-from proxy.agents.install import AgentCache, AgentLayout, InstalledAgent, pinned_layout
+from proxy.agents.install import AgentCache
+from proxy.agents.layout import AgentLayout, InstalledAgent, pinned_layout
 from proxy.sandbox import AgentTools
 
 __all__ = ["AgentSetup", "prepare_agent"]

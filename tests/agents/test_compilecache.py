@@ -20,7 +20,8 @@ from proxy.agents.compilecache import (
     compile_cache_entries,
     file_url,
 )
-from proxy.agents.install import AgentCache, InstalledAgent
+from proxy.agents.install import AgentCache
+from proxy.agents.layout import InstalledAgent
 from tests.support.fake_npm import write_fake_npm
 from tests.support.host_cli import installed_agent
 

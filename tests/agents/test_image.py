@@ -14,7 +14,7 @@ import pytest
 
 from proxy.agents import agent_names, get_adapter
 from proxy.agents.image import AgentsImage, pinned_agents_image
-from proxy.agents.install import NODE_VERSION, InstalledAgent
+from proxy.agents.layout import NODE_VERSION, InstalledAgent
 from proxy.cli import main
 from proxy.environments.engine import ImageEngine
 from tests.sandbox.conftest import configured_docker_host, engine_client

@@ -14,16 +14,8 @@ import pytest
 
 from proxy.agents import agent_names, get_adapter
 from proxy.agents.forwarder import source_digest
-from proxy.agents.install import (
-    MARKER,
-    NODE_VERSION,
-    AgentCache,
-    AgentInstallError,
-    InstalledAgent,
-    elf_interpreter,
-    pinned_layout,
-    tree_size,
-)
+from proxy.agents.install import MARKER, AgentCache, AgentInstallError, elf_interpreter, tree_size
+from proxy.agents.layout import NODE_VERSION, InstalledAgent, pinned_layout
 from proxy.cli import main
 from tests.support.ci import unavailable
 from tests.support.fake_npm import write_fake_npm

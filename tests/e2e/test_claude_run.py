@@ -19,7 +19,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
-from proxy.agents.install import AgentCache, AgentInstallError, AgentStatus, InstalledAgent
+from proxy.agents.install import AgentCache, AgentInstallError, AgentStatus
+from proxy.agents.layout import InstalledAgent
 from tests.e2e.conftest import PROVIDER_KEY, TEST_IMAGE, ProxyFactory, trajectory
 from tests.support.openapi import validate_sse_chunks
 from tests.support.scripted_anthropic import ScriptedAnthropic

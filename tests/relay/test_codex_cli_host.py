@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.agents.install import InstalledAgent
+from proxy.agents.layout import InstalledAgent
 from proxy.events import AgentError, Finished, TextDelta, ToolCall, ToolResult, Usage
 from proxy.settings import Settings
 from tests.relay.conftest import REAL_KEY

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from proxy.agents import get_adapter
-from proxy.agents.install import AgentCache, InstalledAgent, pinned_layout
+from proxy.agents.install import AgentCache
+from proxy.agents.layout import InstalledAgent, pinned_layout
 from proxy.environments import CheckedEnvironment
 from proxy.jetty import PlanDefaults, parse_jetty_block, resolve_plan
 from proxy.runs.agent import AgentSetup

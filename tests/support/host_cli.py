@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.agents import AgentSpec, get_adapter
 from proxy.agents.forwarder import ensure_forwarder, forwarder_argv
-from proxy.agents.install import AgentCache, InstalledAgent
+from proxy.agents.install import AgentCache
+from proxy.agents.layout import InstalledAgent
 from proxy.events import Event
 from proxy.relay.app import create_relay_app
 from proxy.relay.tokens import ModelUsage, RunTokens
