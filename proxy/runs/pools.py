@@ -2,7 +2,7 @@
 
 A preset or a snapshot with ``warm = N`` gets a pool: N sandboxes of its environment created
 and started ahead of time, with the agent CLIs and the relay mounted and nothing of any run
-inside (`~proxy.sandbox.WarmSpec`: no command, environment or file). A run whose sandbox
+inside (`~proxy.sandbox.warm.WarmSpec`: no command, environment or file). A run whose sandbox
 would look the same (image, limits, network, mounts: `WarmSpec.fits`) claims one instead of
 launching its own; its files, environment and command (its relay token and secrets with them)
 reach the sandbox only then. A claimed sandbox serves that run alone and is removed like any
@@ -41,7 +41,8 @@ from proxy.runs.deps import RunDeps
 from proxy.runs.environment import check_environment
 from proxy.runs.sandboxspec import agent_mounts
 from proxy.sandbox import Mount, Sandbox, SandboxError, SandboxSpec
-from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER, WarmLauncher, WarmSandbox, WarmSpec
+from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
+from proxy.sandbox.warm import WarmLauncher, WarmSandbox, WarmSpec
 from proxy.settings import Settings
 from proxy.store import StoreError
 

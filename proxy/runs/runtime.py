@@ -55,7 +55,7 @@ from proxy.runs.presence import Presence
 from proxy.runs.service import Runs
 from proxy.runs.watch import RunWatch
 from proxy.sandbox import Isolation, SandboxBackend, ServesSandboxes, open_backend
-from proxy.sandbox.base import WarmLauncher
+from proxy.sandbox.warm import WarmLauncher
 from proxy.server import server_config
 from proxy.settings import Settings
 from proxy.store import Store, StoreError

@@ -50,7 +50,6 @@ from proxy.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxStateError,
-    WarmSpec,
 )
 from proxy.sandbox.claims import CLAIM_FIFO, CLAIM_MOUNT, ClaimChannel
 from proxy.sandbox.docker_sandbox import RERUN_SCRIPT, DockerSandbox
@@ -61,6 +60,7 @@ from proxy.sandbox.dockerapi import (
     container_name,
     resolve_docker_host,
 )
+from proxy.sandbox.warm import WarmSpec
 
 if TYPE_CHECKING:
     from proxy.settings import Settings

@@ -47,9 +47,9 @@ from proxy.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxStateError,
-    WarmSpec,
 )
 from proxy.sandbox.files import CopyBudget, clean_absolute_dir, clean_relative_path
+from proxy.sandbox.warm import WarmSpec
 
 __all__ = ["Pause", "Script", "ScriptedBackend", "ScriptedSandbox", "ScriptedWarmSandbox"]
 

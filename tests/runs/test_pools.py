@@ -16,8 +16,9 @@ from proxy.runs.pools import PoolDefinition, PoolStats, WarmPools
 from proxy.runs.runtime import warm_pools
 from proxy.runs.service import Runs
 from proxy.sandbox import Capabilities, Script, ScriptedBackend, ScriptedSandbox
-from proxy.sandbox.base import LABEL_OWNER, LABEL_POOL, LABEL_SERVER, WarmSpec
+from proxy.sandbox.base import LABEL_OWNER, LABEL_POOL, LABEL_SERVER
 from proxy.sandbox.scripted import ScriptedWarmSandbox
+from proxy.sandbox.warm import WarmSpec
 from proxy.settings import Settings
 from proxy.store import Store
 from tests.agents.replay import STREAMS

@@ -19,12 +19,12 @@ from proxy.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxStateError,
-    WarmSpec,
 )
 from proxy.sandbox.claims import CLAIM_MOUNT
 from proxy.sandbox.docker import DockerBackend, DockerWarmSandbox
 from proxy.sandbox.docker_sandbox import DockerSandbox
 from proxy.sandbox.dockerapi import ContainerPolicy
+from proxy.sandbox.warm import WarmSpec
 from tests.sandbox.conftest import BUSYBOX, SESSION, SESSION_LABEL, TESTENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]

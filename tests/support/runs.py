@@ -35,7 +35,7 @@ from proxy.runs.presence import Presence
 from proxy.runs.service import RunRequest, Runs, StartedRun
 from proxy.runs.watch import RunWatch
 from proxy.sandbox import SandboxBackend
-from proxy.sandbox.base import WarmLauncher
+from proxy.sandbox.warm import WarmLauncher
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.store.blobs import LocalBlobStore
