@@ -50,7 +50,7 @@ import uvicorn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.live import free_port  # noqa: E402
+from tests.support.live import free_port, wait_answering  # noqa: E402
 from tests.support.scripted_anthropic import ScriptedAnthropic  # noqa: E402
 from tests.support.scripted_openai import ScriptedUpstream  # noqa: E402
 
@@ -257,19 +257,6 @@ def _serve(which: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=2.0)
@@ -318,10 +305,10 @@ def main() -> int:
         )
         servers.append(proxy)
         try:
-            _wait(f"http://127.0.0.1:{openai_port}/v1/models", servers[0])
-            _wait(f"http://127.0.0.1:{anthropic_port}/api/hello", servers[1])
+            wait_answering(f"http://127.0.0.1:{openai_port}/v1/models", servers[0])
+            wait_answering(f"http://127.0.0.1:{anthropic_port}/api/hello", servers[1])
             url = f"http://127.0.0.1:{proxy_port}"
-            _wait(url + "/healthz", proxy)
+            wait_answering(url + "/healthz", proxy)
             print(
                 f"soak: {args.minutes:g} min of relayed streams ({args.streams} at a time),"
                 " completions, dropped streams, uploads and downloads"
