@@ -72,6 +72,10 @@ import httpx
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.live import wait_answering  # noqa: E402
+
 PAYLOAD = json.dumps(
     {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "go"}]}
 ).encode()
@@ -490,19 +494,6 @@ def _set_upstream_cpu(pid: int, spare: bool) -> str:
     return "a normal process"
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
 #: Limits that every request is checked against and none reaches.
 BENCH_LIMITS = json.dumps({"requests_per_minute": 1_000_000_000, "budget_usd": 1e12})
 
@@ -621,17 +612,17 @@ def main() -> int:
             else None
         )
         try:
-            _wait_http(f"http://127.0.0.1:{up_port}/", upstream)
-            _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
+            wait_answering(f"http://127.0.0.1:{up_port}/", upstream)
+            wait_answering(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
             direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
             proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
             paths = [("direct", direct_url, upstream.pid), ("proxy", proxy_url, proxy.pid)]
             if bare is not None:
-                _wait_http(f"http://127.0.0.1:{bare_port}/", bare)
+                wait_answering(f"http://127.0.0.1:{bare_port}/", bare)
                 bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
                 paths.append(("bare", bare_url, bare.pid))
             if limited is not None:
-                _wait_http(f"http://127.0.0.1:{limited_port}/healthz", limited)
+                wait_answering(f"http://127.0.0.1:{limited_port}/healthz", limited)
                 limited_url = f"http://127.0.0.1:{limited_port}/v1/chat/completions"
                 paths.append(("limits", limited_url, limited.pid))
             idle = tuple(pid for _, _, pid in paths)
