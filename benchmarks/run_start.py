@@ -9,11 +9,17 @@ read-only root), measured until the CLI's first event:
   (the CLI's first event, relayed): request parsing, checks, the trajectory record, a new
   container, its start, the log stream;
 * ``warm``: the same request through a preset whose pool keeps sandboxes started
-  (``warm = 2``; the pool is full again before each request).
+  (``warm = 2``), where the agent can, with the agent started in each sandbox ahead of
+  its run.
+
+Every sample, in any mode, starts at rest: all pools full again and ``--settle`` seconds
+(default 1) passed, since a refill (a container, and the agent started in it, which takes a
+few tenths of a second to load) takes the CPU from whatever runs next; a run that claims a
+sandbox whose agent is still loading waits for the rest of it.
 
     JETTY_PROXY_DOCKER_HOST=unix:///… JETTY_PROXY_AGENT_CACHE_DIR=… \\
         python benchmarks/run_start.py [--runs 7] [--agents claude-code,codex,gemini-cli]
-                                       [--modes raw,cold,warm] [--image REF]
+                                       [--modes raw,cold,warm] [--image REF] [--settle S]
 
 Prints every sample, then per agent and mode the median and p90, and the ratios of the
 medians to raw. The modes take turns within each round (the first of a round moves on each
@@ -100,14 +106,14 @@ def proxied(client: httpx.Client, proxy: str, agent: str, body: dict[str, Any]) 
 
 
 def wait_for_pool(client: httpx.Client, proxy: str, agent: str) -> None:
-    """Until the agent's preset pool has all its sandboxes waiting again."""
+    """Until the agent's preset pool has all its sandboxes waiting again (a sandbox counts as
+    ready once its container waits; the agent started in it may still be loading)."""
     ready = f'jetty_proxy_warm_sandboxes_ready{{pool="preset:{agent}"}} {WARM:.1f}'
     deadline = time.monotonic() + 120
     while ready not in client.get(proxy + "/metrics").text:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the pool of {agent} did not fill")
         time.sleep(0.05)
-    time.sleep(0.2)  # the refill's own engine calls are done
 
 
 def raw_command(agent: str, image: str, cache: Path) -> list[str]:
@@ -221,6 +227,12 @@ def main() -> int:
     parser.add_argument("--agents", default="claude-code,codex,gemini-cli")
     parser.add_argument("--modes", default="raw,cold,warm")
     parser.add_argument("--image", default="127.0.0.1:5000/jetty/testenv:bookworm")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds to wait after a pool is full before a warm request (default 1)",
+    )
     args = parser.parse_args()
     agents, modes = args.agents.split(","), args.modes.split(",")
     docker_host = os.environ.get("JETTY_PROXY_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
@@ -249,11 +261,16 @@ def main() -> int:
         commands = {agent: raw_command(agent, args.image, cache) for agent in agents}
 
         def once(agent: str, mode: str) -> float:
+            # Every sample starts at rest: no pool is still refilling (a refill's container
+            # and agent start would take the CPU from whatever runs next, in any mode).
+            if warm:
+                for each in agents:
+                    wait_for_pool(client, warm, each)
+                time.sleep(args.settle)
             if mode == "raw":
                 return raw(commands[agent], docker_host)
             if mode == "cold":
                 return proxied(client, cold, agent, request_body(agent, args.image, preset=False))
-            wait_for_pool(client, warm, agent)
             return proxied(client, warm, agent, request_body(agent, args.image, preset=True))
 
         for agent in agents:  # once each, not counted: page cache, image layers, connections

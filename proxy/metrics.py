@@ -175,6 +175,11 @@ class _PoolCollector(Collector):
         claimed = CounterMetricFamily(
             "jetty_proxy_warm_claims", "Runs that started in a warm sandbox.", labels=["pool"]
         )
+        taken_over = CounterMetricFamily(
+            "jetty_proxy_warm_takeovers",
+            "Runs that took over the agent their warm sandbox had started ahead of them.",
+            labels=["pool"],
+        )
         misses = CounterMetricFamily(
             "jetty_proxy_warm_misses",
             "Runs that found their pool empty and started cold.",
@@ -184,8 +189,9 @@ class _PoolCollector(Collector):
             size.add_metric([pool.name], pool.size)
             ready.add_metric([pool.name], pool.ready)
             claimed.add_metric([pool.name], pool.claimed)
+            taken_over.add_metric([pool.name], pool.taken_over)
             misses.add_metric([pool.name], pool.misses)
-        yield from (size, ready, claimed, misses)
+        yield from (size, ready, claimed, taken_over, misses)
 
 
 def _task_count() -> float:

@@ -15,7 +15,15 @@ import importlib
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from proxy.agents.base import AgentAdapter, AgentSpec, BinaryInfo, Invocation, Translator
+from proxy.agents.base import (
+    AgentAdapter,
+    AgentSpec,
+    BinaryInfo,
+    Handover,
+    Invocation,
+    StandbyAgent,
+    Translator,
+)
 
 __all__ = [
     "ADAPTERS",
@@ -23,7 +31,9 @@ __all__ = [
     "AgentAdapter",
     "AgentSpec",
     "BinaryInfo",
+    "Handover",
     "Invocation",
+    "StandbyAgent",
     "Translator",
     "UnknownAgentError",
     "agent_names",

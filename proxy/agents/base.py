@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from proxy.events import AgentError, Event, Finished, ReasoningDelta, TextDelta
 
@@ -147,6 +147,39 @@ class AgentAdapter(Protocol):
 
     def new_translator(self) -> Translator:
         """A fresh translator for one process's output."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What a run hands a CLI that was started ahead of it (`StandbyAgent.standby`): ``files``
+    (absolute paths) written first, then ``stdin``, after which its input ends."""
+
+    stdin: bytes
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StandbyAgent(Protocol):
+    """An adapter whose CLI can start before its run: it loads, then waits on its stdin for the
+    run's instruction. A warm sandbox starts it with nothing of any run (``standby``), and the
+    run that claims the sandbox hands it the rest (``handover``)::
+
+        invocation = adapter.standby(spec)     # spec without its prompt: started ahead
+        ...
+        if adapter.standby(run_spec) == invocation:   # the run asks for what was started
+            handover = adapter.handover(run_spec)     # its instruction, system prompt
+    """
+
+    def standby(self, spec: AgentSpec) -> Invocation | None:
+        """How to start the CLI for the runs of ``spec`` before one asks: like `build`, but
+        from the parts of ``spec`` that are not the run's own (never its ``prompt`` or
+        ``system_prompt``), reading the rest from stdin. None where ``spec`` asks for what a
+        CLI started ahead cannot take (a session to resume, say): such runs start it anew."""
+        ...
+
+    def handover(self, spec: AgentSpec) -> Handover:
+        """What the run of ``spec`` gives the CLI started by ``standby(spec)``."""
         ...
 
 

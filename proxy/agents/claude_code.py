@@ -38,6 +38,7 @@ from proxy.agents.base import (
     AgentSpec,
     BinaryInfo,
     BlockJoiner,
+    Handover,
     Invocation,
     RelayApi,
     RelayTransport,
@@ -58,6 +59,9 @@ from proxy.events import (
     ToolResult,
     Usage,
 )
+
+# The id of the claim a run sends a CLI started ahead of it (`ClaudeCodeAdapter.handover`).
+CLAIM_REQUEST_ID = "jetty-claim"
 
 _SUMMARY_KEYS = (
     "command",
@@ -86,6 +90,47 @@ class ClaudeCodeAdapter:
     )
 
     def build(self, spec: AgentSpec) -> Invocation:
+        argv = self._argv(spec)
+        if spec.system_prompt:
+            argv += ["--append-system-prompt", spec.system_prompt]
+        if spec.resume_session_id:
+            argv += ["--resume", spec.resume_session_id]
+        argv += self._turns(spec)
+        # The prompt is a positional argument: after "--", one starting with "-" (a Markdown
+        # list, say) is not taken for an option.
+        argv += ["--", spec.prompt]
+        return Invocation(argv=argv, env=self._env(spec), cwd=spec.workdir)
+
+    def standby(self, spec: AgentSpec) -> Invocation | None:
+        """``--await-claim``: the CLI boots (its modules, settings, tools) and waits for a
+        ``claim_session`` control request on its stream-json stdin, which binds it to its
+        session: working directory and system prompt (see `handover`)."""
+        if spec.resume_session_id:
+            return None  # a session is chosen at start; a spare starts a new one
+        argv = [*self._argv(spec), "--await-claim", "--input-format", "stream-json"]
+        argv += self._turns(spec)
+        return Invocation(argv=argv, env=self._env(spec), cwd=spec.workdir)
+
+    def handover(self, spec: AgentSpec) -> Handover:
+        """The claim (the runbook as the appended system prompt, as ``build`` gives it) and
+        the instruction as the one user message; the input then ends, so the CLI exits after
+        this turn as it does with ``-p``. The claim's answer is one ``control_response``
+        line on stdout, before ``system/init`` (the translator reports a refusal)."""
+        claim: dict[str, Any] = {"subtype": "claim_session", "cwd": spec.workdir}
+        if spec.system_prompt:
+            claim["append_system_prompt"] = spec.system_prompt
+        lines = [
+            {"type": "control_request", "request_id": CLAIM_REQUEST_ID, "request": claim},
+            {
+                "type": "user",
+                "message": {"role": "user", "content": spec.prompt},
+                "parent_tool_use_id": None,
+                "session_id": "",
+            },
+        ]
+        return Handover(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+
+    def _argv(self, spec: AgentSpec) -> list[str]:
         argv = [
             spec.executable or "claude",
             "-p",
@@ -97,15 +142,12 @@ class ClaudeCodeAdapter:
             "--model",
             spec.model,
         ]
-        if spec.system_prompt:
-            argv += ["--append-system-prompt", spec.system_prompt]
-        if spec.resume_session_id:
-            argv += ["--resume", spec.resume_session_id]
-        if spec.max_turns is not None:
-            argv += ["--max-turns", str(spec.max_turns)]
-        # The prompt is a positional argument: after "--", one starting with "-" (a Markdown
-        # list, say) is not taken for an option.
-        argv += ["--", spec.prompt]
+        return argv
+
+    def _turns(self, spec: AgentSpec) -> list[str]:
+        return [] if spec.max_turns is None else ["--max-turns", str(spec.max_turns)]
+
+    def _env(self, spec: AgentSpec) -> dict[str, str]:
         env = {
             **spec.extra_env,
             "HOME": spec.home,
@@ -124,7 +166,7 @@ class ClaudeCodeAdapter:
             # Claude Code dials this socket for every request; ANTHROPIC_BASE_URL must then be
             # a plain http:// URL (its host is only sent as a header).
             env["ANTHROPIC_UNIX_SOCKET"] = spec.relay_socket
-        return Invocation(argv=argv, env=env, cwd=spec.workdir)
+        return env
 
     def new_translator(self) -> ClaudeCodeTranslator:
         return ClaudeCodeTranslator()
@@ -227,6 +269,8 @@ class ClaudeCodeTranslator(TranslatorBase):
             return self._user(data, parent_id)
         if kind == "result":
             return self._result(data)
+        if kind == "control_response":
+            return _claim_refused(data)
         return []
 
     def _system(self, data: Mapping[str, Any]) -> list[Event]:
@@ -512,3 +556,15 @@ def _flatten(content: object) -> str:
             else:
                 parts.append(f"[{as_str(block.get('type')) or 'block'}]")
     return "\n".join(parts)
+
+
+def _claim_refused(data: Mapping[str, Any]) -> list[Event]:
+    """A refused claim of a CLI started ahead of its run: it takes no turn, so this is the
+    run's error (an accepted claim says nothing; its session starts with ``system/init``)."""
+    response = data.get("response")
+    if not isinstance(response, dict) or response.get("request_id") != CLAIM_REQUEST_ID:
+        return []
+    if response.get("subtype") != "error":
+        return []
+    reason = clip(as_str(response.get("error")) or "no reason given", 500)
+    return [AgentError(f"Claude Code refused the run's claim of its started process: {reason}")]

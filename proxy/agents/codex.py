@@ -28,6 +28,7 @@ from proxy.agents.base import (
     AgentSpec,
     BinaryInfo,
     BlockJoiner,
+    Handover,
     Invocation,
     RelayApi,
     RelayTransport,
@@ -69,8 +70,34 @@ class CodexAdapter:
     )
 
     def build(self, spec: AgentSpec) -> Invocation:
-        codex_home = f"{spec.home.rstrip('/')}/.codex"
-        argv = [
+        argv = self._argv(spec)
+        # Options go before the subcommand; "--" ends them, so a prompt starting with "-"
+        # ("- first item…") is still a prompt.
+        if spec.resume_session_id:
+            argv += ["resume", "--", spec.resume_session_id, spec.prompt]
+        else:
+            argv += ["--", spec.prompt]
+        files = {self._config_path(spec): config_toml(spec).encode()}
+        files.update(self.handover(spec).files)
+        return Invocation(argv=argv, env=self._env(spec), cwd=spec.workdir, files=files)
+
+    def standby(self, spec: AgentSpec) -> Invocation | None:
+        """``codex exec … -``: the prompt comes from stdin, read to its end before Codex sets
+        up its session (and reads ``AGENTS.md``); its configuration is read at start."""
+        if spec.resume_session_id:
+            return None
+        files = {self._config_path(spec): config_toml(spec).encode()}
+        argv = [*self._argv(spec), "-"]
+        return Invocation(argv=argv, env=self._env(spec), cwd=spec.workdir, files=files)
+
+    def handover(self, spec: AgentSpec) -> Handover:
+        files = {}
+        if spec.system_prompt:
+            files[f"{_codex_home(spec)}/AGENTS.md"] = spec.system_prompt.encode()
+        return Handover(spec.prompt.encode(), files)
+
+    def _argv(self, spec: AgentSpec) -> list[str]:
+        return [
             spec.executable or "codex",
             "exec",
             "--json",
@@ -80,25 +107,24 @@ class CodexAdapter:
             "-m",
             spec.model,
         ]
-        # Options go before the subcommand; "--" ends them, so a prompt starting with "-"
-        # ("- first item…") is still a prompt.
-        if spec.resume_session_id:
-            argv += ["resume", "--", spec.resume_session_id, spec.prompt]
-        else:
-            argv += ["--", spec.prompt]
-        env = {
+
+    def _env(self, spec: AgentSpec) -> dict[str, str]:
+        return {
             **spec.extra_env,
             "HOME": spec.home,
-            "CODEX_HOME": codex_home,
+            "CODEX_HOME": _codex_home(spec),
             TOKEN_ENV: spec.relay_token,
         }
-        files = {f"{codex_home}/config.toml": config_toml(spec).encode()}
-        if spec.system_prompt:
-            files[f"{codex_home}/AGENTS.md"] = spec.system_prompt.encode()
-        return Invocation(argv=argv, env=env, cwd=spec.workdir, files=files)
+
+    def _config_path(self, spec: AgentSpec) -> str:
+        return f"{_codex_home(spec)}/config.toml"
 
     def new_translator(self) -> CodexTranslator:
         return CodexTranslator()
+
+
+def _codex_home(spec: AgentSpec) -> str:
+    return f"{spec.home.rstrip('/')}/.codex"
 
 
 def config_toml(spec: AgentSpec) -> str:
@@ -115,6 +141,16 @@ def config_toml(spec: AgentSpec) -> str:
         'wire_api = "responses"',
         "request_max_retries = 0",
         "stream_max_retries = 0",
+        "",
+        # Off the network beyond the relay: a plugin sync, connectors and analytics would each
+        # look up a host a sandbox cannot reach, holding the CLI's exit for about 5 s.
+        "[analytics]",
+        "enabled = false",
+        "",
+        "[features]",
+        "plugins = false",
+        "remote_plugin = false",
+        "apps = false",
     ]
     return "\n".join(lines) + "\n"
 

@@ -141,10 +141,24 @@ class RunTokens:
 
         ``on_usage`` is awaited with the usage of each model call made with this token.
         """
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = new_token()
         self._grants[token] = RunGrant(run_id, collection, provider_overrides, on_usage)
         self._by_run.setdefault(run_id, set()).add(token)
         return token
+
+    def admit(self, token: str, like: str) -> None:
+        """Let ``token``, made ahead of its run (`new_token`) and unknown until now, grant
+        what ``like`` grants, until that run's `revoke`. A warm sandbox's agent started before
+        its run with ``token`` gets its run's grant this way, at the claim.
+
+        Raises `KeyError` when ``like`` is not a live token and `ValueError` when ``token``
+        is one already.
+        """
+        grant = self._grants[like]
+        if token in self._grants:
+            raise ValueError("that token is in use")
+        self._grants[token] = grant
+        self._by_run.setdefault(grant.run_id, set()).add(token)
 
     def lookup(self, token: str) -> RunGrant | None:
         """The grant behind ``token``, or None when it is unknown or its run has ended."""
@@ -176,6 +190,11 @@ class RunTokens:
 
     def __len__(self) -> int:
         return len(self._grants)
+
+
+def new_token() -> str:
+    """A fresh random token, granting nothing until `RunTokens` issues or admits it."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def token_from_headers(headers: Mapping[str, str]) -> str | None:

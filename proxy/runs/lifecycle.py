@@ -41,8 +41,9 @@ from proxy.runs.followup import (
 )
 from proxy.runs.launch import AGENT_HOME, RunLaunch, environment_record
 from proxy.runs.live import LiveRun
-from proxy.runs.sandboxspec import sandbox_spec
+from proxy.runs.sandboxspec import StandbyAgentStart, sandbox_spec, takeover_spec
 from proxy.sandbox import ExitStatus, ImageNotFound, Sandbox, SandboxError, SandboxSpec
+from proxy.sandbox.warm import Takeover
 from proxy.store.records import TrajectoryStatus
 
 logger = logging.getLogger("proxy.runs")
@@ -155,15 +156,25 @@ class RunLifecycle:
                 return kept, files
         spec, files = self._sandbox_spec(token, reusing=False)
         backend, pools = self.deps.backend, self.deps.pools
-        # A warm sandbox, where one waits for a run like this one; else a new one.
-        sandbox = await pools.claim(spec) if pools else None
-        if sandbox is not None:
-            self.sandbox = sandbox  # owned from here: the cleanup closes it
-        how = "warm " if sandbox is not None else ""
+        # A warm sandbox, where one waits for a run like this one (with its agent started,
+        # if it asks for that agent as started); else a new one.
+        claimed = None
+        if pools:
+
+            def admit(agent_token: str) -> None:
+                self.deps.tokens.admit(agent_token, like=token)
+
+            claimed = await pools.claim(spec, self._takeover_of, admit)
+        sandbox = claimed.sandbox if claimed is not None else None
+        if claimed is not None:
+            self.sandbox = claimed.sandbox  # owned from here: the cleanup closes it
+            files = claimed.files if claimed.files is not None else files
+        how = "warm " if claimed is not None else ""
+        started = ", its agent started ahead" if claimed and claimed.token else ""
         await self.emit(
             Progress(
                 f"Starting {self.launch.adapter.name} {self.version} in "
-                f"{self.image} ({how}{backend.name} sandbox, run {self.launch.run_id})"
+                f"{self.image} ({how}{backend.name} sandbox{started}, run {self.launch.run_id})"
             )
         )
         if sandbox is None:
@@ -284,6 +295,21 @@ class RunLifecycle:
 
         resolved = await environments.prepare(self.launch.environment, progress=say)
         return resolved.reference
+
+    def _takeover_of(
+        self, started: StandbyAgentStart
+    ) -> tuple[SandboxSpec, Takeover, dict[str, bytes]] | None:
+        """How this run takes over an agent a warm sandbox started (None: it cannot)."""
+        if self.agent is None:
+            return None
+        return takeover_spec(
+            self.launch,
+            self.agent,
+            self.deps.config,
+            image=self.image,
+            capabilities=self.deps.backend.capabilities,
+            started=started,
+        )
 
     def _sandbox_spec(self, token: str, *, reusing: bool) -> tuple[SandboxSpec, dict[str, bytes]]:
         if self.agent is None:

@@ -17,6 +17,13 @@ other; the pool starts another in the background. With no sandbox ready, the run
 A pool's environment is decided as its runs' are: a preset's is planned from its own jetty
 block and runbook (`proxy.runs.checks.plan`), a snapshot's with the server's default limits;
 the image is then built or pulled where the backend builds images.
+
+A preset's sandboxes also start its agent ahead of its runs where the agent can wait for
+its run (`~proxy.agents.StandbyAgent`; `proxy.runs.sandboxspec.standby_agent`): loaded, with a
+relay token that grants nothing until a run claims the sandbox, its instruction, system
+prompt and secrets unknown. A run that asks for exactly what was started takes it over
+(`claim`'s ``takeover``, which also admits the token as the run's); any other run's claim
+stops it and starts the run's own command.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -33,20 +40,27 @@ from proxy.agents import AgentAdapter, get_adapter
 from proxy.agents.install import AgentInstallError
 from proxy.auth import LOCAL_PRINCIPAL
 from proxy.errors import ProxyError
-from proxy.jetty import Environment, parse_jetty_block
+from proxy.jetty import Environment, RunPlan, parse_jetty_block
 from proxy.presets import Preset, preset_request
 from proxy.runs.agent import AgentSetup, prepare_agent
 from proxy.runs.checks import RunRequest, plan
 from proxy.runs.deps import RunDeps
 from proxy.runs.environment import check_environment
-from proxy.runs.sandboxspec import agent_mounts
+from proxy.runs.sandboxspec import StandbyAgentStart, agent_mounts, standby_agent
 from proxy.sandbox import Mount, Sandbox, SandboxError, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
-from proxy.sandbox.warm import WarmLauncher, WarmSandbox, WarmSpec
+from proxy.sandbox.warm import Takeover, WarmLauncher, WarmSandbox, WarmSpec
 from proxy.settings import Settings
 from proxy.store import StoreError
 
-__all__ = ["PoolDefinition", "PoolStats", "WarmPools", "pool_definitions"]
+__all__ = [
+    "Claimed",
+    "PoolDefinition",
+    "PoolStats",
+    "TakeoverOf",
+    "WarmPools",
+    "pool_definitions",
+]
 
 logger = logging.getLogger("proxy.runs")
 
@@ -69,13 +83,32 @@ class PoolDefinition:
 
 @dataclass(frozen=True)
 class PoolStats:
-    """One pool, for /metrics: sandboxes waiting, claimed so far, and runs that found none."""
+    """One pool, for /metrics: sandboxes waiting, claimed so far (``taken_over``: of those,
+    the runs that took over the agent started in them), and runs that found none."""
 
     name: str
     size: int
     ready: int
     claimed: int
     misses: int
+    taken_over: int = 0
+
+
+# What a run makes of an agent started ahead of it: its spec with that agent's token, the
+# takeover and the files to copy in first; None when it asks for something else.
+TakeoverOf = Callable[[StandbyAgentStart], tuple[SandboxSpec, Takeover, dict[str, bytes]] | None]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A warm sandbox claimed for a run. ``takeover``: the run took over the agent started in
+    it, as `TakeoverOf` said, with the agent's token ``token`` now the run's; the run then
+    starts with ``spec``'s sandbox and copies in ``files`` (instead of its own)."""
+
+    sandbox: Sandbox
+    token: str | None = None
+    spec: SandboxSpec | None = None
+    files: dict[str, bytes] | None = None
 
 
 def pool_definitions(settings: Settings) -> list[PoolDefinition]:
@@ -101,7 +134,12 @@ class _Pool:
     # The agent a preset's runs use: installed before the pool fills.
     adapter: AgentAdapter | None = None
     ready: list[WarmSandbox] = field(default_factory=list)
+    # The agents started in them, by warm sandbox id.
+    agents: dict[str, StandbyAgentStart] = field(default_factory=dict)
+    # A preset's plan, for the agents its sandboxes start.
+    plan: RunPlan | None = None
     claimed: int = 0
+    taken_over: int = 0
     misses: int = 0
     wake: anyio.Event = field(default_factory=anyio.Event)
 
@@ -114,19 +152,43 @@ class _Pool:
         return shape is not None and shape.the_shape_of(spec)
 
 
+# A warm sandbox to claim: its pool, the agent started in it and how the run takes that over.
+_Choice = tuple[
+    _Pool,
+    WarmSandbox,
+    StandbyAgentStart | None,
+    tuple[SandboxSpec, Takeover, dict[str, bytes]] | None,
+]
+
+
 class WarmPools:
     """The server's warm pools (none: every run starts cold)."""
 
-    def __init__(self, definitions: Sequence[PoolDefinition], *, retry_seconds: float = 30.0):
+    def __init__(
+        self,
+        definitions: Sequence[PoolDefinition],
+        *,
+        retry_seconds: float = 30.0,
+        standby_agents: bool = True,
+    ):
         self._pools = [_Pool(definition) for definition in definitions]
         self.retry_seconds = retry_seconds
+        # Whether preset pools start their agent ahead of their runs (where it can).
+        self.standby_agents = standby_agents
 
     def __bool__(self) -> bool:
         return bool(self._pools)
 
     def stats(self) -> list[PoolStats]:
         return [
-            PoolStats(p.definition.name, p.definition.size, len(p.ready), p.claimed, p.misses)
+            PoolStats(
+                p.definition.name,
+                p.definition.size,
+                len(p.ready),
+                p.claimed,
+                p.misses,
+                p.taken_over,
+            )
             for p in self._pools
         ]
 
@@ -136,33 +198,73 @@ class WarmPools:
             for pool in self._pools:
                 tg.start_soon(self._keep, pool, deps, launcher, name=pool.definition.name)
 
-    async def claim(self, spec: SandboxSpec) -> Sandbox | None:
+    async def claim(
+        self,
+        spec: SandboxSpec,
+        takeover_of: TakeoverOf | None = None,
+        admit: Callable[[str], None] | None = None,
+    ) -> Claimed | None:
         """A warm sandbox for ``spec``, now the run's (see `~proxy.sandbox.WarmSandbox.claim`);
-        None when none fits (a miss of the pool of its shape, if there is one)."""
-        for pool in self._pools:
-            for warm in [w for w in pool.ready if w.spec.fits(spec)]:
-                pool.ready.remove(warm)
-                pool.wake.set()
-                try:
-                    sandbox = await warm.claim(spec)
-                except SandboxError as exc:
-                    logger.warning("warm sandbox %s of %s: %s", warm.spec.id, pool.name, exc)
-                    with anyio.CancelScope(shield=True):
-                        await warm.close()
-                    continue
-                pool.claimed += 1
-                return sandbox
+        None when none fits (a miss of the pool of its shape, if there is one).
+
+        Where a sandbox started an agent that ``takeover_of`` says the run can take over,
+        that one is chosen first: ``admit`` is called with the agent's token (to make it the
+        run's), and the run takes it over (`Claimed`). Then one that started no agent, and
+        last one whose agent is then stopped."""
+        while True:
+            choice = self._choose(spec, takeover_of if admit is not None else None)
+            if choice is None:
+                break
+            pool, warm, agent, taken = choice
+            pool.ready.remove(warm)
+            pool.agents.pop(warm.spec.id, None)
+            pool.wake.set()
+            try:
+                if taken is None or agent is None or admit is None:
+                    claimed = Claimed(await warm.claim(spec))
+                else:
+                    run_spec, takeover, files = taken
+                    admit(agent.token)
+                    sandbox = await warm.claim(run_spec, takeover)
+                    claimed = Claimed(sandbox, agent.token, run_spec, files)
+                    pool.taken_over += 1
+            except SandboxError as exc:
+                logger.warning("warm sandbox %s of %s: %s", warm.spec.id, pool.name, exc)
+                with anyio.CancelScope(shield=True):
+                    await warm.close()
+                continue
+            pool.claimed += 1
+            return claimed
         for pool in self._pools:
             if pool.same_shape(spec):
                 pool.misses += 1
                 break
         return None
 
+    def _choose(self, spec: SandboxSpec, takeover_of: TakeoverOf | None) -> _Choice | None:
+        """The warm sandbox ``spec`` should claim, in `claim`'s order of preference."""
+        plain: _Choice | None = None
+        stopping: _Choice | None = None
+        for pool in self._pools:
+            for warm in pool.ready:
+                if not warm.spec.fits(spec):
+                    continue
+                agent = pool.agents.get(warm.spec.id)
+                if agent is None:
+                    plain = plain or (pool, warm, None, None)
+                    continue
+                taken = takeover_of(agent) if takeover_of is not None else None
+                if taken is not None:
+                    return pool, warm, agent, taken
+                stopping = stopping or (pool, warm, agent, None)
+        return plain or stopping
+
     async def close(self) -> None:
         """Remove every sandbox still waiting (the server stops)."""
         with anyio.CancelScope(shield=True):
             for pool in self._pools:
                 waiting, pool.ready = pool.ready, []
+                pool.agents.clear()
                 for warm in waiting:
                     try:
                         await warm.close()
@@ -202,6 +304,7 @@ class WarmPools:
             cpus, memory_bytes = draft.plan.cpus, draft.plan.memory_bytes
             network = draft.plan.network_enabled
             pool.adapter = draft.adapter
+            pool.plan = draft.plan
         else:
             environment = Environment("snapshot", definition.snapshot)
         checked = await check_environment(environment, deps.backend, deps.environments)
@@ -225,15 +328,28 @@ class WarmPools:
 
     async def _launch(self, pool: _Pool, deps: RunDeps, launcher: WarmLauncher) -> None:
         assert pool.shape is not None
+        agent = await self._agent(pool, deps)
         spec = dataclasses.replace(
             pool.shape,
             id=f"warm-{secrets.token_hex(6)}",
             mounts=tuple(await _mounts(deps, pool.adapter)),
+            standby=agent.standby if agent is not None else None,
         )
         # Shielded: a launch cut short could leave its container behind, unknown to the pool.
         with anyio.CancelScope(shield=True), anyio.fail_after(_LAUNCH_SECONDS):
             warm = await launcher.launch_warm(spec)
+            if agent is not None:
+                pool.agents[spec.id] = agent
             pool.ready.append(warm)
+
+    async def _agent(self, pool: _Pool, deps: RunDeps) -> StandbyAgentStart | None:
+        """The agent a preset's sandbox starts ahead of its run, where it can."""
+        if pool.adapter is None or pool.plan is None or not self.standby_agents:
+            return None
+        setup = await prepare_agent(
+            deps.agents, pool.adapter, mounts_host=deps.backend.capabilities.mounts_host
+        )
+        return standby_agent(pool.adapter, setup, deps.config, deps.backend.capabilities, pool.plan)
 
 
 async def _mounts(deps: RunDeps, adapter: AgentAdapter | None) -> list[Mount]:

@@ -15,18 +15,29 @@ import posixpath
 import secrets
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from proxy.agents import AgentSpec
+from proxy.agents import AgentAdapter, AgentSpec, Invocation, StandbyAgent
 from proxy.agents.forwarder import forwarder_argv
+from proxy.jetty import RunPlan
+from proxy.relay.tokens import new_token
 from proxy.runs.agent import AgentSetup
 from proxy.runs.launch import AGENT_HOME, EngineConfig, RunLaunch
 from proxy.sandbox import Capabilities, Mount, SandboxError, SandboxRelay, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER, RELAY_DIR, tool_mounts
+from proxy.sandbox.warm import Standby, Takeover
 
-__all__ = ["agent_mounts", "sandbox_spec"]
+__all__ = [
+    "StandbyAgentStart",
+    "agent_mounts",
+    "sandbox_spec",
+    "standby_agent",
+    "takeover_spec",
+]
 
 # Bash (or sh) prepares the directories the runbook contract promises, then becomes the agent.
-_PRELUDE = 'mkdir -p /app/results /app/assets "$HOME"{writes} && cd /app && exec "$@"'
+_DIRECTORIES = "mkdir -p /app/results /app/assets"
+_PRELUDE = _DIRECTORIES + ' "$HOME"{writes} && cd /app && exec "$@"'
 # The run's own small text files (trajectory.json, the agent's config) are written by the
 # prelude: copying them into a created container costs the engine a mount of its file system
 # and a helper process, about 100 ms on Docker 20.10, before the agent can start.
@@ -42,48 +53,28 @@ def sandbox_spec(
     image: str,
     capabilities: Capabilities,
     reusing: bool,
+    port: int | None = None,
 ) -> tuple[SandboxSpec, dict[str, bytes]]:
     """The sandbox's spec, and the files (absolute paths) to copy in before the start: those
     the start command does not write itself. ``token`` is the run's relay token; ``reusing``:
-    the turn runs in the kept sandbox of the run it continues.
+    the turn runs in the kept sandbox of the run it continues; ``port``: the loopback port of
+    an agent's forwarder (any free-looking one by default).
 
     The spec says what the sandbox needs (the agent, the relay); how it gets them is the
     backend's. The agent's own settings follow from that: a sandbox that mounts this
     machine's files reaches the relay through its unix socket (through the loopback forwarder
     for an agent that only takes a URL), any other at ``config.relay_url``.
     """
-    plan, layout = launch.plan, agent.layout
-    tcp = launch.adapter.relay_transport == "tcp"
-    relay = SandboxRelay(token=token, socket=config.relay_socket, url=config.relay_url)
-    socket = f"{RELAY_DIR}/{config.relay_socket.name}"
-    # Any free-looking port: the sandbox has its own loopback (the local backend shares the
-    # host's, so it must not be a fixed one).
-    port = secrets.randbelow(20_000) + 40_000
-    if not capabilities.mounts_host:
-        if config.relay_url is None:
-            raise SandboxError(
-                "sandboxes of this backend reach the model relay over the network: set"
-                " relay_url (and relay_port)"
-            )
-        base_url, relay_socket = config.relay_url, None
-    elif tcp:
-        base_url, relay_socket = f"http://127.0.0.1:{port}", None
-    else:
-        base_url, relay_socket = "http://relay", socket
-    invocation = launch.adapter.build(
-        AgentSpec(
+    plan, adapter = launch.plan, launch.adapter
+    relay = _Relay.of(adapter, config, capabilities, port)
+    invocation = adapter.build(
+        relay.agent_spec(
+            plan,
+            token=token,
             prompt=plan.instruction,
-            model=plan.model,
-            relay_base_url=base_url,
-            relay_token=token,
             system_prompt=plan.system_prompt,
-            workdir="/app",
-            home=AGENT_HOME,
-            max_turns=plan.max_turns,
             resume_session_id=_resume_session_id(launch, reusing),
             extra_env=dict(plan.secret_env),
-            relay_socket=relay_socket,
-            memory_bytes=plan.memory_bytes,
         )
     )
     files = {**invocation.files, "/app/trajectory.json": _trajectory_json(launch)}
@@ -91,28 +82,194 @@ def sandbox_spec(
     # file contents must not go through it: there the files are copied in.
     inline = capabilities.inline_files
     prelude, files = _prelude(files) if inline else (_prelude({})[0], files)
-    argv = [*layout.argv_with(invocation.node_options), *invocation.argv[1:]]
-    if tcp and capabilities.mounts_host:
-        if agent.forwarder_dir is None:
-            raise SandboxError(f"{launch.adapter.name} needs the loopback forwarder")
-        relay = dataclasses.replace(relay, forwarder=agent.forwarder_dir)
-        argv = forwarder_argv(argv, port=port, socket=socket)
+    argv, relay_of_spec = relay.command(invocation, agent, adapter, token=token)
     spec = SandboxSpec(
         run_id=launch.run_id,
         collection=launch.collection,
         image=image,
         argv=["/bin/sh", "-c", prelude, "jetty-run", *argv],
-        env={**invocation.env, **layout.runtime_env, "PATH": layout.env_path()},
+        env=_environment(invocation, agent),
         workdir="/app",
         cpus=plan.cpus,
         memory_bytes=plan.memory_bytes,
         network_enabled=plan.network_enabled,
         labels={LABEL_OWNER: config.owner, LABEL_SERVER: config.server_id},
         agent=agent.tools(),
-        relay=relay,
+        relay=relay_of_spec,
         timeout_seconds=plan.timeout_sec,
     )
     return spec, files
+
+
+@dataclass(frozen=True)
+class StandbyAgentStart:
+    """An agent a warm sandbox starts ahead of its run (`~proxy.sandbox.warm.Standby`): its
+    relay credential (one that grants nothing until a run's claim admits it, see
+    `~proxy.relay.tokens.RunTokens.admit`), its forwarder's port, and the adapter's
+    invocation, which a run must ask for exactly to take it over."""
+
+    token: str
+    port: int
+    invocation: Invocation
+    standby: Standby
+
+
+def standby_agent(
+    adapter: AgentAdapter,
+    agent: AgentSetup,
+    config: EngineConfig,
+    capabilities: Capabilities,
+    plan: RunPlan,
+) -> StandbyAgentStart | None:
+    """The agent a warm sandbox for the runs of ``plan`` starts ahead of them, where
+    ``adapter`` can (`~proxy.agents.StandbyAgent`): nothing of a run in it, neither its
+    instruction, system prompt, secrets nor relay token. None where it cannot."""
+    if not isinstance(adapter, StandbyAgent) or not capabilities.inline_files:
+        return None
+    token, port = new_token(), _any_port()
+    relay = _Relay.of(adapter, config, capabilities, port)
+    invocation = adapter.standby(
+        relay.agent_spec(plan, token=token, prompt="", system_prompt="", extra_env={})
+    )
+    if invocation is None:
+        return None
+    prelude, rest = _prelude(invocation.files)
+    if rest:
+        return None  # its files do not fit in the start command
+    argv, _ = relay.command(invocation, agent, adapter, token=token)
+    command = ["/bin/sh", "-c", prelude, "jetty-standby", *argv]
+    return StandbyAgentStart(
+        token, port, invocation, Standby(command, _environment(invocation, agent))
+    )
+
+
+def takeover_spec(
+    launch: RunLaunch,
+    agent: AgentSetup,
+    config: EngineConfig,
+    *,
+    image: str,
+    capabilities: Capabilities,
+    started: StandbyAgentStart,
+) -> tuple[SandboxSpec, Takeover, dict[str, bytes]] | None:
+    """How the run of ``launch`` takes over the agent ``started`` ahead of it: the run's
+    sandbox spec with that agent's token and port (its own command, should the agent have
+    exited), the takeover, and the files to copy in first. None where the run asks for
+    anything but what was started (another model, a session to resume, secrets)."""
+    adapter = launch.adapter
+    if not isinstance(adapter, StandbyAgent):
+        return None
+    plan = launch.plan
+    relay = _Relay.of(adapter, config, capabilities, started.port)
+    run_agent = relay.agent_spec(
+        plan,
+        token=started.token,
+        prompt=plan.instruction,
+        system_prompt=plan.system_prompt,
+        resume_session_id=_resume_session_id(launch, reusing=False),
+        extra_env=dict(plan.secret_env),
+    )
+    if adapter.standby(run_agent) != started.invocation:
+        return None
+    spec, files = sandbox_spec(
+        launch,
+        agent,
+        config,
+        token=started.token,
+        image=image,
+        capabilities=capabilities,
+        reusing=False,
+        port=started.port,
+    )
+    handover = adapter.handover(run_agent)
+    prepare, rest = _prepare({**handover.files, "/app/trajectory.json": _trajectory_json(launch)})
+    return spec, Takeover(prepare, handover.stdin), {**files, **rest}
+
+
+@dataclass(frozen=True)
+class _Relay:
+    """How one sandbox's agent reaches the relay: ``base_url`` (and ``socket``, for an agent
+    that dials the relay's socket itself), through a forwarder on ``port`` where it only
+    takes a URL and the sandbox mounts this machine's files."""
+
+    config: EngineConfig
+    base_url: str
+    socket: str | None
+    port: int
+    forwarder: bool
+
+    @classmethod
+    def of(
+        cls,
+        adapter: AgentAdapter,
+        config: EngineConfig,
+        capabilities: Capabilities,
+        port: int | None,
+    ) -> _Relay:
+        port = _any_port() if port is None else port
+        tcp = adapter.relay_transport == "tcp"
+        socket = f"{RELAY_DIR}/{config.relay_socket.name}"
+        if not capabilities.mounts_host:
+            if config.relay_url is None:
+                raise SandboxError(
+                    "sandboxes of this backend reach the model relay over the network: set"
+                    " relay_url (and relay_port)"
+                )
+            return cls(config, config.relay_url, None, port, forwarder=False)
+        if tcp:
+            return cls(config, f"http://127.0.0.1:{port}", None, port, forwarder=True)
+        return cls(config, "http://relay", socket, port, forwarder=False)
+
+    def agent_spec(
+        self,
+        plan: RunPlan,
+        *,
+        token: str,
+        prompt: str,
+        system_prompt: str,
+        extra_env: dict[str, str],
+        resume_session_id: str | None = None,
+    ) -> AgentSpec:
+        return AgentSpec(
+            prompt=prompt,
+            model=plan.model,
+            relay_base_url=self.base_url,
+            relay_token=token,
+            system_prompt=system_prompt,
+            workdir="/app",
+            home=AGENT_HOME,
+            max_turns=plan.max_turns,
+            resume_session_id=resume_session_id,
+            extra_env=extra_env,
+            relay_socket=self.socket,
+            memory_bytes=plan.memory_bytes,
+        )
+
+    def command(
+        self, invocation: Invocation, agent: AgentSetup, adapter: AgentAdapter, *, token: str
+    ) -> tuple[list[str], SandboxRelay]:
+        """The agent's command line in the sandbox, and what the sandbox needs of the relay."""
+        config = self.config
+        relay = SandboxRelay(token=token, socket=config.relay_socket, url=config.relay_url)
+        argv = [*agent.layout.argv_with(invocation.node_options), *invocation.argv[1:]]
+        if self.forwarder:
+            if agent.forwarder_dir is None:
+                raise SandboxError(f"{adapter.name} needs the loopback forwarder")
+            relay = dataclasses.replace(relay, forwarder=agent.forwarder_dir)
+            socket = f"{RELAY_DIR}/{config.relay_socket.name}"
+            argv = forwarder_argv(argv, port=self.port, socket=socket)
+        return argv, relay
+
+
+def _any_port() -> int:
+    # Any free-looking port: the sandbox has its own loopback (the local backend shares the
+    # host's, so it must not be a fixed one).
+    return secrets.randbelow(20_000) + 40_000
+
+
+def _environment(invocation: Invocation, agent: AgentSetup) -> dict[str, str]:
+    layout = agent.layout
+    return {**invocation.env, **layout.runtime_env, "PATH": layout.env_path()}
 
 
 def agent_mounts(agent: AgentSetup, config: EngineConfig, *, forwarder: bool) -> list[Mount]:
@@ -153,6 +310,18 @@ def _trajectory_json(launch: RunLaunch) -> bytes:
 
 def _prelude(files: Mapping[str, bytes]) -> tuple[str, dict[str, bytes]]:
     """The prelude, writing those of ``files`` that fit in it; and the others, to copy in."""
+    writes, rest = _writes(files)
+    return _PRELUDE.format(writes=writes), rest
+
+
+def _prepare(files: Mapping[str, bytes]) -> tuple[str, dict[str, bytes]]:
+    """A takeover's script: the prelude's directories and ``files`` as it would write them
+    (the agent's own HOME was made when it started); and the files to copy in."""
+    writes, rest = _writes(files)
+    return _DIRECTORIES + writes, rest
+
+
+def _writes(files: Mapping[str, bytes]) -> tuple[str, dict[str, bytes]]:
     writes: list[str] = []
     rest: dict[str, bytes] = {}
     size = 0
@@ -169,4 +338,4 @@ def _prelude(files: Mapping[str, bytes]) -> tuple[str, dict[str, bytes]]:
         writes.append(
             f" && mkdir -p {directory} && printf '%s' {shlex.quote(text)} > {shlex.quote(path)}"
         )
-    return _PRELUDE.format(writes="".join(writes)), rest
+    return "".join(writes), rest

@@ -39,11 +39,19 @@ import anyio.to_thread
 
 from proxy.sandbox.base import SandboxError
 
-__all__ = ["CLAIM_FIFO", "CLAIM_MOUNT", "ClaimChannel"]
+__all__ = ["CLAIM_FIFO", "CLAIM_MOUNT", "STANDBY_ENV", "STANDBY_FIFO", "ClaimChannel"]
 
 # Inside the sandbox.
 CLAIM_MOUNT = "/run/jetty-claim"
 CLAIM_FIFO = "start"
+# A standby's stdin (see `proxy.sandbox.warm.Standby`): the sandbox's first shell opens it for
+# reading and writing (which never waits) before the standby opens it for reading, writes the
+# run's input into it at the claim and closes it; the standby then reads its end. The host
+# never opens it.
+STANDBY_FIFO = "standby"
+# The standby's environment, as a script its shell sources: its values (a credential) are
+# kept out of the container's configuration, which the engine shows to anyone it answers.
+STANDBY_ENV = "standby.env"
 _CONNECT_POLL = 0.005
 
 
@@ -64,9 +72,18 @@ class ClaimChannel:
         directory.mkdir(mode=0o755)
         # Any user of the image must be able to read it; the host side is private (root).
         os.chmod(directory, 0o755)  # noqa: S103 - inside a private root
-        os.mkfifo(directory / CLAIM_FIFO, 0o644)
-        os.chmod(directory / CLAIM_FIFO, 0o644)
+        for fifo in (CLAIM_FIFO, STANDBY_FIFO):
+            os.mkfifo(directory / fifo, 0o644)
+            os.chmod(directory / fifo, 0o644)
         return cls(directory)
+
+    def write_standby_env(self, script: str) -> None:
+        """The standby's environment script (`STANDBY_ENV`), readable by the sandbox alone
+        (its directory is in a private root)."""
+        path = self.directory / STANDBY_ENV
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as file:
+            file.write(script)
 
     @property
     def connected(self) -> bool:

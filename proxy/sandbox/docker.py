@@ -14,7 +14,9 @@ ended (``since``), so each process's output is its own.
 `launch_warm` creates and starts a container whose dispatcher, instead of a command, sources
 the FIFO of its `~proxy.sandbox.claims.ClaimChannel`: it waits there, with no command,
 environment or file of any run, until a run claims it; `DockerSandbox.start` then writes the
-run's start script into the FIFO instead of starting the container.
+run's start script into the FIFO instead of starting the container. A warm container with a
+`~proxy.sandbox.warm.Standby` starts it first, its stdin the claim directory's standby FIFO,
+held open by the dispatcher; a takeover's start script writes the run's input there.
 
 Files put into a sandbox are owned by root, unless ``spec.user`` is numeric ("uid" or
 "uid:gid"), in which case they (and any directories created for them) belong to that user.
@@ -51,8 +53,14 @@ from proxy.sandbox.base import (
     SandboxSpec,
     SandboxStateError,
 )
-from proxy.sandbox.claims import CLAIM_FIFO, CLAIM_MOUNT, ClaimChannel
-from proxy.sandbox.docker_sandbox import RERUN_SCRIPT, DockerSandbox
+from proxy.sandbox.claims import (
+    CLAIM_FIFO,
+    CLAIM_MOUNT,
+    STANDBY_ENV,
+    STANDBY_FIFO,
+    ClaimChannel,
+)
+from proxy.sandbox.docker_sandbox import RERUN_SCRIPT, DockerSandbox, exec_script
 from proxy.sandbox.dockerapi import (
     API_VERSION,
     ContainerPolicy,
@@ -60,7 +68,7 @@ from proxy.sandbox.dockerapi import (
     container_name,
     resolve_docker_host,
 )
-from proxy.sandbox.warm import WarmSpec
+from proxy.sandbox.warm import Standby, Takeover, WarmSpec
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -72,6 +80,8 @@ logger = logging.getLogger(__name__)
 _DISPATCH = f'if [ -f {RERUN_SCRIPT} ]; then . {RERUN_SCRIPT}; fi; exec "$@"'
 # A warm container's dispatcher: a rerun script (after its first run), else its claim.
 _WAITER = f"if [ -f {RERUN_SCRIPT} ]; then . {RERUN_SCRIPT}; fi; . {CLAIM_MOUNT}/{CLAIM_FIFO}"
+# The same, starting a standby first (see `_standby_waiter`).
+_STANDBY_FIFO = f"{CLAIM_MOUNT}/{STANDBY_FIFO}"
 # How long a started warm container may take to wait on its claim.
 _WARM_READY_TIMEOUT = 30.0
 
@@ -195,12 +205,15 @@ class DockerBackend:
     async def launch_warm(self, spec: WarmSpec) -> DockerWarmSandbox:
         name = container_name(spec.id, secrets.token_hex(4))
         channel = await anyio.to_thread.run_sync(ClaimChannel.create, self._claims_root(), name)
+        if spec.standby is not None:
+            environment = exec_script((), spec.standby.env, exec_argv=False)
+            await anyio.to_thread.run_sync(channel.write_standby_env, environment)
         # What the container is created with: the warm spec, and nothing of a run.
         created = SandboxSpec(
             run_id=spec.id,
             collection="",
             image=spec.image,
-            argv=["/bin/sh", "-c", _WAITER],
+            argv=["/bin/sh", "-c", _standby_waiter(spec.standby) if spec.standby else _WAITER],
             workdir=spec.workdir,
             mounts=(*spec.mounts, Mount(channel.directory, CLAIM_MOUNT)),
             cpus=spec.cpus,
@@ -307,17 +320,27 @@ class DockerWarmSandbox:
         await self._engine.request("POST", f"/containers/{self.container_id}/start", ok=(304,))
         await self._channel.connect(timeout=_WARM_READY_TIMEOUT)
 
-    async def claim(self, spec: SandboxSpec) -> DockerSandbox:
+    async def claim(self, spec: SandboxSpec, takeover: Takeover | None = None) -> DockerSandbox:
         if self._claimed or self._closed:
             raise SandboxStateError("the warm sandbox was claimed or closed already")
         if not self._spec.fits(spec):
             raise SandboxStateError("the run does not fit the warm sandbox")
+        standby = self._spec.standby is not None
+        if takeover is not None and not standby:
+            raise SandboxStateError("the warm sandbox has no standby to take over")
         if not self._channel.alive():
             raise SandboxError(f"warm container {self.container_id} no longer waits")
         self._claimed = True
         # The container's own labels name the warm sandbox, not the run (see Sandbox.run_id).
         owned = dataclasses.replace(spec, run_id=self._spec.id)
-        return DockerSandbox(self._engine, self.container_id, owned, claim=self._channel)
+        return DockerSandbox(
+            self._engine,
+            self.container_id,
+            owned,
+            claim=self._channel,
+            standby=standby,
+            takeover=takeover,
+        )
 
     async def close(self) -> None:
         if self._claimed or self._closed:
@@ -325,6 +348,30 @@ class DockerWarmSandbox:
         self._closed = True
         await DockerSandbox(self._engine, self.container_id, self._created).close()
         self._channel.remove()
+
+
+def _standby_waiter(standby: Standby) -> str:
+    """The dispatcher of a warm container with a standby: it opens the standby's FIFO for
+    reading and writing as fd 3 (so the standby's own open does not wait), starts the standby
+    on it without fd 3 (``$JETTY_STANDBY``), its environment sourced from the claim
+    directory, then waits on its claim as `_WAITER` does."""
+    claim = f"{CLAIM_MOUNT}/{CLAIM_FIFO}"
+    return "\n".join(
+        [
+            f"if [ -f {RERUN_SCRIPT} ]; then . {RERUN_SCRIPT}; fi",
+            f"exec 3<>{_STANDBY_FIFO}",
+            "(",
+            f". {CLAIM_MOUNT}/{STANDBY_ENV}",
+            exec_script(standby.argv, {}),
+            f") <{_STANDBY_FIFO} 3<&- &",
+            "JETTY_STANDBY=$!",
+            # The standby's exit (SIGCHLD) can interrupt the open of the claim's FIFO, which
+            # `.` does not retry: again, while the FIFO is there (`command`: a failed `.`
+            # must not end the shell).
+            f"until command . {claim}; do [ -p {claim} ] || exit 125; done",
+            "",
+        ]
+    )
 
 
 def _remove_tree(path: Path) -> None:

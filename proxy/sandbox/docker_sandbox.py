@@ -41,6 +41,7 @@ from proxy.sandbox.files import clean_relative_path as _clean
 from proxy.sandbox.frames import FrameDecoder, LineSplitter, StreamKind, TailBuffer
 from proxy.sandbox.spool import local_contents
 from proxy.sandbox.tarstream import Owner, TarFormatError, write_archive
+from proxy.sandbox.warm import Takeover
 
 __all__ = ["RERUN_SCRIPT", "DockerSandbox", "engine_timestamp", "exec_script"]
 
@@ -72,11 +73,15 @@ class DockerSandbox:
         *,
         archive_slack_bytes: int = _ARCHIVE_SLACK,
         claim: ClaimChannel | None = None,
+        standby: bool = False,
+        takeover: Takeover | None = None,
     ) -> None:
         self._engine = engine
         self.container_id = container_id
         self._spec = spec
         self._claim = claim
+        self._standby = standby
+        self._takeover = takeover
         self._url = f"/containers/{container_id}"
         self._owner = _numeric_owner(spec.user)
         self._slack = archive_slack_bytes
@@ -163,7 +168,10 @@ class DockerSandbox:
             raise SandboxStateError("the sandbox was already started")
         self._started = True
         if self._claim is not None and self._claim.connected:
-            await self._claim.send(exec_script(self._spec.argv, self._spec.env).encode())
+            script = claim_script(
+                self._spec.argv, self._spec.env, standby=self._standby, takeover=self._takeover
+            )
+            await self._claim.send(script.encode())
             return
         await self._engine.request("POST", f"{self._url}/start", ok=(304,))
 
@@ -337,9 +345,11 @@ def exec_script(
     *,
     before: Sequence[str] = (),
     unset: Sequence[str] = (),
+    exec_argv: bool = True,
 ) -> str:
     """A ``/bin/sh`` script that runs ``before``, unsets ``unset``, exports ``env`` and then
-    becomes ``argv``; `SandboxStateError` for a name the shell cannot take."""
+    becomes ``argv`` (unless not ``exec_argv``); `SandboxStateError` for a name the shell
+    cannot take."""
     bad = [name for name in env if not _ENV_NAME.fullmatch(name)]
     if bad:
         raise SandboxStateError(f"not a valid environment variable name: {bad[0]!r}")
@@ -348,8 +358,44 @@ def exec_script(
             *before,
             *(f"unset {name}" for name in unset if _ENV_NAME.fullmatch(name)),
             *(f"export {name}={shlex.quote(value)}" for name, value in env.items()),
-            "exec " + " ".join(shlex.quote(arg) for arg in argv),
+            *(["exec " + " ".join(shlex.quote(arg) for arg in argv)] if exec_argv else []),
             "",
+        ]
+    )
+
+
+def claim_script(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    standby: bool = False,
+    takeover: Takeover | None = None,
+) -> str:
+    """What a claimed warm container's dispatcher runs: `exec_script` of ``argv`` and
+    ``env``; with a ``standby`` (``$JETTY_STANDBY``, its input on fd 3), that is stopped first,
+    unless the run takes it over: its ``prepare`` script, its input, the input's end, and the
+    standby's exit status as the container's (``argv`` only if the standby exited before)."""
+    own = exec_script(argv, env)
+    if not standby:
+        return own
+    own = "exec 3>&-\n" + own
+    if takeover is None:
+        return 'kill -9 "$JETTY_STANDBY" 2>/dev/null; wait "$JETTY_STANDBY" 2>/dev/null\n' + own
+    try:
+        stdin = takeover.stdin.decode()
+    except UnicodeDecodeError as exc:
+        raise SandboxStateError("a standby's input must be text") from exc
+    if "\0" in stdin:
+        raise SandboxStateError("a standby's input cannot hold NUL")
+    return "\n".join(
+        [
+            'if kill -0 "$JETTY_STANDBY" 2>/dev/null; then',
+            f"  ( {takeover.prepare or ':'} ) && printf '%s' {shlex.quote(stdin)} >&3",
+            "  exec 3>&-",
+            '  wait "$JETTY_STANDBY"',
+            "  exit $?",
+            "fi",
+            own,
         ]
     )
 

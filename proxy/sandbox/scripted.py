@@ -49,7 +49,7 @@ from proxy.sandbox.base import (
     SandboxStateError,
 )
 from proxy.sandbox.files import CopyBudget, clean_absolute_dir, clean_relative_path
-from proxy.sandbox.warm import WarmSpec
+from proxy.sandbox.warm import Takeover, WarmSpec
 
 __all__ = ["Pause", "Script", "ScriptedBackend", "ScriptedSandbox", "ScriptedWarmSandbox"]
 
@@ -187,16 +187,19 @@ class ScriptedWarmSandbox:
         """Stop waiting, as a container whose process was killed: a claim then fails."""
         self.gone = True
 
-    async def claim(self, spec: SandboxSpec) -> ScriptedSandbox:
+    async def claim(self, spec: SandboxSpec, takeover: Takeover | None = None) -> ScriptedSandbox:
         if not self.waiting:
             raise SandboxStateError("the warm sandbox was claimed or closed already")
         if not self.spec.fits(spec):
             raise SandboxStateError("the run does not fit the warm sandbox")
+        if takeover is not None and self.spec.standby is None:
+            raise SandboxStateError("the warm sandbox has no standby to take over")
         if self.gone:
             raise SandboxError("the warm sandbox no longer waits")
         spec.check_limits()
         sandbox = ScriptedSandbox(self._backend, dataclasses.replace(spec, run_id=self.spec.id))
         sandbox.warm = self
+        sandbox.takeover = takeover
         self.claimed = sandbox
         self._backend.sandboxes.append(sandbox)
         return sandbox
@@ -213,6 +216,8 @@ class ScriptedSandbox:
         self._backend = backend
         #: The warm sandbox it was claimed from, if any.
         self.warm: ScriptedWarmSandbox | None = None
+        #: How it took over that sandbox's standby, if it did.
+        self.takeover: Takeover | None = None
         #: The spec of the current process (`rerun` replaces its argv and env).
         self.spec = spec
         #: The sandbox's files by absolute path.

@@ -5,6 +5,11 @@ it starts a sandbox from a `WarmSpec` (the image, mounts and limits, nothing of 
 waits until a run whose `~proxy.sandbox.base.SandboxSpec` fits it claims it
 (`WarmSandbox.claim`); from then on it is that run's `~proxy.sandbox.base.Sandbox`.
 The pools that keep them are the run path's (`proxy.runs.pools`).
+
+A warm sandbox may also start a `Standby`: a process (an agent CLI) that loads while the
+sandbox waits and then waits on its stdin. A run that asks for what the standby was started
+with takes it over at its claim (`Takeover`): it skips the process's whole start-up. Any
+other run's claim stops the standby and starts the run's own command, as without one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,29 @@ from proxy.sandbox.base import (
     SandboxSpec,
 )
 
-__all__ = ["WarmLauncher", "WarmSandbox", "WarmSpec"]
+__all__ = ["Standby", "Takeover", "WarmLauncher", "WarmSandbox", "WarmSpec"]
+
+
+@dataclass(frozen=True)
+class Standby:
+    """A process a warm sandbox starts as it starts: ``argv`` with exactly ``env``, in its
+    workdir, stdin an input that stays open until a run takes it over (`Takeover`). Nothing
+    of a run may be in either (its credential is one no run holds yet, see
+    `proxy.runs.pools`)."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """How a run takes over its warm sandbox's `Standby`: ``prepare``, a ``/bin/sh`` script
+    (the run's directories and small files), runs first; then ``stdin`` reaches the standby,
+    whose input then ends. The standby's output and exit are then the run's. Where it has
+    exited before the claim, the run's own command (`SandboxSpec.argv`) runs instead."""
+
+    prepare: str
+    stdin: bytes
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,7 @@ class WarmSpec:
     network_enabled: bool = False
     user: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    standby: Standby | None = None
 
     def fits(self, spec: SandboxSpec) -> bool:
         """Whether a run of ``spec`` can claim this sandbox: it has `the_shape_of` ``spec``,
@@ -100,10 +128,12 @@ class WarmSandbox(Protocol):
     @property
     def spec(self) -> WarmSpec: ...
 
-    async def claim(self, spec: SandboxSpec) -> Sandbox:
+    async def claim(self, spec: SandboxSpec, takeover: Takeover | None = None) -> Sandbox:
         """Make this sandbox ``spec``'s, in the created state of `SandboxBackend.launch`:
         `Sandbox.put_files` works, and `Sandbox.start` runs ``spec.argv`` with ``spec.env``
-        (its files, environment and command reach the sandbox only then).
+        (its files, environment and command reach the sandbox only then). With ``takeover``
+        (only for a sandbox with a `WarmSpec.standby`), `Sandbox.start` hands the standby
+        the run instead; without, a standby is stopped first.
 
         Raises `SandboxStateError` when ``spec`` does not fit (`WarmSpec.fits`) or it was
         claimed already, and `SandboxError` when it no longer waits (its process is gone);

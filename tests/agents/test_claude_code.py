@@ -638,3 +638,65 @@ def test_relay_socket_is_dialled_when_given() -> None:
     )
     assert over_socket.env["ANTHROPIC_UNIX_SOCKET"] == "/run/jetty/relay.sock"
     assert over_socket.env["ANTHROPIC_BASE_URL"] == "http://relay"
+
+
+# Started ahead of its run (warm sandboxes)
+
+
+def test_standby_waits_for_its_claim_with_nothing_of_a_run() -> None:
+    adapter = ClaudeCodeAdapter()
+    run = spec(system_prompt="# Runbook", max_turns=7)
+    started = adapter.standby(run)
+    assert started is not None
+    assert started.argv[-5:] == [
+        "--await-claim",
+        "--input-format",
+        "stream-json",
+        "--max-turns",
+        "7",
+    ]
+    assert "Execute the runbook." not in started.argv and "# Runbook" not in started.argv
+    # The same CLI settings as a run started at once: the model, and the environment.
+    assert started.env == adapter.build(run).env
+    assert started.argv[:-5] == adapter.build(run).argv[: len(started.argv) - 5]
+    # The run's own parts do not change what is started; a session to resume cannot wait.
+    assert adapter.standby(spec(prompt="other", system_prompt="other")) == adapter.standby(spec())
+    assert adapter.standby(spec(resume_session_id="s-1")) is None
+
+
+def test_handover_claims_the_session_then_sends_the_instruction() -> None:
+    handover = ClaudeCodeAdapter().handover(spec(system_prompt="# Runbook", workdir="/app"))
+    claim, message = (json.loads(line) for line in handover.stdin.decode().splitlines())
+    assert claim == {
+        "type": "control_request",
+        "request_id": "jetty-claim",
+        "request": {
+            "subtype": "claim_session",
+            "cwd": "/app",
+            "append_system_prompt": "# Runbook",
+        },
+    }
+    assert message["type"] == "user"
+    assert message["message"] == {"role": "user", "content": "Execute the runbook."}
+    assert handover.files == {}
+    no_runbook = ClaudeCodeAdapter().handover(spec())
+    assert "append_system_prompt" not in no_runbook.stdin.decode()
+
+
+def test_a_refused_claim_is_an_agent_error_and_an_accepted_one_nothing() -> None:
+    refused = {
+        "type": "control_response",
+        "response": {
+            "subtype": "error",
+            "request_id": "jetty-claim",
+            "error": "cwd_not_found: the claim cwd does not exist",
+        },
+    }
+    [error] = feed(refused)
+    assert isinstance(error, AgentError) and "cwd_not_found" in error.message
+    accepted = {
+        "type": "control_response",
+        "response": {"subtype": "success", "request_id": "jetty-claim", "response": {}},
+    }
+    other = {"type": "control_response", "response": {"subtype": "error", "request_id": "x"}}
+    assert feed(accepted, other) == []

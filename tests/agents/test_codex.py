@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from proxy.agents import AgentSpec
-from proxy.agents.codex import CodexAdapter, CodexTranslator
+from proxy.agents.codex import CodexAdapter, CodexTranslator, config_toml
 from proxy.events import (
     AgentError,
     Event,
@@ -334,6 +334,8 @@ def test_config_points_a_responses_provider_at_the_relay() -> None:
                 "stream_max_retries": 0,
             }
         },
+        "analytics": {"enabled": False},
+        "features": {"plugins": False, "remote_plugin": False, "apps": False},
     }
 
 
@@ -347,3 +349,34 @@ def test_config_strings_survive_toml_quoting(model: str) -> None:
 def test_runbook_becomes_global_agents_md() -> None:
     files = CodexAdapter().build(spec(system_prompt="# Runbook ☃", home="/root")).files
     assert files["/root/.codex/AGENTS.md"] == "# Runbook ☃".encode()
+
+
+# Started ahead of its run (warm sandboxes)
+
+
+def test_standby_reads_its_prompt_from_stdin() -> None:
+    adapter = CodexAdapter()
+    run = spec(system_prompt="# Runbook", home="/h")
+    started = adapter.standby(run)
+    assert started is not None
+    assert started.argv[-1] == "-" and "Execute the runbook." not in started.argv
+    assert started.env == adapter.build(run).env
+    # Its configuration (read at start) is the run's; the runbook is not in it.
+    assert started.files == {"/h/.codex/config.toml": config_toml(run).encode()}
+    assert adapter.standby(spec(prompt="x", system_prompt="y", home="/h")) == started
+    assert adapter.standby(spec(resume_session_id="s-1")) is None
+
+
+def test_handover_is_the_prompt_and_the_runbook_file() -> None:
+    handover = CodexAdapter().handover(spec(system_prompt="# Runbook", home="/h"))
+    assert handover.stdin == b"Execute the runbook."
+    assert handover.files == {"/h/.codex/AGENTS.md": b"# Runbook"}
+    assert CodexAdapter().handover(spec()).files == {}
+
+
+def test_config_keeps_codex_off_the_network_beyond_the_relay() -> None:
+    """Plugin syncs, connectors and analytics would each look up a host the sandbox cannot
+    reach, and hold the CLI's exit for seconds."""
+    config = tomllib.loads(config_toml(spec()))
+    assert config["analytics"] == {"enabled": False}
+    assert config["features"] == {"plugins": False, "remote_plugin": False, "apps": False}

@@ -18,6 +18,7 @@ from proxy.sandbox.base import LABEL_POOL, LABEL_RUN_ID
 from tests.e2e.conftest import PROVIDER_KEY, TEST_IMAGE, ProxyFactory, trajectory
 from tests.support.openapi import validate_sse_chunks
 from tests.support.scripted_anthropic import ScriptedAnthropic
+from tests.support.scripted_responses import ScriptedResponses
 
 pytestmark = [pytest.mark.docker, pytest.mark.agents]
 
@@ -57,6 +58,14 @@ def ready(proxy: str) -> float:
     return 0.0
 
 
+# A chat request for the preset "helper".
+HELPER_REQUEST = {
+    "model": "jetty/helper",
+    "stream": True,
+    "messages": [{"role": "user", "content": "Please write hello.txt"}],
+}
+
+
 def wait_ready(proxy: str, count: float) -> None:
     deadline = time.monotonic() + 120
     while ready(proxy) != count:
@@ -73,19 +82,15 @@ def test_a_preset_run_claims_a_warm_container_and_the_pool_refills(
         assert waiting["State"]["Running"]
         assert PROVIDER_KEY not in json.dumps(waiting)
         assert "jrt-" not in json.dumps(waiting["Config"])
-        body = {
-            "model": "jetty/helper",
-            "stream": True,
-            "messages": [{"role": "user", "content": "Please write hello.txt"}],
-        }
-        response = httpx.post(proxy + "/v1/chat/completions", json=body, timeout=120)
+        response = httpx.post(proxy + "/v1/chat/completions", json=HELPER_REQUEST, timeout=120)
         assert response.status_code == 200
         run_id = response.headers["x-jetty-trajectory-id"]
         chunks = validate_sse_chunks(response.text)
         text = "".join(
             c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
         )
-        assert "(warm docker sandbox" in response.text  # the progress line
+        # The progress line: the run took over the Claude Code started in the sandbox.
+        assert "(warm docker sandbox, its agent started ahead" in response.text
         assert "Done: wrote hello.txt" in text
         record = trajectory(proxy, "acme", "warm", run_id)
         assert record["status"] == "completed"
@@ -101,6 +106,44 @@ def test_a_preset_run_claims_a_warm_container_and_the_pool_refills(
         [refilled] = [c for c in pooled if c["State"]["Running"]]
         assert refilled["Id"] != waiting["Id"]
         assert refilled["Config"]["Labels"][LABEL_RUN_ID] != run_id
-        assert 'jetty_proxy_warm_claims_total{pool="preset:helper"} 1.0' in (
+        metrics = httpx.get(proxy + "/metrics").text
+        assert 'jetty_proxy_warm_claims_total{pool="preset:helper"} 1.0' in metrics
+        assert 'jetty_proxy_warm_takeovers_total{pool="preset:helper"} 1.0' in metrics
+
+
+CODEX_PRESET = Preset(
+    model="gpt-5.5",
+    runbook="# Helper\n\nRUNBOOK-MARK: write hello.txt into /app/results.",
+    jetty={
+        "collection": "acme",
+        "task": "warm-codex",
+        "image": TEST_IMAGE,
+        "agent": "codex",
+        "timeout_sec": 120,
+    },
+    warm=1,
+)
+
+
+def test_a_codex_run_takes_over_the_codex_started_in_its_sandbox(
+    make_proxy: ProxyFactory, responses: tuple[ScriptedResponses, str], docker_host: str
+) -> None:
+    """The real Codex CLI, started ahead in the warm container (reading its prompt from
+    stdin), gets the run's instruction and, in AGENTS.md written at the claim, its runbook."""
+    with make_proxy(presets={"helper": CODEX_PRESET}) as proxy:
+        wait_ready(proxy, 1)
+        [waiting] = labelled(docker_host, f"{LABEL_POOL}=preset:helper")
+        assert "jrt-" not in json.dumps(waiting["Config"])
+        assert "RUNBOOK-MARK" not in json.dumps(waiting)
+        response = httpx.post(proxy + "/v1/chat/completions", json=HELPER_REQUEST, timeout=120)
+        assert response.status_code == 200
+        run_id = response.headers["x-jetty-trajectory-id"]
+        assert "(warm docker sandbox, its agent started ahead" in response.text
+        record = trajectory(proxy, "acme", "warm-codex", run_id)
+        assert record["status"] == "completed", record.get("error")
+        assert [a["path"] for a in record["artifacts"]] == ["hello.txt"]
+        first = responses[0].seen[0].body.decode()
+        assert "RUNBOOK-MARK" in first and "Please write hello.txt" in first
+        assert 'jetty_proxy_warm_takeovers_total{pool="preset:helper"} 1.0' in (
             httpx.get(proxy + "/metrics").text
         )

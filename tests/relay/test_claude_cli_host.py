@@ -7,6 +7,7 @@ command. Without either the test is skipped, except in CI, where a missing CLI i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import replace
@@ -16,11 +17,11 @@ import anyio
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from proxy.agents import AgentSpec, get_adapter
+from proxy.agents import AgentSpec, StandbyAgent, get_adapter
 from proxy.agents.install import AgentCache
-from proxy.events import Event, Finished, TextDelta, ToolCall, ToolResult, Usage
+from proxy.events import AgentError, Event, Finished, TextDelta, ToolCall, ToolResult, Usage
 from proxy.relay.app import create_relay_app
-from proxy.relay.tokens import RunTokens
+from proxy.relay.tokens import RunTokens, new_token
 from proxy.settings import Settings
 from tests.relay.conftest import REAL_KEY
 from tests.support.ci import unavailable
@@ -74,17 +75,8 @@ def test_claude_code_completes_a_tool_call_through_the_relay(
             await relay(scope, receive, send)
 
         with serve_unix(recording) as socket_path:
-            spec = AgentSpec(
-                prompt="Write hello.txt into the results directory.",
-                model="claude-sonnet-4-5",
-                # Any http:// URL: the socket carries the connection, the host is only a header.
-                relay_base_url="http://relay",
-                relay_token=token,
-                workdir=str(app_dir),
-                home=str(home),
-                executable=claude_bin,
-            )
-            spec = replace(spec, extra_env={"ANTHROPIC_UNIX_SOCKET": str(socket_path)})
+            spec = host_spec(claude_bin, tmp_path, socket_path, token)
+            spec = replace(spec, prompt="Write hello.txt into the results directory.")
             invocation = get_adapter("claude-code").build(spec)
             # Sandboxes provide PATH; on the host the Bash tool needs ours.
             env = {**invocation.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -114,3 +106,102 @@ def test_claude_code_completes_a_tool_call_through_the_relay(
     assert {TextDelta, ToolCall, ToolResult, Usage, Finished} <= kinds
     assert not any(isinstance(e, ToolResult) and e.is_error for e in events)
     assert events[-1] == Finished(True, "success", "Done: wrote hello.txt", 2)
+
+
+def host_spec(claude_bin: str, tmp_path: Path, socket_path: Path, token: str) -> AgentSpec:
+    """Claude Code in ``tmp_path``'s app/ and home/, through the relay on ``socket_path``."""
+    app_dir, home = tmp_path / "app", tmp_path / "home"
+    app_dir.mkdir(exist_ok=True)
+    home.mkdir(exist_ok=True)
+    return AgentSpec(
+        prompt="",
+        model="claude-sonnet-4-5",
+        # Any http:// URL: the socket carries the connection, the host is only a header.
+        relay_base_url="http://relay",
+        relay_token=token,
+        workdir=str(app_dir),
+        home=str(home),
+        executable=claude_bin,
+        relay_socket=str(socket_path),
+    )
+
+
+def _standby(
+    claude_bin: str, tmp_path: Path, socket_path: Path, token: str
+) -> tuple[AgentSpec, subprocess.Popen[bytes]]:
+    """Claude Code started ahead of its run (``--await-claim``), waiting on its stdin."""
+    spec = host_spec(claude_bin, tmp_path, socket_path, token)
+    adapter = get_adapter("claude-code")
+    assert isinstance(adapter, StandbyAgent)
+    invocation = adapter.standby(spec)
+    assert invocation is not None
+    env = {**invocation.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    process = subprocess.Popen(
+        invocation.argv,
+        env=env,
+        cwd=invocation.cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return spec, process
+
+
+def test_claude_code_started_ahead_takes_its_run_at_the_claim(
+    claude_bin: str, tmp_path: Path
+) -> None:
+    hello = tmp_path / "app" / "results" / "hello.txt"
+    upstream = ScriptedAnthropic(
+        command=f"mkdir -p {hello.parent} && echo 'hello from the agent' > {hello}"
+    )
+    tokens = RunTokens()
+    run_token = tokens.issue("run-cli", "coll")
+    agent_token = new_token()
+    with serve(upstream.app()) as upstream_url:
+        settings = Settings(
+            data_dir=tmp_path / "data", anthropic_base_url=upstream_url, anthropic_api_key=REAL_KEY
+        )
+        with serve_unix(create_relay_app(tokens, settings)) as socket_path:
+            spec, process = _standby(claude_bin, tmp_path, socket_path, agent_token)
+            adapter = get_adapter("claude-code")
+            assert isinstance(adapter, StandbyAgent)
+            # The claim: the token becomes the run's, then the run reaches the agent.
+            tokens.admit(agent_token, like=run_token)
+            run = replace(spec, prompt="Write hello.txt.", system_prompt="RUNBOOK: write hello.txt")
+            stdout, stderr = process.communicate(adapter.handover(run).stdin, timeout=120)
+
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert hello.read_text() == "hello from the agent\n"
+    assert upstream.calls == 2
+    # The runbook reached the model as the appended system prompt, the instruction as the
+    # user's message.
+    first = upstream.seen[0].json
+    assert "RUNBOOK: write hello.txt" in json.dumps(first["system"])
+    assert "Write hello.txt." in json.dumps(first["messages"][0])
+    translator = adapter.new_translator()
+    events: list[Event] = []
+    for line in stdout.decode().splitlines():
+        events += translator.feed(line)
+    events += translator.finish(process.returncode)
+    assert not any(isinstance(e, AgentError) for e in events)
+    assert events[-1] == Finished(True, "success", "Done: wrote hello.txt", 2)
+
+
+def test_a_refused_claim_is_the_runs_error(claude_bin: str, tmp_path: Path) -> None:
+    tokens = RunTokens()
+    with serve_unix(create_relay_app(tokens, Settings(data_dir=tmp_path / "data"))) as socket:
+        spec, process = _standby(claude_bin, tmp_path, socket, new_token())
+        adapter = get_adapter("claude-code")
+        assert isinstance(adapter, StandbyAgent)
+        gone = replace(spec, prompt="Go", workdir=str(tmp_path / "missing"))
+        stdout, _ = process.communicate(adapter.handover(gone).stdin, timeout=60)
+    translator = adapter.new_translator()
+    events: list[Event] = []
+    for line in stdout.decode().splitlines():
+        events += translator.feed(line)
+    events += translator.finish(process.returncode)
+    # First the refusal, with the CLI's reason; then the CLI's own failure of the turn.
+    error = next(e for e in events if isinstance(e, AgentError))
+    assert "refused the run's claim" in error.message and "cwd_not_found" in error.message
+    finished = events[-1]
+    assert isinstance(finished, Finished) and not finished.ok

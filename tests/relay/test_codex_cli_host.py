@@ -8,6 +8,7 @@ relay's socket, which relays to a scripted Responses API upstream with the real 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,9 @@ def codex() -> InstalledAgent:
     return installed_agent("codex")
 
 
-def run_codex(codex: InstalledAgent, tmp_path: Path, upstream: ScriptedResponses) -> HostRun:
+def run_codex(
+    codex: InstalledAgent, tmp_path: Path, upstream: ScriptedResponses, **more: Any
+) -> HostRun:
     return run_through_relay(
         codex,
         upstream.app(),
@@ -41,6 +44,7 @@ def run_codex(codex: InstalledAgent, tmp_path: Path, upstream: ScriptedResponses
         settings=lambda url: Settings(
             data_dir=tmp_path / "data", openai_base_url=url + "/v1", openai_api_key=REAL_KEY
         ),
+        **more,
     )
 
 
@@ -83,3 +87,27 @@ def test_codex_reports_an_upstream_error_and_fails(codex: InstalledAgent, tmp_pa
     errors = [e for e in events if isinstance(e, AgentError)]
     assert errors and "scripted 401" in errors[0].message
     assert isinstance(events[-1], Finished) and not events[-1].ok
+
+
+def test_codex_started_ahead_takes_its_run_from_stdin(
+    codex: InstalledAgent, tmp_path: Path
+) -> None:
+    """As a warm sandbox starts it: ``codex exec … -``, its prompt on stdin and the runbook
+    in ``AGENTS.md``, written after it started."""
+    hello = tmp_path / "app" / "results" / "hello.txt"
+    hello.parent.parent.mkdir()
+    upstream = ScriptedResponses(
+        command=f"mkdir -p {hello.parent} && echo 'hello from the agent' > {hello}"
+    )
+    recorder, token, _, process = run_codex(
+        codex, tmp_path, upstream, system_prompt="RUNBOOK: write hello.txt", standby=True
+    )
+
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert hello.read_text() == "hello from the agent\n"
+    assert recorder.seen == [("/v1/responses", f"Bearer {token}")] * 2
+    first = upstream.seen[0].body.decode()
+    assert "RUNBOOK: write hello.txt" in first
+    assert "Write hello.txt into the results directory." in first
+    events = translate("codex", process)
+    assert events[-1] == Finished(True, "success", "Done: wrote hello.txt", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import SecretStr
 
 from proxy.relay.tokens import (
@@ -12,6 +13,7 @@ from proxy.relay.tokens import (
     RunGrant,
     RunTokens,
     attributed,
+    new_token,
     token_from_headers,
 )
 
@@ -80,3 +82,18 @@ def test_token_from_headers() -> None:
     assert token_from_headers({"authorization": "bearer  jrt-c "}) == "jrt-c"
     assert token_from_headers({"authorization": "Basic eA=="}) is None
     assert token_from_headers({}) is None
+
+
+def test_a_token_made_ahead_grants_nothing_until_admitted() -> None:
+    tokens = RunTokens()
+    ahead = new_token()
+    assert ahead.startswith(TOKEN_PREFIX) and tokens.lookup(ahead) is None
+    run_token = tokens.issue("run-1", "coll")
+    tokens.admit(ahead, like=run_token)
+    assert tokens.lookup(ahead) == tokens.lookup(run_token)
+    with pytest.raises(ValueError, match="in use"):
+        tokens.admit(ahead, like=run_token)
+    with pytest.raises(KeyError):
+        tokens.admit(new_token(), like="jrt-unknown")
+    tokens.revoke("run-1")
+    assert tokens.lookup(ahead) is None and tokens.lookup(run_token) is None

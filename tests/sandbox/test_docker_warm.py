@@ -24,7 +24,7 @@ from proxy.sandbox.claims import CLAIM_MOUNT
 from proxy.sandbox.docker import DockerBackend, DockerWarmSandbox
 from proxy.sandbox.docker_sandbox import DockerSandbox
 from proxy.sandbox.dockerapi import ContainerPolicy
-from proxy.sandbox.warm import WarmSpec
+from proxy.sandbox.warm import Standby, Takeover, WarmSpec
 from tests.sandbox.conftest import BUSYBOX, SESSION, SESSION_LABEL, TESTENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
@@ -193,3 +193,104 @@ async def test_closing_and_recovery_remove_warm_containers_and_their_claims(
         assert list(claims.iterdir()) == []
     finally:
         await docker.aclose()
+
+
+AGENT_TOKEN = "jrt-standby-token-9876543210"
+# A standby that says it is up, then takes its run from stdin (after the takeover's prepare
+# wrote its file) and exits with a status of its own.
+STANDBY = Standby(
+    [
+        "sh",
+        "-c",
+        'echo "standby up" >&2; read first; cat /app/results/in.txt;'
+        ' echo "took $first with $AGENT_TOKEN as pid-1-child $PPID"; read second;'
+        ' echo "then $second"; exit 7',
+    ],
+    {"AGENT_TOKEN": AGENT_TOKEN},
+)
+PREPARE = "mkdir -p /app/results && printf '%s\\n' prepared > /app/results/in.txt"
+
+
+async def test_a_run_takes_over_the_standby_after_its_prepare(
+    docker: DockerBackend, engine: httpx.Client
+) -> None:
+    spec = _warm(standby=STANDBY)
+    warm = await docker.launch_warm(spec)
+    try:
+        # The standby's environment is not in the container's configuration.
+        assert AGENT_TOKEN not in str(_container(engine, warm.container_id))
+        takeover = Takeover(PREPARE, b"hello\nworld\n")
+        sandbox = await warm.claim(_run_spec(spec, ["sh", "-c", "echo own"]), takeover)
+        lines, status = await _run(sandbox)
+        assert lines == [
+            "prepared",
+            f"took hello with {AGENT_TOKEN} as pid-1-child 1",
+            "then world",
+        ]
+        assert status == ExitStatus(7)
+        await sandbox.close()
+    finally:
+        await warm.close()
+
+
+async def test_a_claim_without_takeover_stops_the_standby(docker: DockerBackend) -> None:
+    spec = _warm(standby=STANDBY)
+    warm = await docker.launch_warm(spec)
+    try:
+        with anyio.fail_after(10):  # the standby is up (it then waits on its input)
+            while "standby up" not in await _stderr_of(docker, warm):
+                await anyio.sleep(0.05)
+        own = ["sh", "-c", 'echo "own $RUN_TOKEN"; ps -o args | grep -c "[r]ead first"']
+        sandbox = await warm.claim(_run_spec(spec, own))
+        lines, status = await _run(sandbox)
+        assert lines == [f"own {SECRET}", "0"]  # no standby process left
+        assert status.exit_code == 1  # grep -c found nothing
+        await sandbox.close()
+    finally:
+        await warm.close()
+
+
+async def test_a_standby_that_exited_before_the_claim_leaves_the_runs_own_command(
+    docker: DockerBackend,
+) -> None:
+    spec = _warm(standby=Standby(["sh", "-c", "exit 3"]))
+    warm = await docker.launch_warm(spec)
+    try:
+        await anyio.sleep(0.5)
+        own = ["sh", "-c", 'echo "own $RUN_TOKEN"']
+        sandbox = await warm.claim(_run_spec(spec, own), Takeover(PREPARE, b"ignored\n"))
+        lines, status = await _run(sandbox)
+        assert (lines, status) == ([f"own {SECRET}"], ExitStatus(0))
+        await sandbox.close()
+    finally:
+        await warm.close()
+
+
+async def test_a_standby_gets_an_input_larger_than_a_pipe_holds(docker: DockerBackend) -> None:
+    spec = _warm(standby=Standby(["wc", "-c"]))
+    warm = await docker.launch_warm(spec)
+    try:
+        text = ("0123456789" * 30_000 + "\n").encode()  # 300 KB, past a pipe's 64 KiB
+        sandbox = await warm.claim(_run_spec(spec, ["true"]), Takeover("", text))
+        lines, status = await _run(sandbox)
+        assert ([line.strip() for line in lines], status) == ([str(len(text))], ExitStatus(0))
+        await sandbox.close()
+    finally:
+        await warm.close()
+
+
+async def test_a_takeover_needs_a_standby(docker: DockerBackend) -> None:
+    spec = _warm()
+    warm = await docker.launch_warm(spec)
+    try:
+        with pytest.raises(SandboxStateError, match="no standby"):
+            await warm.claim(_run_spec(spec, ["true"]), Takeover("", b"x"))
+    finally:
+        await warm.close()
+
+
+async def _stderr_of(docker: DockerBackend, warm: DockerWarmSandbox) -> str:
+    response = await docker._engine.request(
+        "GET", f"/containers/{warm.container_id}/logs", params={"stderr": "1"}
+    )
+    return response.content.decode(errors="replace")

@@ -11,20 +11,20 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeAlias
 
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.agents import AgentSpec, get_adapter
+from proxy.agents import AgentSpec, StandbyAgent, get_adapter
 from proxy.agents.forwarder import ensure_forwarder, forwarder_argv
 from proxy.agents.install import AgentCache
 from proxy.agents.layout import InstalledAgent
 from proxy.events import Event
 from proxy.relay.app import create_relay_app
-from proxy.relay.tokens import ModelUsage, RunTokens
+from proxy.relay.tokens import ModelUsage, RunTokens, new_token
 from proxy.settings import Settings
 from tests.support.ci import unavailable
 from tests.support.live import free_port, serve, serve_unix
@@ -58,14 +58,31 @@ class Recorder:
 
 
 def run_under_forwarder(
-    agent: InstalledAgent, spec: AgentSpec, socket_path: Path, tools_dir: Path
+    agent: InstalledAgent,
+    spec: AgentSpec,
+    socket_path: Path,
+    tools_dir: Path,
+    *,
+    standby: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Build ``spec`` for ``agent``, write its files, and run it under the forwarder.
+    """Build ``spec`` for ``agent``, write its files, and run it under the forwarder; with
+    ``standby``, as a warm sandbox starts it ahead of its run, then hands it ``spec``'s run
+    on its stdin.
 
     ``spec.relay_base_url`` must be ``http://127.0.0.1:{port}`` for the port forwarded.
     """
     port = int(spec.relay_base_url.rsplit(":", 1)[1])
-    invocation = get_adapter(agent.name).build(spec)
+    adapter = get_adapter(agent.name)
+    stdin = ""
+    if standby:
+        assert isinstance(adapter, StandbyAgent)
+        started = adapter.standby(spec)
+        assert started is not None
+        handover = adapter.handover(spec)
+        invocation = replace(started, files={**started.files, **handover.files})
+        stdin = handover.stdin.decode()
+    else:
+        invocation = adapter.build(spec)
     for path, content in invocation.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(content)
@@ -82,7 +99,7 @@ def run_under_forwarder(
         argv,
         env={**invocation.env, "PATH": path},
         cwd=invocation.cwd,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=180,
@@ -115,12 +132,17 @@ def run_through_relay(
     model: str,
     key_header: bytes,
     settings: Callable[[str], Settings],
+    system_prompt: str = "",
+    standby: bool = False,
 ) -> HostRun:
     """Run ``agent`` on one task under the forwarder, through a relay on a unix socket, to
     ``upstream`` (a scripted provider); ``settings(upstream_url)`` points the relay at it.
 
-    Returns the relay requests seen (path and ``key_header``), the run's token, the usage the
-    relay reported, and the finished process.
+    With ``standby``, the agent is started as a warm sandbox starts it, with a token of its
+    own that the run's grant admits (as at a claim), and handed its run on stdin.
+
+    Returns the relay requests seen (path and ``key_header``), the agent's token, the usage
+    the relay reported, and the finished process.
     """
     tokens = RunTokens()
     usage: list[ModelUsage] = []
@@ -129,6 +151,9 @@ def run_through_relay(
         usage.append(found)
 
     token = tokens.issue(f"run-{agent.name}", "coll")
+    if standby:
+        started, token = token, new_token()
+        tokens.admit(token, like=started)
     with serve(upstream) as upstream_url:
         relay = create_relay_app(tokens, settings(upstream_url), on_usage=record)
         recorder = Recorder(relay, key_header)
@@ -138,8 +163,11 @@ def run_through_relay(
                 model=model,
                 relay_base_url=loopback_url(),
                 relay_token=token,
+                system_prompt=system_prompt,
                 workdir=str(tmp_path / "app"),
                 home=str(tmp_path / "home"),
             )
-            process = run_under_forwarder(agent, spec, socket_path, tmp_path / "tools")
+            process = run_under_forwarder(
+                agent, spec, socket_path, tmp_path / "tools", standby=standby
+            )
     return recorder, token, usage, process
