@@ -108,11 +108,14 @@ class _Relay(Response):
                 await self._relay(send)
             except OSError:
                 # The client's socket went away mid-send.
-                self.outcome.status = "cancelled"
+                self.outcome.status = "completed" if self._answered() else "cancelled"
             except asyncio.CancelledError:
-                # Ours (the client went away: the outcome stays "cancelled") or the server's.
+                # Ours (the client went away: the outcome stays "cancelled", unless it had
+                # the whole answer and hung up before the response's own end) or the server's.
                 if not self._client_gone or task.uncancel() > 0:
                     raise
+                if self._answered():
+                    self.outcome.status = "completed"
             finally:
                 self._relaying = False
         finally:
@@ -144,6 +147,10 @@ class _Relay(Response):
 
     async def _relay(self, send: Send) -> None:
         raise NotImplementedError
+
+    def _answered(self) -> bool:
+        """Whether the client was sent the whole answer (asked once it went away)."""
+        return False
 
     def _finish(self) -> None:
         """Complete the outcome before ``on_finish`` sees it."""
@@ -287,6 +294,11 @@ class RelayStreamResponse(_Relay):
             return
         self.outcome.status = "completed"
         await self._end(send, b"")
+
+    def _answered(self) -> bool:
+        # A client reads a stream to its last event and may hang up before the response's
+        # own end (the OpenAI SDKs stop at ``[DONE]``): its answer was whole.
+        return self.outcome.status_code == 200 and self._ended_with(b"")
 
     def _ended_with(self, block: bytes) -> bool:
         """Whether the stream's last event is in ``block`` or the kept tail before it. Asked

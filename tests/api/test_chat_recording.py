@@ -101,6 +101,27 @@ def test_a_stream_is_recorded_without_its_content(proxy: str) -> None:
     assert "content" not in outputs
 
 
+def test_a_client_that_hangs_up_after_the_last_event_got_a_whole_answer(proxy: str) -> None:
+    """A client may stop at ``data: [DONE]`` and close before the response's own end (here
+    the upstream lingers after it): the answer was whole, so the record says completed."""
+    body = {"model": "linger-5", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", proxy + "/v1/chat/completions", json=body) as response:
+        lines = []
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == "data: [DONE]":
+                break
+    assert "data: [DONE]" in lines
+    (record,) = recorded(proxy)
+    assert record["status"] == "completed" and record["error"] is None
+    # A client that hangs up before the last event did not get the answer.
+    hang = {"model": "hang-after-first", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", proxy + "/v1/chat/completions", json=hang) as response:
+        next(response.iter_lines())
+    cancelled, _ = recorded(proxy, count=2)
+    assert cancelled["status"] == "cancelled"
+
+
 def test_content_is_kept_when_configured(make_proxy: ProxyFactory) -> None:
     with make_proxy(record_chat_content=True) as proxy:
         stream = client(proxy).chat.completions.create(model="echo", messages=MESSAGES, stream=True)
