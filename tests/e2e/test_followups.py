@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -112,6 +113,35 @@ def test_second_turn_continues_the_agent_session_and_its_files(
 
         second_id, second_answer, reasoning = _turn(proxy, _second(first_answer))
         # The agent resumed its session: its model call carries the first turn.
+        second_calls = [
+            s.json["messages"] for s in scripted.seen[seen_before:] if s.path == "/v1/messages"
+        ]
+        _check_second_turn(proxy, keep, (first_id, second_id), second_answer, reasoning)
+        _check_resumed(second_calls)
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["same-sandbox", "restored-sandbox"])
+def test_a_turn_that_took_over_a_warm_agent_is_continued_too(
+    make_proxy: ProxyFactory, anthropic: tuple[ScriptedAnthropic, str], keep: bool
+) -> None:
+    """The first turn takes over the Claude Code a warm sandbox started ahead; its session
+    and files carry on as a cold turn's do."""
+    scripted = anthropic[0]
+    scripted.turns = TURNS
+    warm = {"notes": PRESETS["notes"].model_copy(update={"warm": 1})}
+    with make_proxy(presets=warm, keep_sandbox_seconds=600 if keep else 0) as proxy:
+        deadline = time.monotonic() + 120
+        while (
+            'jetty_proxy_warm_sandboxes_ready{pool="preset:notes"} 1.0'
+            not in httpx.get(proxy + "/metrics").text
+        ):
+            assert time.monotonic() < deadline, "the pool did not fill"
+            time.sleep(0.1)
+        first_id, first_answer, first_reasoning = _turn(proxy, FIRST)
+        assert "its agent started ahead" in first_reasoning
+        assert TURNS[0][1] in first_answer
+        seen_before = len(scripted.seen)
+        second_id, second_answer, reasoning = _turn(proxy, _second(first_answer))
         second_calls = [
             s.json["messages"] for s in scripted.seen[seen_before:] if s.path == "/v1/messages"
         ]
