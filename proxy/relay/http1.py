@@ -145,11 +145,14 @@ class ConnectionPool:
         return exchange
 
     async def aclose(self) -> None:
-        """Close every connection, idle or in use."""
+        """Close every connection, idle or in use, their sockets closed on return."""
         self._closed = True
         for connection in list(self._open):
             connection.close()
         self._idle.clear()
+        # A transport closes its socket in a callback of the loop's next turn: let it run
+        # (a loop that stops first leaves the sockets to the garbage collector).
+        await asyncio.sleep(0)
 
     async def _connect(self, origin: Origin) -> _Connection:
         if self._closed:

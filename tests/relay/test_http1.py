@@ -300,3 +300,19 @@ async def test_an_abandoned_exchange_closes_its_connection() -> None:
         await third.aclose()
         await client.aclose()
     assert server.connections == 2
+
+
+async def test_closing_the_pool_closes_its_sockets_before_it_returns() -> None:
+    async with serving(chunked_events) as (_, url):
+        client = pool()
+        busy = await client.request("POST", url + "/a", [], b"{}")  # in use
+        idle = await client.request("POST", url + "/b", [], b"{}")  # a second connection
+        while await idle.receive():
+            pass
+        await idle.aclose()  # back in the pool, idle
+        transports = [c._transport for c in client._open]
+        sockets = [t.get_extra_info("socket") for t in transports if t is not None]
+        assert len(sockets) == 2 and all(s.fileno() >= 0 for s in sockets)
+        await client.aclose()
+        assert [s.fileno() for s in sockets] == [-1, -1]
+        await busy.aclose()
