@@ -60,7 +60,7 @@ from proxy.sandbox.claims import (
     STANDBY_FIFO,
     ClaimChannel,
 )
-from proxy.sandbox.docker_sandbox import RERUN_SCRIPT, DockerSandbox, exec_script
+from proxy.sandbox.docker_sandbox import RERUN_SCRIPT, DockerSandbox
 from proxy.sandbox.dockerapi import (
     API_VERSION,
     ContainerPolicy,
@@ -68,6 +68,7 @@ from proxy.sandbox.dockerapi import (
     container_name,
     resolve_docker_host,
 )
+from proxy.sandbox.shell import exec_script
 from proxy.sandbox.warm import Standby, Takeover, WarmSpec
 
 if TYPE_CHECKING:
