@@ -41,9 +41,13 @@ from proxy.runs.followup import (
 )
 from proxy.runs.launch import AGENT_HOME, RunLaunch, environment_record
 from proxy.runs.live import LiveRun
-from proxy.runs.sandboxspec import StandbyAgentStart, sandbox_spec, takeover_spec
+from proxy.runs.sandboxspec import (
+    RunTakeover,
+    StandbyAgentStart,
+    sandbox_spec,
+    takeover_spec,
+)
 from proxy.sandbox import ExitStatus, ImageNotFound, Sandbox, SandboxError, SandboxSpec
-from proxy.sandbox.warm import Takeover
 from proxy.store.records import TrajectoryStatus
 
 logger = logging.getLogger("proxy.runs")
@@ -158,19 +162,17 @@ class RunLifecycle:
         backend, pools = self.deps.backend, self.deps.pools
         # A warm sandbox, where one waits for a run like this one (with its agent started,
         # if it asks for that agent as started); else a new one.
-        claimed = None
-        if pools:
-
-            def admit(agent_token: str) -> None:
-                self.deps.tokens.admit(agent_token, like=token)
-
-            claimed = await pools.claim(spec, self._takeover_of, admit)
+        claimed = await pools.claim(spec, self._takeover_of) if pools else None
         sandbox = claimed.sandbox if claimed is not None else None
-        if claimed is not None:
-            self.sandbox = claimed.sandbox  # owned from here: the cleanup closes it
-            files = claimed.files if claimed.files is not None else files
-        how = "warm " if claimed is not None else ""
-        started = ", its agent started ahead" if claimed and claimed.token else ""
+        if sandbox is not None:
+            self.sandbox = sandbox  # owned from here: the cleanup closes it
+        taken = claimed.taken if claimed is not None else None
+        if taken is not None:
+            # The started agent holds its own token: now the run's, before it gets the run.
+            self.deps.tokens.admit(taken.token, like=token)
+            files = taken.files
+        how = "warm " if sandbox is not None else ""
+        started = ", its agent started ahead" if taken is not None else ""
         await self.emit(
             Progress(
                 f"Starting {self.launch.adapter.name} {self.version} in "
@@ -296,9 +298,7 @@ class RunLifecycle:
         resolved = await environments.prepare(self.launch.environment, progress=say)
         return resolved.reference
 
-    def _takeover_of(
-        self, started: StandbyAgentStart
-    ) -> tuple[SandboxSpec, Takeover, dict[str, bytes]] | None:
+    def _takeover_of(self, started: StandbyAgentStart) -> RunTakeover | None:
         """How this run takes over an agent a warm sandbox started (None: it cannot)."""
         if self.agent is None:
             return None

@@ -22,7 +22,7 @@ A preset's sandboxes also start its agent ahead of its runs where the agent can 
 its run (`~proxy.agents.StandbyAgent`; `proxy.runs.sandboxspec.standby_agent`): loaded, with a
 relay token that grants nothing until a run claims the sandbox, its instruction, system
 prompt and secrets unknown. A run that asks for exactly what was started takes it over
-(`claim`'s ``takeover``, which also admits the token as the run's); any other run's claim
+(`claim`'s ``takeover_of``; the run's grant then admits the token); any other run's claim
 stops it and starts the run's own command.
 """
 
@@ -46,10 +46,15 @@ from proxy.runs.agent import AgentSetup, prepare_agent
 from proxy.runs.checks import RunRequest, plan
 from proxy.runs.deps import RunDeps
 from proxy.runs.environment import check_environment
-from proxy.runs.sandboxspec import StandbyAgentStart, agent_mounts, standby_agent
+from proxy.runs.sandboxspec import (
+    RunTakeover,
+    StandbyAgentStart,
+    agent_mounts,
+    standby_agent,
+)
 from proxy.sandbox import Mount, Sandbox, SandboxError, SandboxSpec
 from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER
-from proxy.sandbox.warm import Takeover, WarmLauncher, WarmSandbox, WarmSpec
+from proxy.sandbox.warm import WarmLauncher, WarmSandbox, WarmSpec
 from proxy.settings import Settings
 from proxy.store import StoreError
 
@@ -94,21 +99,18 @@ class PoolStats:
     taken_over: int = 0
 
 
-# What a run makes of an agent started ahead of it: its spec with that agent's token, the
-# takeover and the files to copy in first; None when it asks for something else.
-TakeoverOf = Callable[[StandbyAgentStart], tuple[SandboxSpec, Takeover, dict[str, bytes]] | None]
+# What a run makes of an agent started ahead of it (`takeover_spec`); None: it cannot take
+# it over.
+TakeoverOf = Callable[[StandbyAgentStart], RunTakeover | None]
 
 
 @dataclass(frozen=True)
 class Claimed:
-    """A warm sandbox claimed for a run. ``takeover``: the run took over the agent started in
-    it, as `TakeoverOf` said, with the agent's token ``token`` now the run's; the run then
-    starts with ``spec``'s sandbox and copies in ``files`` (instead of its own)."""
+    """A warm sandbox claimed for a run; ``taken``: how the run took over the agent started
+    in it, if it did (its token is then to be admitted as the run's before the start)."""
 
     sandbox: Sandbox
-    token: str | None = None
-    spec: SandboxSpec | None = None
-    files: dict[str, bytes] | None = None
+    taken: RunTakeover | None = None
 
 
 def pool_definitions(settings: Settings) -> list[PoolDefinition]:
@@ -152,13 +154,8 @@ class _Pool:
         return shape is not None and shape.the_shape_of(spec)
 
 
-# A warm sandbox to claim: its pool, the agent started in it and how the run takes that over.
-_Choice = tuple[
-    _Pool,
-    WarmSandbox,
-    StandbyAgentStart | None,
-    tuple[SandboxSpec, Takeover, dict[str, bytes]] | None,
-]
+# A warm sandbox to claim: its pool, and how the run takes over the agent started in it.
+_Choice = tuple[_Pool, WarmSandbox, RunTakeover | None]
 
 
 class WarmPools:
@@ -199,34 +196,24 @@ class WarmPools:
                 tg.start_soon(self._keep, pool, deps, launcher, name=pool.definition.name)
 
     async def claim(
-        self,
-        spec: SandboxSpec,
-        takeover_of: TakeoverOf | None = None,
-        admit: Callable[[str], None] | None = None,
+        self, spec: SandboxSpec, takeover_of: TakeoverOf | None = None
     ) -> Claimed | None:
         """A warm sandbox for ``spec``, now the run's (see `~proxy.sandbox.WarmSandbox.claim`);
         None when none fits (a miss of the pool of its shape, if there is one).
 
-        Where a sandbox started an agent that ``takeover_of`` says the run can take over,
-        that one is chosen first: ``admit`` is called with the agent's token (to make it the
-        run's), and the run takes it over (`Claimed`). Then one that started no agent, and
-        last one whose agent is then stopped."""
-        while True:
-            choice = self._choose(spec, takeover_of if admit is not None else None)
-            if choice is None:
-                break
-            pool, warm, agent, taken = choice
+        A sandbox whose started agent ``takeover_of`` says the run can take over is chosen
+        first (`Claimed.taken`), then one that started no agent, last one whose agent the
+        claim then stops."""
+        while (choice := self._choose(spec, takeover_of)) is not None:
+            pool, warm, taken = choice
             pool.ready.remove(warm)
             pool.agents.pop(warm.spec.id, None)
             pool.wake.set()
             try:
-                if taken is None or agent is None or admit is None:
-                    claimed = Claimed(await warm.claim(spec))
+                if taken is None:
+                    sandbox = await warm.claim(spec)
                 else:
-                    run_spec, takeover, files = taken
-                    admit(agent.token)
-                    sandbox = await warm.claim(run_spec, takeover)
-                    claimed = Claimed(sandbox, agent.token, run_spec, files)
+                    sandbox = await warm.claim(taken.spec, taken.takeover)
                     pool.taken_over += 1
             except SandboxError as exc:
                 logger.warning("warm sandbox %s of %s: %s", warm.spec.id, pool.name, exc)
@@ -234,7 +221,7 @@ class WarmPools:
                     await warm.close()
                 continue
             pool.claimed += 1
-            return claimed
+            return Claimed(sandbox, taken)
         for pool in self._pools:
             if pool.same_shape(spec):
                 pool.misses += 1
@@ -251,12 +238,12 @@ class WarmPools:
                     continue
                 agent = pool.agents.get(warm.spec.id)
                 if agent is None:
-                    plain = plain or (pool, warm, None, None)
+                    plain = plain or (pool, warm, None)
                     continue
                 taken = takeover_of(agent) if takeover_of is not None else None
                 if taken is not None:
-                    return pool, warm, agent, taken
-                stopping = stopping or (pool, warm, agent, None)
+                    return pool, warm, taken
+                stopping = stopping or (pool, warm, None)
         return plain or stopping
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ from proxy.sandbox.base import LABEL_OWNER, LABEL_SERVER, RELAY_DIR, tool_mounts
 from proxy.sandbox.warm import Standby, Takeover
 
 __all__ = [
+    "RunTakeover",
     "StandbyAgentStart",
     "agent_mounts",
     "sandbox_spec",
@@ -143,6 +144,19 @@ def standby_agent(
     )
 
 
+@dataclass(frozen=True)
+class RunTakeover:
+    """How a run takes over an agent started ahead of it (`takeover_spec`): the run's
+    sandbox spec with that agent's relay ``token`` and port (its own command, should the
+    agent have exited), the `Takeover`, and the files to copy in first. The run's grant must
+    admit ``token`` before the sandbox starts (`~proxy.relay.tokens.RunTokens.admit`)."""
+
+    spec: SandboxSpec
+    takeover: Takeover
+    files: dict[str, bytes]
+    token: str
+
+
 def takeover_spec(
     launch: RunLaunch,
     agent: AgentSetup,
@@ -151,11 +165,10 @@ def takeover_spec(
     image: str,
     capabilities: Capabilities,
     started: StandbyAgentStart,
-) -> tuple[SandboxSpec, Takeover, dict[str, bytes]] | None:
-    """How the run of ``launch`` takes over the agent ``started`` ahead of it: the run's
-    sandbox spec with that agent's token and port (its own command, should the agent have
-    exited), the takeover, and the files to copy in first. None where the run asks for
-    anything but what was started (another model, a session to resume, secrets)."""
+) -> RunTakeover | None:
+    """How the run of ``launch`` takes over the agent ``started`` ahead of it; None where
+    the run asks for anything but what was started (another model, a session to resume,
+    secrets)."""
     adapter = launch.adapter
     if not isinstance(adapter, StandbyAgent):
         return None
@@ -183,7 +196,8 @@ def takeover_spec(
     )
     handover = adapter.handover(run_agent)
     prepare, rest = _prepare({**handover.files, "/app/trajectory.json": _trajectory_json(launch)})
-    return spec, Takeover(prepare, handover.stdin), {**files, **rest}
+    takeover = Takeover(prepare, handover.stdin)
+    return RunTakeover(spec, takeover, {**files, **rest}, started.token)
 
 
 @dataclass(frozen=True)
